@@ -1,0 +1,99 @@
+//! Transports for statewire.
+//!
+//! A [`Transport`] moves whole datagrams between addresses: one successful
+//! [`Transport::send`] shows up as at most one [`Transport::recv`] on the peer (or not at all:
+//! transports may lose, duplicate and reorder, and callers must cope). Every implementation is
+//! poll-based and never blocks, so the same session code runs over the in-memory
+//! [`loopback`] network, real sockets, or the [`netsim`] simulator wrapping any of them.
+//!
+//! The simulator runs on a virtual clock that the caller advances; given the same seed and the
+//! same sequence of calls it makes the same decisions, byte for byte.
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+
+pub mod loopback;
+pub mod netsim;
+
+/// Errors a transport reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The payload is larger than [`Transport::max_payload`]; nothing was sent.
+    #[error("payload of {len} bytes exceeds the transport maximum of {max}")]
+    PayloadTooLarge {
+        /// Size of the rejected payload.
+        len: usize,
+        /// Largest payload the transport accepts.
+        max: usize,
+    },
+    /// The receive buffer cannot hold the pending datagram; it stays queued.
+    #[error("receive buffer of {capacity} bytes cannot hold a {needed}-byte datagram")]
+    BufferTooSmall {
+        /// Size of the pending datagram.
+        needed: usize,
+        /// Size of the buffer the caller supplied.
+        capacity: usize,
+    },
+    /// The endpoint was closed or its network dropped.
+    #[error("transport closed")]
+    Closed,
+    /// An operating-system error from a socket.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A datagram taken from a transport by [`Transport::recv`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Number of bytes written to the caller's buffer.
+    pub len: usize,
+    /// Address the datagram came from.
+    pub from: SocketAddr,
+}
+
+/// Moves datagrams between addresses without blocking.
+pub trait Transport {
+    /// The address peers use to reach this endpoint.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Largest payload [`Transport::send`] accepts, in bytes.
+    fn max_payload(&self) -> usize;
+
+    /// Queues `payload` for `to`. Delivery is not guaranteed; a send to an address nobody
+    /// listens on is silently lost, as with UDP.
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError>;
+
+    /// Copies the next pending datagram into `buf`. Returns `Ok(None)` when nothing is pending.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError>;
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn local_addr(&self) -> SocketAddr {
+        (**self).local_addr()
+    }
+    fn max_payload(&self) -> usize {
+        (**self).max_payload()
+    }
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
+        (**self).send(to, payload)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
+        (**self).recv(buf)
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn local_addr(&self) -> SocketAddr {
+        (**self).local_addr()
+    }
+    fn max_payload(&self) -> usize {
+        (**self).max_payload()
+    }
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
+        (**self).send(to, payload)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
+        (**self).recv(buf)
+    }
+}

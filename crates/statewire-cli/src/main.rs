@@ -1,0 +1,2 @@
+//! The `statewire` command-line tool.
+fn main() {}

@@ -1,0 +1,92 @@
+//! The sans-IO replication core of statewire.
+//!
+//! # Model
+//!
+//! A game has *entities* ([`EntityId`]) carrying *components*: game types that implement
+//! [`Replicate`] to describe their fields and how each is quantized ([`FieldKind`]). Every
+//! entity has an [`Owner`]: the server, or one client allowed to write it.
+//!
+//! Each server tick the engine describes its replicated world through a [`SnapshotBuilder`]
+//! (implement [`WorldSource`] or call the builder directly), producing a quantized [`Snapshot`].
+//! A [`ServerReplicator`] encodes it for each client as a delta against the newest state that
+//! client acknowledged, within a packet byte budget; a [`ClientReplicator`] decodes it, applies
+//! the changes to the client's world through [`WorldSink`], and names the tick to acknowledge.
+//! After applying, the client's quantized state equals the state the server recorded for that
+//! packet bit for bit; once everything fits, it equals the server's world.
+//!
+//! There are no sockets, threads or clocks here: bytes and ticks go in, bytes and changes come
+//! out. The caller moves the bytes (see the `statewire-transport` crate).
+//!
+//! # A whole loop
+//!
+//! ```
+//! use statewire_core::*;
+//!
+//! #[derive(Debug, PartialEq)]
+//! struct Pos(f32);
+//! impl Replicate for Pos {
+//!     const NAME: &'static str = "Pos";
+//!     fn fields() -> Vec<Field> {
+//!         // A power-of-two step dequantizes exactly.
+//!         vec![Field::new("x", FieldKind::Float { min: -100.0, max: 100.0, precision: 1.0 / 64.0 })]
+//!     }
+//!     fn write(&self, w: &mut FieldWriter<'_>) { w.f32(self.0) }
+//!     fn read(r: &mut FieldReader<'_>) -> Option<Self> { Some(Pos(r.f32()?)) }
+//! }
+//!
+//! // A client world is anything implementing WorldSink; a Vec is enough.
+//! #[derive(Default)]
+//! struct Positions(Vec<(EntityId, f32)>);
+//! impl WorldSink for Positions {
+//!     fn spawn(&mut self, id: EntityId, _: Owner) { self.0.push((id, 0.0)); }
+//!     fn despawn(&mut self, id: EntityId) { self.0.retain(|e| e.0 != id); }
+//!     fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+//!         if let (Some(p), Some(e)) = (c.get::<Pos>(), self.0.iter_mut().find(|e| e.0 == id)) {
+//!             e.1 = p.0;
+//!         }
+//!     }
+//!     fn remove(&mut self, _: EntityId, _: ComponentId) {}
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<Pos>().unwrap();
+//! let mut server = ServerReplicator::new(ServerConfig::default());
+//! let mut client = ClientReplicator::new(ClientConfig::default());
+//! let me = ClientId(1);
+//! server.add_client(me).unwrap();
+//! let mut world = Positions::default();
+//!
+//! for tick in 1..=3u32 {
+//!     let mut b = SnapshotBuilder::new(&registry);
+//!     b.entity(EntityId(7), Owner::Server).component(&Pos(tick as f32));
+//!     let snapshot = b.finish().unwrap();
+//!     let mut packet = Vec::new();
+//!     server.encode_for(&registry, me, Tick(tick), &snapshot, &mut packet).unwrap();
+//!     // ... packet crosses the network ...
+//!     client.handle_packet(&registry, &packet, &mut world).unwrap();
+//!     // ... the ack crosses back ...
+//!     server.handle_ack(me, client.ack().unwrap()).unwrap();
+//!     assert_eq!(client.state(), &snapshot);
+//! }
+//! assert_eq!(world.0, vec![(EntityId(7), 3.0)]);
+//! ```
+#![warn(missing_docs)]
+
+pub mod bits;
+pub mod delta;
+mod ids;
+pub mod replication;
+mod schema;
+mod snapshot;
+
+pub use delta::{DecodeError, EncodeStats, PacketHeader};
+pub use ids::{ClientId, EntityId, Owner, Tick, Writer};
+pub use replication::{
+    AckOutcome, Applied, ClientConfig, ClientReplicator, ReplicationError, ServerConfig,
+    ServerReplicator,
+};
+pub use schema::{
+    ComponentId, ComponentSchema, ComponentView, Field, FieldKind, FieldReader, FieldWriter,
+    MAX_COMPONENT_TYPES, Registry, Replicate, SchemaError,
+};
+pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};

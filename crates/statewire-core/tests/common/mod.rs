@@ -1,0 +1,226 @@
+//! Component types and a plain-Vec world shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use statewire_core::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pos {
+    pub x: f32,
+    pub y: f32,
+}
+
+impl Replicate for Pos {
+    const NAME: &'static str = "Pos";
+    fn fields() -> Vec<Field> {
+        let axis = FieldKind::Float {
+            min: -512.0,
+            max: 512.0,
+            precision: 1.0 / 64.0,
+        };
+        vec![Field::new("x", axis), Field::new("y", axis)]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.f32(self.x);
+        w.f32(self.y);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Pos {
+            x: r.f32()?,
+            y: r.f32()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rot(pub [f32; 4]);
+
+impl Replicate for Rot {
+    const NAME: &'static str = "Rot";
+    fn fields() -> Vec<Field> {
+        vec![Field::new("q", FieldKind::Quat { bits: 9 })]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.quat(self.0);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Rot(r.quat()?))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Health {
+    pub hp: i64,
+    pub alive: bool,
+    pub team: u32,
+}
+
+impl Replicate for Health {
+    const NAME: &'static str = "Health";
+    fn fields() -> Vec<Field> {
+        vec![
+            Field::new(
+                "hp",
+                FieldKind::Int {
+                    min: -100,
+                    max: 1000,
+                },
+            ),
+            Field::new("alive", FieldKind::Bool),
+            Field::new("team", FieldKind::Enum { variants: 4 }),
+        ]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.int(self.hp);
+        w.bool(self.alive);
+        w.enumeration(self.team);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Health {
+            hp: r.int()?,
+            alive: r.bool()?,
+            team: r.enumeration()?,
+        })
+    }
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Pos>().unwrap();
+    r.register::<Rot>().unwrap();
+    r.register::<Health>().unwrap();
+    r
+}
+
+/// One entity of the plain world: optional components.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ent {
+    pub id: u32,
+    pub owner: Option<u64>,
+    pub pos: Option<Pos>,
+    pub rot: Option<Rot>,
+    pub health: Option<Health>,
+}
+
+/// A world that is just a Vec: enough to drive the core from both sides.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VecWorld {
+    pub ents: Vec<Ent>,
+}
+
+fn owner_of(e: &Ent) -> Owner {
+    match e.owner {
+        Some(c) => Owner::Client(ClientId(c)),
+        None => Owner::Server,
+    }
+}
+
+impl WorldSource for VecWorld {
+    fn build(&self, b: &mut SnapshotBuilder<'_>) {
+        for e in &self.ents {
+            let mut eb = b.entity(EntityId(e.id), owner_of(e));
+            if let Some(p) = &e.pos {
+                eb.component(p);
+            }
+            if let Some(r) = &e.rot {
+                eb.component(r);
+            }
+            if let Some(h) = &e.health {
+                eb.component(h);
+            }
+        }
+    }
+}
+
+impl VecWorld {
+    pub fn snapshot(&self, registry: &Registry) -> Snapshot {
+        let mut b = SnapshotBuilder::new(registry);
+        self.build(&mut b);
+        b.finish().unwrap()
+    }
+
+    /// The world a client should see for `snap`: every entity with its dequantized components.
+    /// (Comparing dequantized worlds rather than re-quantizing them: smallest-three
+    /// quaternions that tie on their largest component do not re-quantize to the same word.)
+    pub fn from_snapshot(registry: &Registry, snap: &Snapshot) -> VecWorld {
+        let mut ents: Vec<Ent> = snap
+            .entity_ids()
+            .map(|id| Ent {
+                id: id.0,
+                owner: match snap.owner(id) {
+                    Some(Owner::Client(c)) => Some(c.0),
+                    _ => None,
+                },
+                pos: snap.component::<Pos>(registry, id),
+                rot: snap.component::<Rot>(registry, id),
+                health: snap.component::<Health>(registry, id),
+            })
+            .collect();
+        ents.sort_by_key(|e| e.id);
+        VecWorld { ents }
+    }
+
+    /// Entities sorted by id, for comparisons.
+    pub fn sorted(&self) -> VecWorld {
+        let mut w = self.clone();
+        w.ents.sort_by_key(|e| e.id);
+        w
+    }
+
+    fn get(&mut self, id: EntityId) -> &mut Ent {
+        let i = self
+            .ents
+            .iter()
+            .position(|e| e.id == id.0)
+            .expect("sink got an unknown id");
+        &mut self.ents[i]
+    }
+}
+
+impl WorldSink for VecWorld {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        assert!(
+            self.ents.iter().all(|e| e.id != id.0),
+            "double spawn of {id}"
+        );
+        self.ents.push(Ent {
+            id: id.0,
+            owner: match owner {
+                Owner::Client(c) => Some(c.0),
+                _ => None,
+            },
+            ..Ent::default()
+        });
+    }
+    fn despawn(&mut self, id: EntityId) {
+        let before = self.ents.len();
+        self.ents.retain(|e| e.id != id.0);
+        assert_eq!(before, self.ents.len() + 1, "despawn of unknown {id}");
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        self.get(id).owner = match owner {
+            Owner::Client(c) => Some(c.0),
+            _ => None,
+        };
+    }
+    fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+        let e = self.get(id);
+        if let Some(p) = c.get::<Pos>() {
+            e.pos = Some(p);
+        } else if let Some(r) = c.get::<Rot>() {
+            e.rot = Some(r);
+        } else if let Some(h) = c.get::<Health>() {
+            e.health = Some(h);
+        } else {
+            panic!("unknown component {}", c.id());
+        }
+    }
+    fn remove(&mut self, id: EntityId, c: ComponentId) {
+        let e = self.get(id);
+        match c.0 {
+            0 => e.pos = None,
+            1 => e.rot = None,
+            2 => e.health = None,
+            _ => panic!("unknown component {c}"),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The small deterministic game `statewire sim` plays: players steered by bots and enemies
+//! that wander, on a square arena.
+
+use std::f32::consts::TAU;
+
+use statewire_core::{
+    ClientId, ComponentId, ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter,
+    Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink, WorldSource,
+};
+use statewire_transport::netsim::SimRng;
+
+/// Half the arena's side, in metres.
+pub(crate) const ARENA: f32 = 500.0;
+/// Simulation rate.
+pub(crate) const TICK_HZ: u32 = 30;
+const PLAYER_SPEED: f32 = 5.0;
+const ENEMY_SPEED: f32 = 1.5;
+
+/// Position on the arena floor, 1/64 m steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Position {
+    pub(crate) x: f32,
+    pub(crate) y: f32,
+}
+
+impl Replicate for Position {
+    const NAME: &'static str = "Position";
+    fn fields() -> Vec<Field> {
+        let axis = FieldKind::Float {
+            min: -512.0,
+            max: 512.0,
+            precision: 1.0 / 64.0,
+        };
+        vec![Field::new("x", axis), Field::new("y", axis)]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.f32(self.x);
+        w.f32(self.y);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Position {
+            x: r.f32()?,
+            y: r.f32()?,
+        })
+    }
+}
+
+/// Facing angle in radians, 256 steps per turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Facing(pub(crate) f32);
+
+impl Replicate for Facing {
+    const NAME: &'static str = "Facing";
+    fn fields() -> Vec<Field> {
+        vec![Field::new(
+            "angle",
+            FieldKind::Float {
+                min: 0.0,
+                max: TAU,
+                precision: TAU / 256.0,
+            },
+        )]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.f32(self.0);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Facing(r.f32()?))
+    }
+}
+
+/// What an entity is, and its health.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Body {
+    pub(crate) kind: Kind,
+    pub(crate) hp: i64,
+}
+
+/// Entity kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Player,
+    Enemy,
+}
+
+impl Replicate for Body {
+    const NAME: &'static str = "Body";
+    fn fields() -> Vec<Field> {
+        vec![
+            Field::new("kind", FieldKind::Enum { variants: 2 }),
+            Field::new("hp", FieldKind::Int { min: 0, max: 100 }),
+        ]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.enumeration(match self.kind {
+            Kind::Player => 0,
+            Kind::Enemy => 1,
+        });
+        w.int(self.hp);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        let kind = match r.enumeration()? {
+            0 => Kind::Player,
+            _ => Kind::Enemy,
+        };
+        Some(Body { kind, hp: r.int()? })
+    }
+}
+
+/// The component registry both sides of the sim use.
+pub(crate) fn registry() -> Result<Registry, SchemaError> {
+    let mut r = Registry::new();
+    r.register::<Position>()?;
+    r.register::<Facing>()?;
+    r.register::<Body>()?;
+    Ok(r)
+}
+
+/// A bot's steering input: a direction on 8 bits per axis (−127..=127), zero to stand still.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Input {
+    pub(crate) dx: i8,
+    pub(crate) dy: i8,
+}
+
+#[derive(Debug, Clone)]
+struct Actor {
+    id: EntityId,
+    owner: Owner,
+    pos: Position,
+    facing: f32,
+    body: Body,
+    /// Enemies: metres per second along `facing`, 0 while idle.
+    speed: f32,
+}
+
+/// The server's game state.
+#[derive(Debug)]
+pub(crate) struct Game {
+    actors: Vec<Actor>,
+    players: Vec<(ClientId, usize)>,
+    rng: SimRng,
+}
+
+impl Game {
+    /// `clients` players (entity ids 0..clients) and enough enemies to reach `entities`.
+    pub(crate) fn new(clients: &[ClientId], entities: usize, seed: u64) -> Game {
+        let mut rng = SimRng::new(seed ^ 0x6761_6d65);
+        let mut actors = Vec::with_capacity(entities.max(clients.len()));
+        let mut players = Vec::new();
+        for (i, &c) in clients.iter().enumerate() {
+            players.push((c, actors.len()));
+            actors.push(Actor {
+                id: EntityId(i as u32),
+                owner: Owner::Client(c),
+                pos: Position {
+                    x: (i as f32 * 3.0) - 10.0,
+                    y: 0.0,
+                },
+                facing: 0.0,
+                body: Body {
+                    kind: Kind::Player,
+                    hp: 100,
+                },
+                speed: 0.0,
+            });
+        }
+        while actors.len() < entities {
+            let id = EntityId(actors.len() as u32);
+            let x = uniform(&mut rng, -ARENA, ARENA);
+            let y = uniform(&mut rng, -ARENA, ARENA);
+            actors.push(Actor {
+                id,
+                owner: Owner::Server,
+                pos: Position { x, y },
+                facing: uniform(&mut rng, 0.0, TAU),
+                body: Body {
+                    kind: Kind::Enemy,
+                    hp: 100,
+                },
+                speed: 0.0,
+            });
+        }
+        Game {
+            actors,
+            players,
+            rng,
+        }
+    }
+
+    /// Advances one tick: players follow their latest input, enemies wander (each tick an
+    /// enemy starts or stops walking with a small probability, so about a fifth walk at once).
+    pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input) {
+        let dt = 1.0 / TICK_HZ as f32;
+        for &(client, idx) in &self.players {
+            let input = inputs(client);
+            let a = &mut self.actors[idx];
+            if input.dx != 0 || input.dy != 0 {
+                let (dx, dy) = (f32::from(input.dx), f32::from(input.dy));
+                let len = (dx * dx + dy * dy).sqrt();
+                a.pos.x += dx / len * PLAYER_SPEED * dt;
+                a.pos.y += dy / len * PLAYER_SPEED * dt;
+                a.facing = dy.atan2(dx).rem_euclid(TAU);
+                clamp_to_arena(&mut a.pos);
+            }
+        }
+        for a in &mut self.actors {
+            if a.body.kind != Kind::Enemy {
+                continue;
+            }
+            let r = self.rng.next_f64();
+            if a.speed == 0.0 {
+                if r < 0.005 {
+                    a.speed = ENEMY_SPEED;
+                    a.facing = uniform(&mut self.rng, 0.0, TAU);
+                }
+            } else if r < 0.02 {
+                a.speed = 0.0;
+            } else {
+                a.pos.x += a.facing.cos() * a.speed * dt;
+                a.pos.y += a.facing.sin() * a.speed * dt;
+                if a.pos.x.abs() > ARENA || a.pos.y.abs() > ARENA {
+                    // Turn back towards the middle.
+                    a.facing = (a.facing + std::f32::consts::PI).rem_euclid(TAU);
+                    clamp_to_arena(&mut a.pos);
+                }
+            }
+        }
+    }
+
+    /// Number of entities.
+    pub(crate) fn len(&self) -> usize {
+        self.actors.len()
+    }
+}
+
+fn clamp_to_arena(p: &mut Position) {
+    p.x = p.x.clamp(-ARENA, ARENA);
+    p.y = p.y.clamp(-ARENA, ARENA);
+}
+
+fn uniform(rng: &mut SimRng, lo: f32, hi: f32) -> f32 {
+    lo + (hi - lo) * rng.next_f64() as f32
+}
+
+impl WorldSource for Game {
+    fn build(&self, b: &mut SnapshotBuilder<'_>) {
+        for a in &self.actors {
+            b.entity(a.id, a.owner)
+                .component(&a.pos)
+                .component(&Facing(a.facing))
+                .component(&a.body);
+        }
+    }
+}
+
+/// A bot client's view of the world, kept up to date through [`WorldSink`].
+#[derive(Debug, Default)]
+pub(crate) struct ClientWorld {
+    pub(crate) entities: hashbrown::HashMap<EntityId, ClientEntity>,
+    pub(crate) spawned: u64,
+    pub(crate) despawned: u64,
+    pub(crate) updates: u64,
+}
+
+/// One entity as a client sees it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct ClientEntity {
+    pub(crate) owner: Option<ClientId>,
+    pub(crate) pos: Option<Position>,
+    pub(crate) facing: Option<Facing>,
+    pub(crate) body: Option<Body>,
+}
+
+impl WorldSink for ClientWorld {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.spawned += 1;
+        self.entities.insert(
+            id,
+            ClientEntity {
+                owner: match owner {
+                    Owner::Client(c) => Some(c),
+                    _ => None,
+                },
+                ..ClientEntity::default()
+            },
+        );
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.despawned += 1;
+        self.entities.remove(&id);
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        if let Some(e) = self.entities.get_mut(&id) {
+            e.owner = match owner {
+                Owner::Client(c) => Some(c),
+                _ => None,
+            };
+        }
+    }
+    fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.updates += 1;
+        let Some(e) = self.entities.get_mut(&id) else {
+            return;
+        };
+        if let Some(p) = c.get::<Position>() {
+            e.pos = Some(p);
+        } else if let Some(f) = c.get::<Facing>() {
+            e.facing = Some(f);
+        } else if let Some(b) = c.get::<Body>() {
+            e.body = Some(b);
+        }
+    }
+    fn remove(&mut self, id: EntityId, c: ComponentId) {
+        if let Some(e) = self.entities.get_mut(&id) {
+            match c.0 {
+                0 => e.pos = None,
+                1 => e.facing = None,
+                _ => e.body = None,
+            }
+        }
+    }
+}
+
+/// A bot: wanders by changing its steering every couple of seconds.
+#[derive(Debug)]
+pub(crate) struct Bot {
+    rng: SimRng,
+    input: Input,
+}
+
+impl Bot {
+    pub(crate) fn new(seed: u64) -> Bot {
+        Bot {
+            rng: SimRng::new(seed),
+            input: Input::default(),
+        }
+    }
+
+    /// The input for this tick.
+    pub(crate) fn think(&mut self) -> Input {
+        if self.rng.chance(0.02) {
+            let dx = self.rng.range_u64(0..=254) as i16 - 127;
+            let dy = self.rng.range_u64(0..=254) as i16 - 127;
+            self.input = Input {
+                dx: dx as i8,
+                dy: dy as i8,
+            };
+        }
+        self.input
+    }
+}

@@ -90,3 +90,8 @@ pub use schema::{
     MAX_COMPONENT_TYPES, Registry, Replicate, SchemaError,
 };
 pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};
+
+// Compiles and runs the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -503,7 +503,7 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(64))]
+            #![proptest_config(ProptestConfig::with_cases(256))]
             /// Every accepted send is accounted for exactly once, and queues honour their limits.
             #[test]
             fn accounting_holds(ops in prop::collection::vec((0u8..4, 0usize..3, 0usize..40), 0..200)) {

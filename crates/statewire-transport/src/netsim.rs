@@ -1305,7 +1305,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(64))]
+            #![proptest_config(ProptestConfig::with_cases(256))]
             /// Any configuration and send pattern: no panic, every datagram accounted for, no
             /// delivery before its send time, bounded queue, deterministic replay.
             #[test]

@@ -1,0 +1,31 @@
+//! statewire replicating a [hecs](https://docs.rs/hecs) world to two clients over a simulated
+//! poor network (200 ms ± 50 ms one way, 4% loss, both directions).
+//!
+//! ```sh
+//! cargo run -p statewire-examples --example hecs_world          # seed 2024
+//! cargo run -p statewire-examples --example hecs_world -- 7     # another seed
+//! ```
+//!
+//! The integration itself (the `WorldSource` over the server's hecs world, the `WorldSink` that
+//! maps `EntityId`s to `hecs::Entity`s on each client, and the game loop) is in
+//! `examples/src/hecs_world.rs`, shared with the crate's tests. The run panics, naming the seed,
+//! if any client's world differs from the server's after the quiet period.
+
+use statewire_examples::{hecs_world, seed_from_args};
+
+fn main() {
+    let seed = seed_from_args(2024);
+    let ticks = 300;
+    println!(
+        "hecs_world: seed {seed} (pass another as the first argument), {ticks} ticks, {} \
+         clients, netsim profile {:?}",
+        hecs_world::CLIENTS,
+        hecs_world::PROFILE
+    );
+    match hecs_world::run(seed, ticks) {
+        Ok(summary) => println!("{summary}"),
+        Err(e) => panic!(
+            "hecs_world failed (rerun: cargo run -p statewire-examples --example hecs_world -- {seed}): {e}"
+        ),
+    }
+}

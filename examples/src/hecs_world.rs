@@ -1,0 +1,709 @@
+//! statewire over the [hecs](https://docs.rs/hecs) ECS: a server `hecs::World` feeds snapshots
+//! through [`WorldSource`], and each client's own `hecs::World` receives them through
+//! [`WorldSink`], over loopback wrapped in netsim with the `poor` profile.
+//!
+//! # Mapping entities
+//!
+//! statewire names entities with [`EntityId`]s that the game chooses. On the server each
+//! replicated entity carries a [`NetId`] allocated from a counter; entities without one (here a
+//! [`SpawnPoint`]) are simply not replicated. The server does not reuse `hecs::Entity` bits as
+//! ids: hecs entities are 64 bits (index plus generation) and hecs reuses an index as soon as an
+//! entity is despawned, so a despawn and a spawn in the same tick would look like one entity
+//! changing. Clients keep an `EntityId → hecs::Entity` map in their [`HecsClient`] sink and
+//! store the [`NetId`] on the entity too, so either side can be found from the other.
+//!
+//! # Components
+//!
+//! [`Transform`] and [`Health`] are replicated (they implement `Replicate`); [`Velocity`] and
+//! the [`Npc`] marker exist only on the server; the [`Owner`] is stored as a component on both
+//! sides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use statewire_core::{
+    Applied, ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Owner,
+    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
+    WorldSource,
+};
+use statewire_transport::Transport;
+use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
+use statewire_transport::netsim::{LinkConfig, NetSim};
+
+use crate::game::{
+    self, ANGLE_STEP, GameEvents, GameRng, Health, INITIAL_NPCS, POSITION_STEP, TICK_HZ, TickPlan,
+    Transform,
+};
+use crate::{ClientSummary, RunError, Summary};
+
+/// Ticks without changes after the active ones. Three seconds: the `poor` profile's round trip
+/// is about 400 ms, and a few lost packets in a row only cost a tick each.
+pub const QUIET_TICKS: u32 = 90;
+/// Clients in a run.
+pub const CLIENTS: u64 = 2;
+/// The netsim profile both directions use.
+pub const PROFILE: &str = "poor";
+
+/// The wire name of a replicated entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetId(pub EntityId);
+
+/// Server-only: how an entity moves, in m/s and rad/s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Velocity {
+    /// Forward speed.
+    pub speed: f32,
+    /// Turn rate.
+    pub turn: f32,
+}
+
+/// Server-only marker: an NPC, moved by the server's wandering AI (players are not NPCs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Npc;
+
+/// Server-only marker of the entity NPC waves spawn around. It has a [`Transform`] but no
+/// [`NetId`], so it is never replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpawnPoint;
+
+/// The server's game: a hecs world and the counter [`NetId`]s come from.
+pub struct HecsServer {
+    /// The authoritative world.
+    pub world: hecs::World,
+    clients: Vec<ClientId>,
+    next_id: u32,
+    /// What changed so far.
+    pub events: GameEvents,
+}
+
+impl HecsServer {
+    /// A world with a spawn point, one player per client and [`INITIAL_NPCS`] NPCs.
+    pub fn new(clients: &[ClientId], rng: &mut GameRng) -> Self {
+        let mut s = HecsServer {
+            world: hecs::World::new(),
+            clients: clients.to_vec(),
+            next_id: 0,
+            events: GameEvents::default(),
+        };
+        s.world.spawn((
+            SpawnPoint,
+            Transform {
+                x: 100.0,
+                y: -60.0,
+                angle: 0.0,
+            },
+        ));
+        for (i, &c) in clients.iter().enumerate() {
+            let id = s.allocate();
+            let t = Transform {
+                x: i as f32 * 20.0 - 10.0,
+                y: 0.0,
+                angle: 0.0,
+            };
+            let v = Velocity {
+                speed: 4.0,
+                turn: 0.5,
+            };
+            s.world
+                .spawn((id, Owner::Client(c), t, v, Health { hp: 100 }));
+        }
+        for _ in 0..INITIAL_NPCS {
+            s.spawn_npc(rng);
+        }
+        s
+    }
+
+    fn allocate(&mut self) -> NetId {
+        let id = NetId(EntityId(self.next_id));
+        self.next_id += 1;
+        id
+    }
+
+    fn spawn_npc(&mut self, rng: &mut GameRng) {
+        let (x, y) = self
+            .world
+            .query::<&Transform>()
+            .with::<&SpawnPoint>()
+            .iter()
+            .next()
+            .map_or((0.0, 0.0), |t| (t.x, t.y));
+        let (t, speed, turn) = game::npc_motion(rng, x, y);
+        let id = self.allocate();
+        self.world.spawn((
+            id,
+            Owner::Server,
+            t,
+            Velocity { speed, turn },
+            Health { hp: 100 },
+            Npc,
+        ));
+    }
+
+    /// NPCs matching query filter `F`, sorted by [`NetId`] so random picks do not depend on
+    /// hecs's storage order.
+    fn npcs<F: hecs::Query>(&self) -> Vec<(NetId, hecs::Entity)> {
+        let mut v: Vec<_> = self
+            .world
+            .query::<(hecs::Entity, &NetId)>()
+            .with::<(&Npc, F)>()
+            .iter()
+            .map(|(e, id)| (*id, e))
+            .collect();
+        v.sort_unstable_by_key(|&(id, _)| id);
+        v
+    }
+
+    fn npcs_without_health(&self) -> Vec<(NetId, hecs::Entity)> {
+        let mut v: Vec<_> = self
+            .world
+            .query::<(hecs::Entity, &NetId)>()
+            .with::<&Npc>()
+            .without::<&Health>()
+            .iter()
+            .map(|(e, id)| (*id, e))
+            .collect();
+        v.sort_unstable_by_key(|&(id, _)| id);
+        v
+    }
+
+    fn despawn(&mut self, e: hecs::Entity) {
+        if self.world.despawn(e).is_ok() {
+            self.events.despawned += 1;
+        }
+    }
+
+    /// Advances one active tick (0-based `tick`): movement, then the tick's [`TickPlan`].
+    pub fn step(&mut self, tick: u32, rng: &mut GameRng) {
+        let dt = 1.0 / TICK_HZ as f32;
+        for (t, v) in self
+            .world
+            .query_mut::<(&mut Transform, &mut Velocity)>()
+            .with::<&Npc>()
+        {
+            if rng.chance(0.02) {
+                v.turn = rng.range(-1.0, 1.0);
+            }
+            game::advance(t, v.speed, v.turn, dt);
+        }
+        for (t, v) in self
+            .world
+            .query_mut::<(&mut Transform, &Velocity)>()
+            .without::<&Npc>()
+        {
+            game::advance(t, v.speed, v.turn, dt);
+        }
+
+        let plan = TickPlan::draw(tick, rng);
+        for _ in 0..plan.spawn {
+            self.spawn_npc(rng);
+            self.events.spawned += 1;
+        }
+        for _ in 0..plan.despawn {
+            let npcs = self.npcs::<()>();
+            if let Some(&(_, e)) = npcs.get(rng.below(npcs.len())) {
+                self.despawn(e);
+            }
+        }
+        if plan.damage > 0 {
+            let hurt = self.npcs::<&Health>();
+            if let Some(&(_, e)) = hurt.get(rng.below(hurt.len())) {
+                let dead = self.world.get::<&mut Health>(e).is_ok_and(|mut h| {
+                    h.hp -= plan.damage;
+                    h.hp <= 0
+                });
+                if dead {
+                    self.despawn(e);
+                }
+            }
+        }
+        if plan.remove_health {
+            let with = self.npcs::<&Health>();
+            if let Some(&(_, e)) = with.get(rng.below(with.len())) {
+                if self.world.remove_one::<Health>(e).is_ok() {
+                    self.events.health_removed += 1;
+                }
+            }
+        }
+        if plan.restore_health {
+            let without = self.npcs_without_health();
+            if let Some(&(_, e)) = without.get(rng.below(without.len())) {
+                if self.world.insert_one(e, Health { hp: 100 }).is_ok() {
+                    self.events.health_restored += 1;
+                }
+            }
+        }
+        if plan.hand_over {
+            if let Some(&(_, e)) = self.npcs::<()>().first() {
+                if let Ok(mut owner) = self.world.get::<&mut Owner>(e) {
+                    *owner = game::next_owner(*owner, &self.clients);
+                    self.events.owner_changes += 1;
+                }
+            }
+        }
+    }
+
+    /// Number of replicated entities (those with a [`NetId`]).
+    #[must_use]
+    pub fn replicated_len(&self) -> usize {
+        self.world.query::<&NetId>().iter().count()
+    }
+}
+
+// `hecs::World` has no `Debug`; show its size.
+impl fmt::Debug for HecsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HecsServer")
+            .field("entities", &self.world.len())
+            .field("next_id", &self.next_id)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorldSource for HecsServer {
+    fn build(&self, builder: &mut SnapshotBuilder<'_>) {
+        // One query per snapshot; the builder sorts, so hecs's archetype order does not matter.
+        // `Velocity`, `Npc` and entities without a `NetId` are left out.
+        for (id, owner, t, health) in self
+            .world
+            .query::<(&NetId, &Owner, &Transform, Option<&Health>)>()
+            .iter()
+        {
+            let mut e = builder.entity(id.0, *owner);
+            e.component(t);
+            if let Some(h) = health {
+                e.component(h);
+            }
+        }
+    }
+}
+
+/// A client's world: a hecs world kept up to date through [`WorldSink`].
+pub struct HecsClient {
+    /// The client's own world. Each replicated entity has a [`NetId`], an [`Owner`] and the
+    /// replicated components it has on the server.
+    pub world: hecs::World,
+    entities: HashMap<EntityId, hecs::Entity>,
+    // `WorldSink::remove` only names a `ComponentId`, so the sink remembers which id is which
+    // type.
+    transform_id: ComponentId,
+    health_id: ComponentId,
+    /// Changes that could not be applied (unknown entity or component); always 0 when the
+    /// replicator and the sink agree.
+    pub errors: u64,
+}
+
+impl HecsClient {
+    /// An empty world for a client using `registry`.
+    ///
+    /// # Panics
+    ///
+    /// If `registry` lacks [`Transform`] or [`Health`] (use [`game::registry`]).
+    #[must_use]
+    pub fn new(registry: &Registry) -> Self {
+        HecsClient {
+            world: hecs::World::new(),
+            entities: HashMap::new(),
+            transform_id: registry
+                .id_of::<Transform>()
+                .expect("Transform is registered"),
+            health_id: registry.id_of::<Health>().expect("Health is registered"),
+            errors: 0,
+        }
+    }
+
+    /// The hecs entity replicating `id`, if it exists.
+    #[must_use]
+    pub fn entity(&self, id: EntityId) -> Option<hecs::Entity> {
+        self.entities.get(&id).copied()
+    }
+}
+
+impl fmt::Debug for HecsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HecsClient")
+            .field("entities", &self.world.len())
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorldSink for HecsClient {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        let e = self.world.spawn((NetId(id), owner));
+        if let Some(old) = self.entities.insert(id, e) {
+            // The protocol never spawns a live id twice; keep the newer entity.
+            let _ = self.world.despawn(old);
+            self.errors += 1;
+        }
+    }
+
+    fn despawn(&mut self, id: EntityId) {
+        let gone = self
+            .entities
+            .remove(&id)
+            .is_some_and(|e| self.world.despawn(e).is_ok());
+        if !gone {
+            self.errors += 1;
+        }
+    }
+
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        let set = self.entity(id).is_some_and(|e| {
+            self.world
+                .get::<&mut Owner>(e)
+                .map(|mut o| *o = owner)
+                .is_ok()
+        });
+        if !set {
+            self.errors += 1;
+        }
+    }
+
+    fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
+        let Some(e) = self.entity(id) else {
+            self.errors += 1;
+            return;
+        };
+        // hecs's `insert_one` adds or replaces, which is exactly "added or changed".
+        let done = if let Some(t) = component.get::<Transform>() {
+            self.world.insert_one(e, t).is_ok()
+        } else if let Some(h) = component.get::<Health>() {
+            self.world.insert_one(e, h).is_ok()
+        } else {
+            false
+        };
+        if !done {
+            self.errors += 1;
+        }
+    }
+
+    fn remove(&mut self, id: EntityId, component: ComponentId) {
+        let Some(e) = self.entity(id) else {
+            self.errors += 1;
+            return;
+        };
+        let done = if component == self.transform_id {
+            self.world.remove_one::<Transform>(e).is_ok()
+        } else if component == self.health_id {
+            self.world.remove_one::<Health>(e).is_ok()
+        } else {
+            false
+        };
+        if !done {
+            self.errors += 1;
+        }
+    }
+}
+
+/// Checks that `client` holds exactly what `snapshot` (the server's quantized state) says, by
+/// walking the client's hecs world, and that each replicated [`Transform`] is within half a
+/// quantization step of the server's own unquantized one. Returns the first difference.
+pub fn verify(
+    registry: &Registry,
+    snapshot: &Snapshot,
+    server: &HecsServer,
+    client: &HecsClient,
+) -> Result<(), String> {
+    type Seen = (hecs::Entity, Owner, Option<Transform>, Option<Health>);
+    let mut seen: BTreeMap<EntityId, Seen> = BTreeMap::new();
+    for (e, id, owner, t, h) in client
+        .world
+        .query::<(
+            hecs::Entity,
+            &NetId,
+            &Owner,
+            Option<&Transform>,
+            Option<&Health>,
+        )>()
+        .iter()
+    {
+        if seen
+            .insert(id.0, (e, *owner, t.copied(), h.copied()))
+            .is_some()
+        {
+            return Err(format!("{} appears twice in the client's hecs world", id.0));
+        }
+    }
+    let total = client.world.len() as usize;
+    if total != seen.len() {
+        return Err(format!(
+            "the client's hecs world has {} entities without a NetId or Owner",
+            total - seen.len()
+        ));
+    }
+    let expected: Vec<EntityId> = snapshot.entity_ids().collect();
+    if !seen.keys().eq(expected.iter()) {
+        let only_client: Vec<_> = seen.keys().filter(|id| !snapshot.contains(**id)).collect();
+        let only_server: Vec<_> = expected
+            .iter()
+            .filter(|id| !seen.contains_key(id))
+            .collect();
+        return Err(format!(
+            "entity sets differ: only on the client {only_client:?}, only on the server \
+             {only_server:?}"
+        ));
+    }
+    for (&id, &(e, owner, t, h)) in &seen {
+        if client.entity(id) != Some(e) {
+            return Err(format!("{id}: the client's id map points elsewhere"));
+        }
+        let server_owner = snapshot.owner(id);
+        if server_owner != Some(owner) {
+            return Err(format!(
+                "{id}: owner {owner} on the client, {server_owner:?} on the server"
+            ));
+        }
+        let st = snapshot.component::<Transform>(registry, id);
+        if st != t {
+            return Err(format!(
+                "{id}: transform {t:?} on the client, {st:?} in the server's snapshot"
+            ));
+        }
+        let sh = snapshot.component::<Health>(registry, id);
+        if sh != h {
+            return Err(format!(
+                "{id}: health {h:?} on the client, {sh:?} in the server's snapshot"
+            ));
+        }
+    }
+    // Half a step, plus the rounding of converting the dequantized f64 back to f32.
+    let near = |a: f32, b: f32, step: f32| (a - b).abs() <= step * 0.5 + 1e-4;
+    for (id, t) in server.world.query::<(&NetId, &Transform)>().iter() {
+        let Some(c) = seen.get(&id.0).and_then(|s| s.2) else {
+            return Err(format!("{}: no transform on the client", id.0));
+        };
+        if !(near(c.x, t.x, POSITION_STEP)
+            && near(c.y, t.y, POSITION_STEP)
+            && near(c.angle, t.angle, ANGLE_STEP))
+        {
+            return Err(format!(
+                "{}: client transform {c:?} is not within half a step of the server's {t:?}",
+                id.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One client: its link, replicator and world.
+struct Peer {
+    id: ClientId,
+    addr: SocketAddr,
+    net: NetSim<LoopbackEndpoint>,
+    repl: ClientReplicator,
+    world: HecsClient,
+    summary: ClientSummary,
+}
+
+/// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over
+/// loopback + netsim ([`PROFILE`]), all randomness drawn from `seed`, then checks every client
+/// against the server (see [`verify`]).
+///
+/// Snapshots travel server → client as the replicator's packets, unframed; acks travel back as
+/// the acknowledged tick in 4 little-endian bytes. Both directions are impaired.
+pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
+    let registry = game::registry()?;
+    let link = LinkConfig::profile(PROFILE).expect("a built-in netsim profile");
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let mut server_net = NetSim::new(net.endpoint(), link.clone(), seed);
+    let server_addr = server_net.local_addr();
+
+    let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    let mut peers = Vec::new();
+    let mut by_addr = HashMap::new();
+    for (i, &id) in ids.iter().enumerate() {
+        server.add_client(id)?;
+        let endpoint = net.endpoint();
+        let addr = endpoint.local_addr();
+        by_addr.insert(addr, id);
+        // Each link gets its own stream of randomness derived from the seed.
+        let link_seed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        peers.push(Peer {
+            id,
+            addr,
+            net: NetSim::new(endpoint, link.clone(), link_seed),
+            repl: ClientReplicator::new(ClientConfig::default()),
+            world: HecsClient::new(&registry),
+            summary: ClientSummary {
+                client: id,
+                applied: 0,
+                stale: 0,
+                decode_errors: 0,
+                sink_errors: 0,
+                bytes_received: 0,
+                matched_after: None,
+            },
+        });
+    }
+
+    let mut rng = GameRng::new(seed);
+    let mut game = HecsServer::new(&ids, &mut rng);
+    // The builder borrows the registry, so both live here rather than in one struct.
+    let mut builder = SnapshotBuilder::new(&registry);
+    let mut snapshot = Snapshot::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut packet = Vec::new();
+    let (mut acks_sent, mut bad_acks) = (0u64, 0u64);
+
+    for t in 0..ticks + QUIET_TICKS {
+        let active = t < ticks;
+        let now = Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
+        let tick = Tick(t + 1);
+        // The drain rule: advance every simulator, then read until empty, then send.
+        server_net.advance_to(now)?;
+        for p in &mut peers {
+            p.net.advance_to(now)?;
+        }
+
+        while let Some(got) = server_net.recv(&mut buf)? {
+            let from = by_addr.get(&got.from);
+            let ack = <[u8; 4]>::try_from(&buf[..got.len]);
+            let (Some(&from), Ok(ack)) = (from, ack) else {
+                bad_acks += 1;
+                continue;
+            };
+            server.handle_ack(from, Tick(u32::from_le_bytes(ack)))?;
+        }
+
+        if active {
+            game.step(t, &mut rng);
+        }
+        game.build(&mut builder);
+        builder.finish_into(&mut snapshot)?;
+        for p in &peers {
+            packet.clear();
+            server.encode_for(&registry, p.id, tick, &snapshot, &mut packet)?;
+            server_net.send(p.addr, &packet)?;
+        }
+
+        for p in &mut peers {
+            while let Some(got) = p.net.recv(&mut buf)? {
+                p.summary.bytes_received += got.len as u64;
+                match p
+                    .repl
+                    .handle_packet(&registry, &buf[..got.len], &mut p.world)
+                {
+                    Ok(Applied::Applied(_)) => p.summary.applied += 1,
+                    Ok(_) => p.summary.stale += 1,
+                    Err(_) => p.summary.decode_errors += 1,
+                }
+            }
+            if let Some(ack) = p.repl.ack() {
+                p.net.send(server_addr, &ack.0.to_le_bytes())?;
+                acks_sent += 1;
+            }
+            if !active && p.summary.matched_after.is_none() && p.repl.state() == &snapshot {
+                p.summary.matched_after = Some(t - ticks + 1);
+            }
+        }
+    }
+
+    for p in &mut peers {
+        p.summary.sink_errors = p.world.errors;
+        let diverged = |detail: String| RunError::Diverged {
+            seed,
+            client: p.id,
+            detail,
+        };
+        if p.repl.state() != &snapshot {
+            return Err(diverged(format!(
+                "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
+                 ({:016x})",
+                p.repl.state().len(),
+                p.repl.state().state_hash(),
+                snapshot.len(),
+                snapshot.state_hash()
+            )));
+        }
+        if p.world.errors != 0 {
+            return Err(diverged(format!(
+                "its hecs world rejected {} changes",
+                p.world.errors
+            )));
+        }
+        verify(&registry, &snapshot, &game, &p.world).map_err(diverged)?;
+    }
+
+    let down = server_net.stats();
+    let lost = |s: statewire_transport::netsim::NetSimStats| {
+        s.dropped_loss + s.dropped_burst + s.dropped_mtu + s.dropped_bandwidth + s.dropped_overflow
+    };
+    Ok(Summary {
+        example: "hecs_world",
+        seed,
+        link: format!(
+            "loopback + netsim profile {PROFILE:?} both ways ({bad_acks} malformed acks)"
+        ),
+        ticks,
+        quiet_ticks: QUIET_TICKS,
+        entities: game.replicated_len(),
+        events: game.events,
+        packets_sent: down.sent,
+        packets_lost: lost(down),
+        acks_sent,
+        acks_lost: peers.iter().map(|p| lost(p.net.stats())).sum(),
+        clients: peers.into_iter().map(|p| p.summary).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicate_once(game: &HecsServer, registry: &Registry) -> (Snapshot, HecsClient) {
+        let mut b = SnapshotBuilder::new(registry);
+        game.build(&mut b);
+        let snapshot = b.finish().unwrap();
+        let mut server = ServerReplicator::new(ServerConfig::default());
+        server.add_client(ClientId(1)).unwrap();
+        let mut packet = Vec::new();
+        server
+            .encode_for(registry, ClientId(1), Tick(1), &snapshot, &mut packet)
+            .unwrap();
+        let mut repl = ClientReplicator::new(ClientConfig::default());
+        let mut client = HecsClient::new(registry);
+        repl.handle_packet(registry, &packet, &mut client).unwrap();
+        assert_eq!(repl.state(), &snapshot);
+        (snapshot, client)
+    }
+
+    #[test]
+    fn one_packet_fills_the_client_world_and_skips_server_only_state() {
+        let registry = game::registry().unwrap();
+        let game = HecsServer::new(&[ClientId(1)], &mut GameRng::new(3));
+        let (snapshot, client) = replicate_once(&game, &registry);
+        verify(&registry, &snapshot, &game, &client).unwrap();
+        // The spawn point has no NetId; NPC markers and velocities stay on the server.
+        assert_eq!(client.world.len() as usize, game.world.len() as usize - 1);
+        assert_eq!(client.world.query::<&Npc>().iter().count(), 0);
+        assert_eq!(client.world.query::<&Velocity>().iter().count(), 0);
+        assert_eq!(client.errors, 0);
+    }
+
+    #[test]
+    fn verify_reports_a_tampered_client() {
+        let registry = game::registry().unwrap();
+        let game = HecsServer::new(&[ClientId(1)], &mut GameRng::new(3));
+
+        let (snapshot, client) = replicate_once(&game, &registry);
+        let e = client.entity(EntityId(5)).unwrap();
+        client.world.get::<&mut Transform>(e).unwrap().x += 1.0;
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.starts_with("e5: transform"), "{err}");
+
+        let (snapshot, mut client) = replicate_once(&game, &registry);
+        let e = client.entity(EntityId(7)).unwrap();
+        client.world.remove_one::<Health>(e).unwrap();
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.starts_with("e7: health"), "{err}");
+
+        let (snapshot, mut client) = replicate_once(&game, &registry);
+        client.world.spawn((NetId(EntityId(999)), Owner::Server));
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.contains("only on the client [EntityId(999)]"), "{err}");
+    }
+}

@@ -6,6 +6,12 @@
 //! poll-based and never blocks, so the same session code runs over the in-memory
 //! [`loopback`] network, real sockets, or the [`netsim`] simulator wrapping any of them.
 //!
+//! - [`loopback`]: in-process network with deterministic delivery, for tests and simulations.
+//! - [`udp`]: one non-blocking UDP socket; datagrams over the size limit are dropped and counted.
+//! - [`tcp`]: TCP connections carrying length-prefixed frames, as a server accepting many peers
+//!   or a client with one; every buffer is bounded and misbehaving peers are disconnected.
+//! - [`netsim`]: seeded impairments (latency, loss, bursts, reordering, ...) around any of them.
+//!
 //! The simulator runs on a virtual clock that the caller advances; given the same seed and the
 //! same sequence of calls it makes the same decisions, byte for byte.
 #![warn(missing_docs)]
@@ -14,6 +20,8 @@ use std::net::SocketAddr;
 
 pub mod loopback;
 pub mod netsim;
+pub mod tcp;
+pub mod udp;
 
 /// Errors a transport reports.
 #[derive(Debug, thiserror::Error)]

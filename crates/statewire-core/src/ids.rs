@@ -5,8 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A networked entity, as named on the wire. The game chooses the numbers (an ECS entity's
-/// index, a counter...); they only have to be unique among live replicated entities.
+/// A networked entity, as named on the wire. The game allocates the numbers (a counter is
+/// best); they must be unique among live replicated entities and should not be reused soon
+/// after a despawn: a reused id whose despawn and respawn land in the same snapshot reaches
+/// clients as an update of the old entity. ECS entity indices (which ECSs recycle at once) are
+/// therefore a poor choice; keep a map from ECS entity to `EntityId` on each side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EntityId(pub u32);
 

@@ -74,6 +74,19 @@ pub trait Transport {
 
     /// Copies the next pending datagram into `buf`. Returns `Ok(None)` when nothing is pending.
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError>;
+
+    /// For connection-oriented transports: the next peer whose connection closed, so a session
+    /// can drop it at once instead of waiting for a timeout. Datagram transports return `None`
+    /// (the default).
+    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// For connection-oriented transports: closes the connection to `peer` (a session dropped
+    /// it). Datagram transports do nothing (the default).
+    fn close_peer(&mut self, peer: SocketAddr) {
+        let _ = peer;
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -89,6 +102,12 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
         (**self).recv(buf)
     }
+    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
+        (**self).poll_closed_peer()
+    }
+    fn close_peer(&mut self, peer: SocketAddr) {
+        (**self).close_peer(peer)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -103,5 +122,11 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
         (**self).recv(buf)
+    }
+    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
+        (**self).poll_closed_peer()
+    }
+    fn close_peer(&mut self, peer: SocketAddr) {
+        (**self).close_peer(peer)
     }
 }

@@ -576,6 +576,14 @@ impl<T: Transport> Transport for NetSim<T> {
         self.inner.local_addr()
     }
 
+    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
+        self.inner.poll_closed_peer()
+    }
+
+    fn close_peer(&mut self, peer: SocketAddr) {
+        self.inner.close_peer(peer)
+    }
+
     fn max_payload(&self) -> usize {
         self.inner.max_payload()
     }

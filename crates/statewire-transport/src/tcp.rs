@@ -582,6 +582,14 @@ impl Transport for TcpTransport {
         self.local_addr
     }
 
+    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
+        self.poll_disconnected().map(|(addr, _)| addr)
+    }
+
+    fn close_peer(&mut self, peer: SocketAddr) {
+        self.disconnect(peer);
+    }
+
     fn max_payload(&self) -> usize {
         self.config.max_frame
     }

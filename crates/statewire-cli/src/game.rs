@@ -138,34 +138,17 @@ struct Actor {
 #[derive(Debug)]
 pub(crate) struct Game {
     actors: Vec<Actor>,
-    players: Vec<(ClientId, usize)>,
+    players: Vec<(ClientId, EntityId)>,
+    next_id: u32,
     rng: SimRng,
 }
 
 impl Game {
-    /// `clients` players (entity ids 0..clients) and enough enemies to reach `entities`.
-    pub(crate) fn new(clients: &[ClientId], entities: usize, seed: u64) -> Game {
+    /// `enemies` wandering enemies (entity ids `0..enemies`) and no players yet.
+    pub(crate) fn new(enemies: usize, seed: u64) -> Game {
         let mut rng = SimRng::new(seed ^ 0x6761_6d65);
-        let mut actors = Vec::with_capacity(entities.max(clients.len()));
-        let mut players = Vec::new();
-        for (i, &c) in clients.iter().enumerate() {
-            players.push((c, actors.len()));
-            actors.push(Actor {
-                id: EntityId(i as u32),
-                owner: Owner::Client(c),
-                pos: Position {
-                    x: (i as f32 * 3.0) - 10.0,
-                    y: 0.0,
-                },
-                facing: 0.0,
-                body: Body {
-                    kind: Kind::Player,
-                    hp: 100,
-                },
-                speed: 0.0,
-            });
-        }
-        while actors.len() < entities {
+        let mut actors = Vec::with_capacity(enemies);
+        while actors.len() < enemies {
             let id = EntityId(actors.len() as u32);
             let x = uniform(&mut rng, -ARENA, ARENA);
             let y = uniform(&mut rng, -ARENA, ARENA);
@@ -182,9 +165,40 @@ impl Game {
             });
         }
         Game {
+            next_id: actors.len() as u32,
             actors,
-            players,
+            players: Vec::new(),
             rng,
+        }
+    }
+
+    /// Spawns `client`'s player (ids continue after the enemies, never reused).
+    pub(crate) fn add_player(&mut self, client: ClientId) {
+        let n = self.players.len() as f32;
+        let id = EntityId(self.next_id);
+        self.next_id += 1;
+        self.actors.push(Actor {
+            id,
+            owner: Owner::Client(client),
+            pos: Position {
+                x: n * 3.0 - 10.0,
+                y: 0.0,
+            },
+            facing: 0.0,
+            body: Body {
+                kind: Kind::Player,
+                hp: 100,
+            },
+            speed: 0.0,
+        });
+        self.players.push((client, id));
+    }
+
+    /// Despawns `client`'s player.
+    pub(crate) fn remove_player(&mut self, client: ClientId) {
+        if let Some(i) = self.players.iter().position(|p| p.0 == client) {
+            let (_, id) = self.players.swap_remove(i);
+            self.actors.retain(|a| a.id != id);
         }
     }
 
@@ -192,9 +206,11 @@ impl Game {
     /// enemy starts or stops walking with a small probability, so about a fifth walk at once).
     pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input) {
         let dt = 1.0 / TICK_HZ as f32;
-        for &(client, idx) in &self.players {
+        for &(client, id) in &self.players {
             let input = inputs(client);
-            let a = &mut self.actors[idx];
+            let Some(a) = self.actors.iter_mut().find(|a| a.id == id) else {
+                continue;
+            };
             if input.dx != 0 || input.dy != 0 {
                 let (dx, dy) = (f32::from(input.dx), f32::from(input.dy));
                 let len = (dx * dx + dy * dy).sqrt();

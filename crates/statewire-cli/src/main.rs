@@ -1,19 +1,25 @@
-//! `statewire`: run the replication simulation and report what it measured.
+//! `statewire`: run the replication game and report what it measured.
 //!
-//! `statewire sim` plays a small game (players steered by bots, wandering enemies) with a server
-//! and N clients in one process, over the in-memory loopback network wrapped in the seeded
-//! network simulator, and reports bandwidth, lag and whether every client converged to the
-//! server's exact quantized state.
+//! - `statewire sim` plays a small game (players steered by bots, wandering enemies) with a
+//!   server and N bot clients in one process, over statewire sessions on loopback, UDP or TCP,
+//!   every endpoint wrapped in the seeded network simulator, and reports bandwidth, lag and
+//!   whether every client converged to the server's exact quantized state.
+//! - `statewire serve` / `statewire join` run the same game across processes on real sockets.
 
 mod game;
+mod netgame;
+mod realtime;
 mod sim;
 mod wire;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::sim::TransportKind;
 
 #[derive(Debug, Parser)]
 #[command(name = "statewire", version, about = "statewire replication tools")]
@@ -26,6 +32,10 @@ struct Cli {
 enum Command {
     /// Simulate a server and bot clients over a simulated network and report.
     Sim(SimArgs),
+    /// Run the game server on a real socket.
+    Serve(realtime::ServeArgs),
+    /// Join a running `statewire serve` as a bot client.
+    Join(realtime::JoinArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,9 +58,12 @@ struct SimArgs {
     /// Seed for the game, the bots and the network simulator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Byte budget of one snapshot packet.
-    #[arg(long, default_value_t = 1200)]
+    /// Byte budget of one snapshot (it must fit the session's unreliable channel).
+    #[arg(long, default_value_t = 1100)]
     max_packet: usize,
+    /// Transport under the sessions (UDP and TCP use 127.0.0.1).
+    #[arg(long, value_enum, default_value_t = TransportKind::Loopback)]
+    transport: TransportKind,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -60,7 +73,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::Serve(args) => realtime::serve(args),
+        Command::Join(args) => realtime::join(args),
     }
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} ticks {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn run_sim(args: SimArgs) -> ExitCode {
@@ -72,11 +95,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
         profile: args.profile,
         seed: args.seed,
         max_packet_bytes: args.max_packet,
+        transport: args.transport,
     };
-    let bar = ProgressBar::new(u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks));
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} ticks {elapsed}") {
-        bar.set_style(style);
-    }
+    let bar = progress_bar(u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks));
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
     match result {
@@ -106,4 +127,10 @@ fn run_sim(args: SimArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses `ADDR` for `serve`/`join`.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:7777: {e}"))
 }

@@ -1,21 +1,41 @@
-//! `statewire sim`: a server and bot clients in one process over loopback + netsim, on a
-//! virtual clock.
+//! `statewire sim`: a game server and bot clients in one process, over statewire sessions on
+//! loopback, UDP or TCP (127.0.0.1), each endpoint wrapped in the seeded network simulator and
+//! driven by one virtual clock.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hashbrown::HashMap;
 use serde::Serialize;
-use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, ServerConfig, ServerReplicator, Snapshot,
-    SnapshotBuilder, Tick, WorldSource,
-};
 use statewire_transport::Transport;
-use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
+use statewire_transport::loopback::{LoopbackConfig, LoopbackNet};
 use statewire_transport::netsim::{LinkConfig, NetSim, NetSimStats};
+use statewire_transport::tcp::{TcpConfig, TcpTransport};
+use statewire_transport::udp::{UdpConfig, UdpTransport};
 
-use crate::game::{self, Bot, ClientWorld, Game, Input, TICK_HZ};
-use crate::wire::{self, ClientMsg};
+use crate::game::TICK_HZ;
+use crate::netgame::{GameClient, GameServer, NetGameError};
+
+/// Which transport carries the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TransportKind {
+    /// In-memory, deterministic.
+    Loopback,
+    /// UDP sockets on 127.0.0.1.
+    Udp,
+    /// TCP connections on 127.0.0.1.
+    Tcp,
+}
+
+impl TransportKind {
+    fn name(self) -> &'static str {
+        match self {
+            TransportKind::Loopback => "loopback",
+            TransportKind::Udp => "udp",
+            TransportKind::Tcp => "tcp",
+        }
+    }
+}
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -27,6 +47,7 @@ pub(crate) struct SimConfig {
     pub(crate) profile: String,
     pub(crate) seed: u64,
     pub(crate) max_packet_bytes: usize,
+    pub(crate) transport: TransportKind,
 }
 
 /// Errors that stop a run (bad flags or a broken local transport; network loss is not one).
@@ -34,16 +55,20 @@ pub(crate) struct SimConfig {
 pub(crate) enum SimError {
     #[error("unknown profile {0:?}; known: {known}", known = LinkConfig::PROFILE_NAMES.join(", "))]
     UnknownProfile(String),
-    #[error("schema: {0}")]
-    Schema(#[from] statewire_core::SchemaError),
-    #[error("snapshot: {0}")]
-    Build(#[from] statewire_core::BuildError),
-    #[error("replication: {0}")]
-    Replication(#[from] statewire_core::ReplicationError),
+    #[error(transparent)]
+    Game(#[from] NetGameError),
     #[error("transport: {0}")]
     Transport(#[from] statewire_transport::TransportError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
     #[error("--clients must be at least 1 and --entities at least --clients")]
     BadCounts,
+    #[error("only {connected} of {wanted} clients connected within {ticks} ticks")]
+    ConnectFailed {
+        connected: usize,
+        wanted: usize,
+        ticks: u32,
+    },
 }
 
 /// What a run measured. Serialized as the `--json` line.
@@ -57,17 +82,20 @@ pub(crate) struct SimReport {
     pub(crate) seed: u64,
     pub(crate) transport: &'static str,
     pub(crate) codec: &'static str,
-    /// Server→client bytes per client per second during the active ticks (datagram payloads,
-    /// counted at the sender, lost ones included).
+    /// Server→client bytes per client per second during the active ticks: every datagram the
+    /// server sent (session and channel headers, acks and resends included), counted at the
+    /// sender, lost ones included.
     pub(crate) bytes_per_client_per_sec: f64,
-    /// Client→server bytes per client per second during the active ticks.
+    /// Client→server bytes per client per second during the active ticks, same counting.
     pub(crate) upstream_bytes_per_client_per_sec: f64,
-    /// Server→client bytes per entity record (spawn, update or despawn) sent.
+    /// Snapshot payload bytes per entity record (spawn, update or despawn) sent.
     pub(crate) bytes_per_entity_update: f64,
     pub(crate) max_packet_bytes: usize,
     pub(crate) packets_sent: u64,
     pub(crate) packets_lost: u64,
     pub(crate) packets_duplicated: u64,
+    /// Ticks until every client completed the handshake.
+    pub(crate) connect_ticks: u32,
     /// Most ticks any client's newest applied snapshot trailed the server during active play.
     pub(crate) max_lag_ticks: u32,
     /// Changes that had to wait for a later packet because a packet was full (summed).
@@ -81,15 +109,49 @@ pub(crate) struct SimReport {
     pub(crate) quiet_ticks: u32,
 }
 
-struct SimClient {
-    id: ClientId,
-    addr: SocketAddr,
-    net: NetSim<LoopbackEndpoint>,
-    repl: ClientReplicator,
-    world: ClientWorld,
-    bot: Bot,
-    converged_at: Option<u32>,
-    decode_errors: u64,
+type Link = NetSim<Box<dyn Transport>>;
+
+/// A server transport and one transport per client.
+struct Endpoints {
+    server: Box<dyn Transport>,
+    clients: Vec<Box<dyn Transport>>,
+}
+
+fn transports(kind: TransportKind, n: usize) -> Result<Endpoints, SimError> {
+    let local: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(match kind {
+        TransportKind::Loopback => {
+            let net = LoopbackNet::new(LoopbackConfig::default());
+            let server: Box<dyn Transport> = Box::new(net.endpoint());
+            let clients = (0..n)
+                .map(|_| Box::new(net.endpoint()) as Box<dyn Transport>)
+                .collect();
+            Endpoints { server, clients }
+        }
+        TransportKind::Udp => {
+            let server: Box<dyn Transport> =
+                Box::new(UdpTransport::bind(local, UdpConfig::default())?);
+            let clients = (0..n)
+                .map(|_| {
+                    UdpTransport::bind(local, UdpConfig::default())
+                        .map(|t| Box::new(t) as Box<dyn Transport>)
+                })
+                .collect::<Result<_, _>>()?;
+            Endpoints { server, clients }
+        }
+        TransportKind::Tcp => {
+            let listener = TcpTransport::listen(local, TcpConfig::default())?;
+            let addr = listener.local_addr();
+            let server: Box<dyn Transport> = Box::new(listener);
+            let clients = (0..n)
+                .map(|_| {
+                    TcpTransport::connect(addr, TcpConfig::default())
+                        .map(|t| Box::new(t) as Box<dyn Transport>)
+                })
+                .collect::<Result<_, _>>()?;
+            Endpoints { server, clients }
+        }
+    })
 }
 
 /// Runs the simulation; `progress` is called once per tick with (done, total).
@@ -102,168 +164,161 @@ pub(crate) fn run(
     }
     let link = LinkConfig::profile(&cfg.profile)
         .ok_or_else(|| SimError::UnknownProfile(cfg.profile.clone()))?;
-    let registry = game::registry()?;
-    let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut server_net = NetSim::new(net.endpoint(), link.clone(), cfg.seed);
-    let server_addr = server_net.local_addr();
-    let mut server = ServerReplicator::new(ServerConfig {
-        max_packet_bytes: cfg.max_packet_bytes,
-        max_clients: cfg.clients,
-        ..ServerConfig::default()
-    });
-    let ids: Vec<ClientId> = (1..=cfg.clients as u64).map(ClientId).collect();
-    let mut clients = Vec::with_capacity(cfg.clients);
-    let mut by_addr = HashMap::new();
-    for (i, &id) in ids.iter().enumerate() {
-        let endpoint = net.endpoint();
-        let addr = endpoint.local_addr();
-        by_addr.insert(addr, id);
-        server.add_client(id)?;
+    let Endpoints {
+        server: server_t,
+        clients: client_ts,
+    } = transports(cfg.transport, cfg.clients)?;
+    let mut server = GameServer::new(
+        NetSim::new(server_t, link.clone(), cfg.seed),
+        cfg.entities - cfg.clients,
+        cfg.clients,
+        cfg.max_packet_bytes,
+        cfg.seed,
+    )?;
+    let server_addr = server.session.local_addr();
+    let mut clients: Vec<GameClient<Link>> = Vec::with_capacity(cfg.clients);
+    for (i, t) in client_ts.into_iter().enumerate() {
         let seed = cfg
             .seed
             .wrapping_add(1 + i as u64)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        clients.push(SimClient {
-            id,
-            addr,
-            net: NetSim::new(endpoint, link.clone(), seed),
-            repl: ClientReplicator::new(ClientConfig::default()),
-            world: ClientWorld::default(),
-            bot: Bot::new(seed ^ 0xb07),
-            converged_at: None,
-            decode_errors: 0,
-        });
+        clients.push(GameClient::new(
+            NetSim::new(t, link.clone(), seed),
+            server_addr,
+            Duration::ZERO,
+            seed,
+        )?);
     }
-    let mut game = Game::new(&ids, cfg.entities, cfg.seed);
-    let mut inputs: HashMap<ClientId, Input> = HashMap::new();
-
-    let mut snapshot = Snapshot::new();
-    let mut builder = SnapshotBuilder::new(&registry);
-    let mut buf = vec![0u8; 65_536];
-    let mut pkt = Vec::with_capacity(cfg.max_packet_bytes + 1);
-    let (mut down_bytes, mut up_bytes, mut records, mut deferred) = (0u64, 0u64, 0u64, 0u64);
-    let (mut max_packet, mut max_lag, mut wire_errors) = (0usize, 0u32, 0u64);
+    // Real sockets deliver in real time: pace the virtual clock so a datagram sent in one tick
+    // is readable in the next. Loopback needs no pacing and stays deterministic.
+    let pace = match cfg.transport {
+        TransportKind::Loopback => None,
+        _ => Some(Duration::from_micros(500)),
+    };
+    let connect_limit = 10 * TICK_HZ;
     let total = u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks);
+    let mut t: u32 = 0;
+    let now_at = |t: u32| Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
+    let step_all = |server: &mut GameServer<Link>,
+                    clients: &mut Vec<GameClient<Link>>,
+                    t: u32,
+                    active: bool|
+     -> Result<(), SimError> {
+        let now = now_at(t);
+        server.session.transport_mut().advance_to(now)?;
+        for c in clients.iter_mut() {
+            c.session.transport_mut().advance_to(now)?;
+        }
+        server.step(now, active)?;
+        for c in clients.iter_mut() {
+            c.step(now, active)?;
+        }
+        if let Some(p) = pace {
+            std::thread::sleep(p);
+        }
+        Ok(())
+    };
 
-    for t in 0..cfg.ticks + cfg.quiet_ticks {
-        let active = t < cfg.ticks;
-        let now = Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
-        let tick = Tick(t + 1);
-        server_net.advance_to(now)?;
-        for c in &mut clients {
-            c.net.advance_to(now)?;
-        }
-
-        // Server: take acks and inputs, step, replicate.
-        while let Some(got) = server_net.recv(&mut buf)? {
-            let Some(&from) = by_addr.get(&got.from) else {
-                wire_errors += 1;
-                continue;
-            };
-            match wire::parse_client(&buf[..got.len]) {
-                Ok(ClientMsg { ack, input }) => {
-                    if let Some(a) = ack {
-                        server.handle_ack(from, a)?;
-                    }
-                    inputs.insert(from, input);
-                }
-                Err(_) => wire_errors += 1,
-            }
-        }
-        if active {
-            game.step(&|c| inputs.get(&c).copied().unwrap_or_default());
-        }
-        game.build(&mut builder);
-        builder.finish_into(&mut snapshot)?;
-        for c in &clients {
-            wire::begin_snapshot(&mut pkt);
-            let stats = server.encode_for(&registry, c.id, tick, &snapshot, &mut pkt)?;
-            server_net.send(c.addr, &pkt)?;
-            if active {
-                down_bytes += pkt.len() as u64;
-                records += stats.records as u64;
-                deferred += stats.pending as u64;
-            }
-            max_packet = max_packet.max(pkt.len());
-        }
-
-        // Clients: apply snapshots, ack, steer.
-        for c in &mut clients {
-            while let Some(got) = c.net.recv(&mut buf)? {
-                let Ok(body) = wire::parse_snapshot(&buf[..got.len]) else {
-                    wire_errors += 1;
-                    continue;
-                };
-                match c.repl.handle_packet(&registry, body, &mut c.world) {
-                    Ok(Applied::Applied(_) | Applied::Stale(_)) => {}
-                    Ok(_) => {}
-                    Err(_) => c.decode_errors += 1,
-                }
-            }
-            let input = if active {
-                c.bot.think()
-            } else {
-                Input::default()
-            };
-            let msg = wire::encode_client(ClientMsg {
-                ack: c.repl.ack(),
-                input,
+    // Connect phase: not part of the measured run.
+    while !clients.iter().all(GameClient::is_connected) || server.connected.len() < cfg.clients {
+        if t >= connect_limit {
+            return Err(SimError::ConnectFailed {
+                connected: clients.iter().filter(|c| c.is_connected()).count(),
+                wanted: cfg.clients,
+                ticks: t,
             });
-            c.net.send(server_addr, &msg)?;
-            if active {
-                up_bytes += msg.len() as u64;
-                let lag = c.repl.ack().map_or(t + 1, |a| tick.diff(a).max(0) as u32);
+        }
+        step_all(&mut server, &mut clients, t, false)?;
+        t += 1;
+    }
+    let connect_ticks = t;
+    let down0 = server.session.transport().stats();
+    let up0: Vec<NetSimStats> = clients
+        .iter()
+        .map(|c| c.session.transport().stats())
+        .collect();
+    let mut max_lag = 0u32;
+    let mut converged_at: Vec<Option<u32>> = vec![None; cfg.clients];
+    let mut down_active = NetSimStats::default();
+    let mut up_active = 0u64;
+    for i in 0..cfg.ticks + cfg.quiet_ticks {
+        let active = i < cfg.ticks;
+        step_all(&mut server, &mut clients, t, active)?;
+        t += 1;
+        if active {
+            for c in &clients {
+                let lag = c
+                    .repl
+                    .ack()
+                    .map_or(i + 1, |a| server.tick().diff(a).max(0) as u32);
                 max_lag = max_lag.max(lag);
-            } else if c.converged_at.is_none() && c.repl.state() == &snapshot {
-                c.converged_at = Some(t - cfg.ticks + 1);
+            }
+            if i + 1 == cfg.ticks {
+                down_active = server.session.transport().stats();
+                up_active = clients
+                    .iter()
+                    .zip(&up0)
+                    .map(|(c, s0)| c.session.transport().stats().bytes_sent - s0.bytes_sent)
+                    .sum();
+            }
+        } else {
+            for (k, c) in clients.iter().enumerate() {
+                if converged_at[k].is_none() && c.repl.state() == &server.snapshot {
+                    converged_at[k] = Some(i - cfg.ticks + 1);
+                }
             }
         }
-        progress(u64::from(t) + 1, total);
+        progress(u64::from(i) + 1, total);
+    }
+    if cfg.ticks == 0 {
+        down_active = server.session.transport().stats();
     }
 
-    let converged = clients.iter().all(|c| c.repl.state() == &snapshot)
-        && clients
-            .iter()
-            .all(|c| c.world.entities.len() == snapshot.len());
+    let converged = clients.iter().all(|c| {
+        c.repl.state() == &server.snapshot && c.world.entities.len() == server.snapshot.len()
+    });
     let max_convergence_ticks = if converged {
-        clients.iter().filter_map(|c| c.converged_at).max()
+        converged_at.iter().flatten().copied().max()
     } else {
         None
     };
-    let mut net_stats = server_net.stats();
+    let mut net_stats = server.session.transport().stats();
     for c in &clients {
-        let s = c.net.stats();
-        add_stats(&mut net_stats, &s);
+        add_stats(&mut net_stats, &c.session.transport().stats());
     }
     let secs = f64::from(cfg.ticks.max(1)) / f64::from(TICK_HZ);
     let n = cfg.clients as f64;
+    let counters = server.counters;
     Ok(SimReport {
         clients: cfg.clients,
-        entities: game.len(),
+        entities: server.game.len(),
         ticks: cfg.ticks,
         tick_hz: TICK_HZ,
         profile: cfg.profile.clone(),
         seed: cfg.seed,
-        transport: "loopback",
+        transport: cfg.transport.name(),
         codec: "packed",
-        bytes_per_client_per_sec: down_bytes as f64 / n / secs,
-        upstream_bytes_per_client_per_sec: up_bytes as f64 / n / secs,
-        bytes_per_entity_update: if records == 0 {
+        bytes_per_client_per_sec: (down_active.bytes_sent - down0.bytes_sent) as f64 / n / secs,
+        upstream_bytes_per_client_per_sec: up_active as f64 / n / secs,
+        bytes_per_entity_update: if counters.records == 0 {
             0.0
         } else {
-            down_bytes as f64 / records as f64
+            counters.snapshot_bytes as f64 / counters.records as f64
         },
-        max_packet_bytes: max_packet,
+        max_packet_bytes: counters.max_packet,
         packets_sent: net_stats.sent,
         packets_lost: net_stats.dropped_loss
             + net_stats.dropped_burst
             + net_stats.dropped_mtu
             + net_stats.dropped_bandwidth,
         packets_duplicated: net_stats.duplicated,
+        connect_ticks,
         max_lag_ticks: max_lag,
-        deferred_records: deferred,
+        deferred_records: counters.deferred,
         decode_errors: clients.iter().map(|c| c.decode_errors).sum(),
-        wire_errors,
+        wire_errors: clients.iter().map(|c| c.bad_messages).sum::<u64>()
+            + counters.bad_client_messages
+            + counters.send_refused,
         max_convergence_ticks,
         converged,
         quiet_ticks: cfg.quiet_ticks,
@@ -295,6 +350,7 @@ impl SimReport {
         format!(
             "statewire sim: {clients} clients, {entities} entities, {ticks} ticks at {hz} Hz, \
              profile {profile}, seed {seed}, transport {transport}, codec {codec}\n\
+             \x20 connected        {connect:>10} ticks to complete every handshake\n\
              \x20 downstream       {down:>10.0} B/s per client ({kbps:.1} kbit/s)\n\
              \x20 upstream         {up:>10.0} B/s per client\n\
              \x20 per entity update {bpe:>9.2} B\n\
@@ -312,6 +368,7 @@ impl SimReport {
             seed = self.seed,
             transport = self.transport,
             codec = self.codec,
+            connect = self.connect_ticks,
             down = self.bytes_per_client_per_sec,
             kbps = self.bytes_per_client_per_sec * 8.0 / 1000.0,
             up = self.upstream_bytes_per_client_per_sec,
@@ -340,7 +397,8 @@ mod tests {
             quiet_ticks: 150,
             profile: profile.to_string(),
             seed,
-            max_packet_bytes: 1200,
+            max_packet_bytes: 1100,
+            transport: TransportKind::Loopback,
         }
     }
 
@@ -373,6 +431,17 @@ mod tests {
         let r = run(&c, &mut |_, _| {}).unwrap();
         assert!(!r.converged, "{}", r.render());
         assert_eq!(r.max_convergence_ticks, None);
+    }
+
+    #[test]
+    fn converges_over_udp_and_tcp() {
+        for kind in [TransportKind::Udp, TransportKind::Tcp] {
+            let mut c = cfg("very-poor", 1);
+            c.transport = kind;
+            let r = run(&c, &mut |_, _| {}).unwrap();
+            assert!(r.converged, "{kind:?} seed 1: {}", r.render());
+            assert_eq!(r.transport, kind.name());
+        }
     }
 
     #[test]

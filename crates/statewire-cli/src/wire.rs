@@ -3,6 +3,8 @@
 //! ```text
 //! server → client:  0x01  snapshot packet (statewire-core delta format)
 //! client → server:  0x02  has_ack:u8(0|1)  ack_tick:u32le  dx:i8  dy:i8     (exactly 8 bytes)
+//! server → client:  0x03  tick:u32le  state_digest:u64le                     (exactly 13 bytes,
+//!                                                                  reliable, end of a run)
 //! ```
 
 use statewire_core::Tick;
@@ -12,6 +14,8 @@ use crate::game::Input;
 const SNAPSHOT: u8 = 0x01;
 const CLIENT: u8 = 0x02;
 const CLIENT_LEN: usize = 8;
+const FINAL: u8 = 0x03;
+const FINAL_LEN: usize = 13;
 
 /// Errors from parsing a sim datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -22,8 +26,8 @@ pub(crate) enum WireError {
     /// Unknown first byte.
     #[error("unknown message tag {0:#04x}")]
     UnknownTag(u8),
-    /// A client message of the wrong length.
-    #[error("client message of {0} bytes, expected {CLIENT_LEN}")]
+    /// A message of the wrong length.
+    #[error("message of {0} bytes has the wrong length")]
     BadLength(usize),
     /// The ack flag is neither 0 nor 1.
     #[error("bad ack flag {0}")]
@@ -88,6 +92,32 @@ pub(crate) fn parse_client(bytes: &[u8]) -> Result<ClientMsg, WireError> {
     })
 }
 
+/// Encodes the server's final state digest.
+pub(crate) fn encode_final(tick: Tick, digest: u64) -> [u8; FINAL_LEN] {
+    let mut b = [0u8; FINAL_LEN];
+    b[0] = FINAL;
+    b[1..5].copy_from_slice(&tick.0.to_le_bytes());
+    b[5..].copy_from_slice(&digest.to_le_bytes());
+    b
+}
+
+/// Decodes the server's final state digest.
+pub(crate) fn parse_final(bytes: &[u8]) -> Result<(Tick, u64), WireError> {
+    let (&tag, _) = bytes.split_first().ok_or(WireError::Empty)?;
+    if tag != FINAL {
+        return Err(WireError::UnknownTag(tag));
+    }
+    let b: &[u8; FINAL_LEN] = bytes
+        .try_into()
+        .map_err(|_| WireError::BadLength(bytes.len()))?;
+    let mut d = [0u8; 8];
+    d.copy_from_slice(&b[5..]);
+    Ok((
+        Tick(u32::from_le_bytes([b[1], b[2], b[3], b[4]])),
+        u64::from_le_bytes(d),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +142,7 @@ mod tests {
         assert_eq!(parse_client(&bad), Err(WireError::BadFlag(7)));
         assert_eq!(parse_snapshot(&[1, 2, 3]), Ok(&[2u8, 3][..]));
         assert_eq!(parse_snapshot(&[2]), Err(WireError::UnknownTag(2)));
+        assert_eq!(parse_final(&encode_final(Tick(9), 77)), Ok((Tick(9), 77)));
+        assert_eq!(parse_final(&[3, 1]), Err(WireError::BadLength(2)));
     }
 }

@@ -1,0 +1,207 @@
+//! `statewire serve` and `statewire join`: the sim game across processes, on real sockets and
+//! the wall clock.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use statewire_transport::Transport;
+use statewire_transport::tcp::{TcpConfig, TcpTransport};
+use statewire_transport::udp::{UdpConfig, UdpTransport};
+
+use crate::game::TICK_HZ;
+use crate::netgame::{GameClient, GameServer};
+use crate::parse_addr;
+
+/// Flags of `statewire serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Serve over UDP on this address (e.g. 127.0.0.1:7777).
+    #[arg(long, value_parser = parse_addr, conflicts_with = "tcp", required_unless_present = "tcp")]
+    udp: Option<SocketAddr>,
+    /// Serve over TCP on this address.
+    #[arg(long, value_parser = parse_addr)]
+    tcp: Option<SocketAddr>,
+    /// Enemies in the world.
+    #[arg(long, default_value_t = 1000)]
+    entities: usize,
+    /// Active ticks at 30 Hz before the world goes quiet (1800 = 60 s).
+    #[arg(long, default_value_t = 1800)]
+    ticks: u32,
+    /// Quiet ticks (nothing changes) before the final state digest is sent.
+    #[arg(long, default_value_t = 90)]
+    quiet_ticks: u32,
+    /// Most clients.
+    #[arg(long, default_value_t = 64)]
+    max_clients: usize,
+    /// Byte budget of one snapshot.
+    #[arg(long, default_value_t = 1100)]
+    max_packet: usize,
+    /// Seed of the game.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Flags of `statewire join`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JoinArgs {
+    /// The server's address.
+    #[arg(value_parser = parse_addr)]
+    addr: SocketAddr,
+    /// Connect over TCP instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// Seed of this bot.
+    #[arg(long, default_value_t = 2)]
+    seed: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+fn tick_len() -> Duration {
+    Duration::from_micros(1_000_000 / u64::from(TICK_HZ))
+}
+
+pub(crate) fn serve(args: ServeArgs) -> ExitCode {
+    let transport: Box<dyn Transport> = match (args.udp, args.tcp) {
+        (Some(a), _) => match UdpTransport::bind(a, UdpConfig::default()) {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(&format!("cannot bind UDP {a}: {e}")),
+        },
+        (None, Some(a)) => match TcpTransport::listen(a, TcpConfig::default()) {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(&format!("cannot listen on TCP {a}: {e}")),
+        },
+        (None, None) => return fail("give --udp ADDR or --tcp ADDR"),
+    };
+    let mut server = match GameServer::new(
+        transport,
+        args.entities,
+        args.max_clients,
+        args.max_packet,
+        args.seed,
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    println!("listening on {}", server.session.local_addr());
+    let _ = std::io::stdout().flush();
+    let start = Instant::now();
+    let total = args.ticks + args.quiet_ticks;
+    let linger = 2 * TICK_HZ;
+    let mut known = 0usize;
+    for t in 0..total + linger {
+        let now = start.elapsed();
+        if let Err(e) = server.step(now, t < args.ticks) {
+            return fail(&e.to_string());
+        }
+        if server.connected.len() != known {
+            known = server.connected.len();
+            println!("tick {t}: {known} clients connected");
+        }
+        if t == total {
+            server.announce_final();
+            println!(
+                "final state at {}: {} entities, digest {:016x}",
+                server.tick(),
+                server.snapshot.len(),
+                server.snapshot.state_hash()
+            );
+        }
+        let next = tick_len() * (t + 1);
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    server.session.shutdown();
+    let _ = server.session.flush(start.elapsed());
+    let c = server.counters;
+    println!(
+        "served {} ticks: {} snapshot bytes, {} entity records, {} deferred, {} bad client messages",
+        total, c.snapshot_bytes, c.records, c.deferred, c.bad_client_messages
+    );
+    ExitCode::SUCCESS
+}
+
+pub(crate) fn join(args: JoinArgs) -> ExitCode {
+    let any = SocketAddr::new(
+        if args.addr.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let transport: Box<dyn Transport> = if args.tcp {
+        match TcpTransport::connect(args.addr, TcpConfig::default()) {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(&format!("cannot connect to {}: {e}", args.addr)),
+        }
+    } else {
+        match UdpTransport::bind(any, UdpConfig::default()) {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(&format!("cannot bind UDP: {e}")),
+        }
+    };
+    let mut client = match GameClient::new(transport, args.addr, Duration::ZERO, args.seed) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let start = Instant::now();
+    let limit = Duration::from_secs(args.timeout_secs);
+    let mut announced = false;
+    let mut digest_since: Option<Instant> = None;
+    let mut t: u32 = 0;
+    while start.elapsed() < limit {
+        if let Err(e) = client.step(start.elapsed(), true) {
+            return fail(&e.to_string());
+        }
+        if !announced && client.is_connected() {
+            announced = true;
+            println!("connected as {:?}", client.session.id());
+        }
+        if let Some(reason) = client.ended {
+            println!("disconnected: {reason}");
+            break;
+        }
+        if client.final_digest.is_some() {
+            let since = *digest_since.get_or_insert_with(Instant::now);
+            // The digest rides the reliable channel and may overtake the last snapshots:
+            // allow a second for them.
+            if client.matches_final() == Some(true) || since.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+        t += 1;
+        let next = tick_len() * t;
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let state = client.repl.state();
+    println!(
+        "applied state: {} entities, digest {:016x}, {} decode errors",
+        state.len(),
+        state.state_hash(),
+        client.decode_errors
+    );
+    match client.matches_final() {
+        Some(true) => {
+            println!("converged: true");
+            client.session.disconnect();
+            ExitCode::SUCCESS
+        }
+        Some(false) => {
+            println!("converged: false");
+            ExitCode::from(2)
+        }
+        None => fail("no final state digest from the server"),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("statewire: {msg}");
+    ExitCode::FAILURE
+}

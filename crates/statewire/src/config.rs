@@ -1,0 +1,95 @@
+//! Session configuration and the reasons sessions end.
+
+use std::time::Duration;
+
+use crate::connection::ConnectionConfig;
+use crate::packet::RejectReason;
+
+/// Settings shared by [`crate::Server`] and [`crate::Client`]; both sides must agree on
+/// `protocol_id`, `version` and the channel list.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Identifies the game. Default `0x7374_6174_6577_6972` ("statewir").
+    pub protocol_id: u64,
+    /// The game's protocol version; a client of another version is refused. Default 1.
+    pub version: u16,
+    /// Most connected clients. Default 64.
+    pub max_clients: usize,
+    /// How long a challenge cookie stays valid. Default 5 s.
+    pub challenge_lifetime: Duration,
+    /// Client: give up connecting after this long. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Client: resend the connect request or challenge response this often while connecting.
+    /// Default 100 ms.
+    pub connect_resend: Duration,
+    /// Most datagrams read per [`crate::Server::update`] call, so a flood cannot stall a
+    /// frame. Default 4,096.
+    pub max_datagrams_per_update: usize,
+    /// Most packets one connection may transmit per update. Default 64.
+    pub max_packets_per_peer_per_update: usize,
+    /// Channels, timeouts and buffer limits of each connection.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            protocol_id: 0x7374_6174_6577_6972,
+            version: 1,
+            max_clients: 64,
+            challenge_lifetime: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            connect_resend: Duration::from_millis(100),
+            max_datagrams_per_update: 4096,
+            max_packets_per_peer_per_update: 64,
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// Nothing arrived from the peer for the idle timeout.
+    Timeout,
+    /// The client left (on the server: the client said so; on the client: we called
+    /// `disconnect`).
+    Left,
+    /// The server kicked the client.
+    Kicked,
+    /// The server shut down.
+    ServerShutdown,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// The transport's connection to the peer closed (connection-oriented transports).
+    ConnectionClosed,
+    /// Client only: the server refused the connection.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// The server's protocol version (useful with [`RejectReason::VersionMismatch`]).
+        server_version: u16,
+    },
+    /// Client only: no answer from the server within the connect timeout.
+    ConnectTimeout,
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::Timeout => f.write_str("timed out"),
+            DisconnectReason::Left => f.write_str("left"),
+            DisconnectReason::Kicked => f.write_str("kicked"),
+            DisconnectReason::ServerShutdown => f.write_str("server shut down"),
+            DisconnectReason::ProtocolError => f.write_str("protocol error"),
+            DisconnectReason::ConnectionClosed => f.write_str("connection closed"),
+            DisconnectReason::Rejected {
+                reason: RejectReason::VersionMismatch,
+                server_version,
+            } => write!(f, "rejected: server runs protocol version {server_version}"),
+            DisconnectReason::Rejected { reason, .. } => write!(f, "rejected: {reason:?}"),
+            DisconnectReason::ConnectTimeout => f.write_str("no answer from the server"),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use statewire::*;
 use statewire_core::ClientId;
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackNet};
-use statewire_transport::netsim::SimRng;
+use statewire_transport::netsim::{LinkConfig, NetSim, SimRng};
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
@@ -320,6 +320,175 @@ fn amplification(kind: Kind) {
     );
     assert_eq!(server.client_count(), 0, "{kind:?}");
     assert_eq!(s.accepted, 0, "{kind:?}");
+}
+
+/// Advances both simulators to `now` (the clock of the netsim layer is virtual for every
+/// transport kind; real sockets under it are paced by `Env::tick`).
+fn pair_update(
+    env: &mut Env,
+    vnow: &mut Duration,
+    server: &mut Server<NetSim<Dyn>>,
+    client: &mut Client<NetSim<Dyn>>,
+) {
+    let _ = env.tick();
+    *vnow += Duration::from_millis(20);
+    server.transport_mut().advance_to(*vnow).unwrap();
+    client.transport_mut().advance_to(*vnow).unwrap();
+    server.update(*vnow).unwrap();
+    client.update(*vnow).unwrap();
+}
+
+fn connected_pair(
+    env: &mut Env,
+    seed: u64,
+) -> (Server<NetSim<Dyn>>, Client<NetSim<Dyn>>, Duration) {
+    let perfect = LinkConfig::default();
+    let mut server = Server::new(
+        NetSim::new(env.server(), perfect.clone(), seed),
+        SessionConfig::default(),
+        KEY,
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut client = Client::new(
+        NetSim::new(env.client(addr), perfect, seed + 1),
+        addr,
+        SessionConfig::default(),
+        Duration::ZERO,
+        seed,
+    )
+    .unwrap();
+    let mut vnow = Duration::ZERO;
+    for _ in 0..500 {
+        pair_update(env, &mut vnow, &mut server, &mut client);
+        if client.is_connected() && server.client_count() == 1 {
+            break;
+        }
+    }
+    assert!(
+        client.is_connected(),
+        "{:?} seed {seed}: no connection",
+        env.kind
+    );
+    while server.poll_event().is_some() {}
+    while client.poll_event().is_some() {}
+    (server, client, vnow)
+}
+
+/// 10,000 reliable messages client → server through netsim `hostile` (25% loss, 25%
+/// duplicates, 10% reordering, 250 ± 100 ms) on both sides: none lost, duplicated or reordered.
+fn reliable_hostile(kind: Kind) {
+    let seed = 21;
+    let mut env = Env::new(kind);
+    let (mut server, mut client, mut vnow) = connected_pair(&mut env, seed);
+    let hostile = LinkConfig::profile("hostile").unwrap();
+    server.transport_mut().set_config(hostile.clone());
+    client.transport_mut().set_config(hostile);
+    let total = 10_000usize;
+    let msg = |i: usize| -> Vec<u8> {
+        (i as u32)
+            .to_le_bytes()
+            .iter()
+            .copied()
+            .cycle()
+            .take(4 + i % 60)
+            .collect()
+    };
+    let (mut next, mut got) = (0usize, 0usize);
+    for _ in 0..20_000 {
+        while next < total {
+            match client.send(RELIABLE, &msg(next)) {
+                Ok(()) => next += 1,
+                Err(_) => break, // queue full: try again next tick
+            }
+        }
+        pair_update(&mut env, &mut vnow, &mut server, &mut client);
+        while let Some(ev) = server.poll_event() {
+            match ev {
+                ServerEvent::Message(_, RELIABLE, m) => {
+                    assert_eq!(
+                        m,
+                        msg(got),
+                        "{kind:?} seed {seed}: message {got} wrong or out of order"
+                    );
+                    got += 1;
+                }
+                ServerEvent::Disconnected(_, r) => panic!("{kind:?} seed {seed}: dropped: {r}"),
+                _ => {}
+            }
+        }
+        if got == total || env.out_of_time() {
+            break;
+        }
+    }
+    assert_eq!(got, total, "{kind:?} seed {seed}");
+    let dup = client.transport().stats().duplicated + server.transport().stats().duplicated;
+    assert!(
+        dup > 100,
+        "{kind:?}: the link duplicated only {dup} datagrams"
+    );
+}
+
+/// 64 messages server → client at 90% loss each way all arrive within 1000 ticks of 20 ms.
+fn ninety_percent_loss(kind: Kind) {
+    let seed = 33;
+    let mut env = Env::new(kind);
+    let (mut server, mut client, mut vnow) = connected_pair(&mut env, seed);
+    let lossy = LinkConfig {
+        latency: Duration::from_millis(50),
+        loss: 0.9,
+        ..LinkConfig::default()
+    };
+    server.transport_mut().set_config(lossy.clone());
+    client.transport_mut().set_config(lossy);
+    let id = server.clients().next().unwrap();
+    for i in 0..64u8 {
+        server.send(id, RELIABLE, &[i; 40]).unwrap();
+    }
+    let mut got = Vec::new();
+    let mut ticks = 0;
+    // The idle timeout must not end the session while 90% of keepalives are lost.
+    while ticks < 1000 && got.len() < 64 {
+        pair_update(&mut env, &mut vnow, &mut server, &mut client);
+        ticks += 1;
+        while let Some(ev) = client.poll_event() {
+            match ev {
+                ClientEvent::Message(_, m) => got.push(m[0]),
+                ClientEvent::Disconnected(r) => panic!("{kind:?} seed {seed}: dropped: {r}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        (0..64).collect::<Vec<u8>>(),
+        "{kind:?} seed {seed}: after {ticks} ticks"
+    );
+}
+
+#[test]
+fn reliable_hostile_loopback() {
+    reliable_hostile(Kind::Loopback);
+}
+#[test]
+fn reliable_hostile_udp() {
+    reliable_hostile(Kind::Udp);
+}
+#[test]
+fn reliable_hostile_tcp() {
+    reliable_hostile(Kind::Tcp);
+}
+#[test]
+fn ninety_percent_loss_loopback() {
+    ninety_percent_loss(Kind::Loopback);
+}
+#[test]
+fn ninety_percent_loss_udp() {
+    ninety_percent_loss(Kind::Udp);
+}
+#[test]
+fn ninety_percent_loss_tcp() {
+    ninety_percent_loss(Kind::Tcp);
 }
 
 #[test]

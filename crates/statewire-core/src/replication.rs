@@ -276,8 +276,8 @@ pub enum Applied {
 #[derive(Debug)]
 pub struct ClientReplicator {
     config: ClientConfig,
-    current: Snapshot,
     current_tick: Option<Tick>,
+    /// Applied states, oldest first; the newest is the current state.
     history: VecDeque<(Tick, Snapshot)>,
     scratch: DecodeScratch,
     spare: Vec<Snapshot>,
@@ -292,7 +292,6 @@ impl ClientReplicator {
         config.history_len = config.history_len.max(1);
         ClientReplicator {
             config,
-            current: Snapshot::new(),
             current_tick: None,
             history: VecDeque::new(),
             scratch: DecodeScratch::default(),
@@ -304,7 +303,7 @@ impl ClientReplicator {
     /// The quantized state currently applied.
     #[must_use]
     pub fn state(&self) -> &Snapshot {
-        &self.current
+        self.history.back().map_or(&self.empty, |(_, s)| s)
     }
 
     /// The tick to acknowledge: the newest snapshot applied.
@@ -349,8 +348,7 @@ impl ClientReplicator {
             self.spare.push(next);
             return Err(e);
         }
-        self.current.diff_into(&next, registry, sink);
-        self.current.clone_from(&next);
+        self.state().diff_into(&next, registry, sink);
         self.current_tick = Some(header.tick);
         if self.history.len() >= self.config.history_len {
             if let Some((_, old)) = self.history.pop_front() {

@@ -1,0 +1,460 @@
+//! Shared pieces of the statewire fuzz targets: a fixed component registry that covers every
+//! field kind (including the 0- and 32-bit edge widths), a mirror world that checks the
+//! `WorldSink` contract, independent validity checks of a decoded snapshot, and a byte cursor
+//! that turns fuzzer input into decisions.
+
+use std::collections::BTreeMap;
+
+use statewire_core::{
+    ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Field,
+    FieldKind, FieldReader, FieldWriter, Owner, Registry, Replicate, ServerConfig,
+    ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
+};
+
+/// Two floats over ±512 at 1/64 (16 bits each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pos {
+    /// x.
+    pub x: f32,
+    /// y.
+    pub y: f32,
+}
+
+impl Replicate for Pos {
+    const NAME: &'static str = "Pos";
+    fn fields() -> Vec<Field> {
+        let axis = FieldKind::Float {
+            min: -512.0,
+            max: 512.0,
+            precision: 1.0 / 64.0,
+        };
+        vec![Field::new("x", axis), Field::new("y", axis)]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.f32(self.x);
+        w.f32(self.y);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Pos {
+            x: r.f32()?,
+            y: r.f32()?,
+        })
+    }
+}
+
+/// Smallest-three quaternion at 9 bits (29 bits).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rot(pub [f32; 4]);
+
+impl Replicate for Rot {
+    const NAME: &'static str = "Rot";
+    fn fields() -> Vec<Field> {
+        vec![Field::new("q", FieldKind::Quat { bits: 9 })]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.quat(self.0);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Rot(r.quat()?))
+    }
+}
+
+/// Int with a range that is not a power of two, a bool, and an enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// -100..=1000 (11 bits, max 1100).
+    pub hp: i64,
+    /// 1 bit.
+    pub alive: bool,
+    /// 0..4 (2 bits).
+    pub team: u32,
+}
+
+impl Replicate for Health {
+    const NAME: &'static str = "Health";
+    fn fields() -> Vec<Field> {
+        vec![
+            Field::new(
+                "hp",
+                FieldKind::Int {
+                    min: -100,
+                    max: 1000,
+                },
+            ),
+            Field::new("alive", FieldKind::Bool),
+            Field::new("team", FieldKind::Enum { variants: 4 }),
+        ]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.int(self.hp);
+        w.bool(self.alive);
+        w.enumeration(self.team);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Health {
+            hp: r.int()?,
+            alive: r.bool()?,
+            team: r.enumeration()?,
+        })
+    }
+}
+
+/// Edge widths: a 32-bit int, a 32-bit quaternion, a 0-bit enum, an 8-bit quaternion and a
+/// 32-bit float whose range is not a power of two.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Edge {
+    /// i64::MIN ..= i64::MIN + u32::MAX (32 bits).
+    pub wide: i64,
+    /// Quaternion at 10 bits per component (32 bits).
+    pub q10: [f32; 4],
+    /// The only variant of a one-variant enum (0 bits).
+    pub unit: u32,
+    /// Quaternion at 2 bits per component (8 bits).
+    pub q2: [f32; 4],
+    /// 0 ..= 4e9 in steps of 1 (32 bits, max below u32::MAX).
+    pub big: f32,
+}
+
+/// Largest value of [`Edge::wide`].
+pub const EDGE_WIDE_MAX: i64 = i64::MIN + u32::MAX as i64;
+
+impl Replicate for Edge {
+    const NAME: &'static str = "Edge";
+    fn fields() -> Vec<Field> {
+        vec![
+            Field::new(
+                "wide",
+                FieldKind::Int {
+                    min: i64::MIN,
+                    max: EDGE_WIDE_MAX,
+                },
+            ),
+            Field::new("q10", FieldKind::Quat { bits: 10 }),
+            Field::new("unit", FieldKind::Enum { variants: 1 }),
+            Field::new("q2", FieldKind::Quat { bits: 2 }),
+            Field::new(
+                "big",
+                FieldKind::Float {
+                    min: 0.0,
+                    max: 4.0e9,
+                    precision: 1.0,
+                },
+            ),
+        ]
+    }
+    fn write(&self, w: &mut FieldWriter<'_>) {
+        w.int(self.wide);
+        w.quat(self.q10);
+        w.enumeration(self.unit);
+        w.quat(self.q2);
+        w.f32(self.big);
+    }
+    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
+        Some(Edge {
+            wide: r.int()?,
+            q10: r.quat()?,
+            unit: r.enumeration()?,
+            q2: r.quat()?,
+            big: r.f32()?,
+        })
+    }
+}
+
+/// The registry every target uses: [`Pos`], [`Rot`], [`Health`], [`Edge`] (ids 0..=3).
+#[must_use]
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Pos>().expect("valid");
+    r.register::<Rot>().expect("valid");
+    r.register::<Health>().expect("valid");
+    r.register::<Edge>().expect("valid");
+    r
+}
+
+/// Largest valid quantized value of a field, computed here independently of statewire-core.
+#[must_use]
+pub fn field_max(kind: FieldKind) -> u64 {
+    match kind {
+        FieldKind::Float {
+            min,
+            max,
+            precision,
+        } => ((f64::from(max) - f64::from(min)) / f64::from(precision)).round() as u64,
+        FieldKind::Quat { bits } => (1u64 << (2 + 3 * u32::from(bits))) - 1,
+        FieldKind::Int { min, max } => (i128::from(max) - i128::from(min)) as u64,
+        FieldKind::Bool => 1,
+        FieldKind::Enum { variants } => u64::from(variants) - 1,
+        _ => u64::from(u32::MAX),
+    }
+}
+
+/// Panics unless every quantized value in `snap` is within its field's range.
+pub fn check_ranges(registry: &Registry, snap: &Snapshot) {
+    for id in snap.entity_ids() {
+        for c in 0..registry.len() as u16 {
+            let cid = ComponentId(c);
+            let Some(view) = snap.component_view(registry, id, cid) else {
+                continue;
+            };
+            let schema = registry.schema(cid).expect("registered");
+            assert_eq!(view.quantized().len(), schema.fields().len());
+            for (f, &v) in schema.fields().iter().zip(view.quantized()) {
+                assert!(
+                    u64::from(v) <= field_max(f.kind),
+                    "{id} {}.{} = {v} out of range",
+                    schema.name(),
+                    f.name
+                );
+            }
+        }
+    }
+}
+
+/// Dequantizes every component of `snap` through its type (must succeed for a valid state).
+pub fn check_dequantize(registry: &Registry, snap: &Snapshot) {
+    for id in snap.entity_ids() {
+        let has = |c: u16| snap.component_view(registry, id, ComponentId(c)).is_some();
+        assert_eq!(snap.component::<Pos>(registry, id).is_some(), has(0));
+        assert_eq!(snap.component::<Rot>(registry, id).is_some(), has(1));
+        assert_eq!(snap.component::<Health>(registry, id).is_some(), has(2));
+        assert_eq!(snap.component::<Edge>(registry, id).is_some(), has(3));
+    }
+}
+
+/// Encodes `snap` as a full state and decodes it on a fresh client: every state the decoder
+/// accepts must survive the trip unchanged.
+pub fn check_reencode(registry: &Registry, snap: &Snapshot) {
+    let me = ClientId(9);
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    server.add_client(me).expect("client");
+    server.set_packet_budget(me, Some(1 << 24)).expect("client");
+    let mut out = Vec::new();
+    let stats = server
+        .encode_for(registry, me, Tick(1), snap, &mut out)
+        .expect("encode");
+    assert_eq!(stats.pending + stats.oversized, 0);
+    let mut client = ClientReplicator::new(ClientConfig::default());
+    let mut mirror = Mirror::default();
+    client
+        .handle_packet(registry, &out, &mut mirror)
+        .expect("re-encoded state decodes");
+    assert_eq!(client.state(), snap);
+    mirror.check(registry, snap);
+}
+
+/// One entity of a [`Mirror`]: owner and quantized words per component id.
+pub type MirrorEntity = (Owner, BTreeMap<u16, Vec<u32>>);
+
+/// A client world built only from `WorldSink` calls; panics when a call breaks the documented
+/// contract (unknown entity, double spawn, ids out of order within one packet).
+#[derive(Debug, Default, Clone)]
+pub struct Mirror {
+    /// Entities by id.
+    pub entities: BTreeMap<EntityId, MirrorEntity>,
+    /// Calls since [`Mirror::begin`].
+    pub calls: usize,
+    last: Option<EntityId>,
+}
+
+impl Mirror {
+    /// Starts a packet: resets the call count and the id-order check.
+    pub fn begin(&mut self) {
+        self.calls = 0;
+        self.last = None;
+    }
+
+    fn visit(&mut self, id: EntityId) {
+        self.calls += 1;
+        if let Some(last) = self.last {
+            assert!(last <= id, "sink calls out of id order: {last} then {id}");
+        }
+        self.last = Some(id);
+    }
+
+    fn get(&mut self, id: EntityId) -> &mut MirrorEntity {
+        self.entities
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("sink call for unknown entity {id}"))
+    }
+
+    /// Panics unless the mirror holds exactly the entities, owners and values of `snap`.
+    pub fn check(&self, registry: &Registry, snap: &Snapshot) {
+        assert_eq!(self.entities.len(), snap.len(), "entity count");
+        for (id, (owner, comps)) in &self.entities {
+            assert_eq!(snap.owner(*id), Some(*owner), "owner of {id}");
+            for c in 0..registry.len() as u16 {
+                let theirs = snap
+                    .component_view(registry, *id, ComponentId(c))
+                    .map(|v| v.quantized().to_vec());
+                assert_eq!(comps.get(&c).cloned(), theirs, "{id} component {c}");
+            }
+        }
+    }
+}
+
+impl WorldSink for Mirror {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.visit(id);
+        assert!(
+            self.entities.insert(id, (owner, BTreeMap::new())).is_none(),
+            "double spawn of {id}"
+        );
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.visit(id);
+        assert!(
+            self.entities.remove(&id).is_some(),
+            "despawn of unknown {id}"
+        );
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        self.visit(id);
+        let e = self.get(id);
+        assert_ne!(e.0, owner, "set_owner without a change");
+        e.0 = owner;
+    }
+    fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.visit(id);
+        // Exercise dequantization through the right type.
+        let ok = match c.id().0 {
+            0 => c.get::<Pos>().is_some(),
+            1 => c.get::<Rot>().is_some(),
+            2 => c.get::<Health>().is_some(),
+            3 => c.get::<Edge>().is_some(),
+            other => panic!("insert of unknown component {other}"),
+        };
+        assert!(ok, "component {} does not dequantize", c.id());
+        let words = c.quantized().to_vec();
+        let e = self.get(id);
+        if let Some(old) = e.1.insert(c.id().0, words.clone()) {
+            assert_ne!(old, words, "insert without a change");
+        }
+    }
+    fn remove(&mut self, id: EntityId, c: ComponentId) {
+        self.visit(id);
+        assert!(
+            self.get(id).1.remove(&c.0).is_some(),
+            "remove of absent {c} from {id}"
+        );
+    }
+}
+
+/// The world of the baseline packet `snapshot_decode` applies first: a few entities with
+/// different component sets, owners and id gaps (1, 2..17 and a long one).
+#[must_use]
+pub fn baseline_snapshot(registry: &Registry) -> Snapshot {
+    let mut b = SnapshotBuilder::new(registry);
+    b.entity(EntityId(0), Owner::Server)
+        .component(&Pos { x: 1.0, y: -2.5 })
+        .component(&Rot([0.0, 0.0, 0.3, 0.95]));
+    b.entity(EntityId(1), Owner::Client(ClientId(3)))
+        .component(&Health {
+            hp: 50,
+            alive: true,
+            team: 2,
+        });
+    b.entity(EntityId(5), Owner::Server)
+        .component(&Pos { x: 100.0, y: 7.0 })
+        .component(&Health {
+            hp: -100,
+            alive: false,
+            team: 0,
+        });
+    b.entity(EntityId(1000), Owner::Client(ClientId(u64::MAX)))
+        .component(&Edge {
+            wide: -5,
+            q10: [0.5, 0.5, 0.5, 0.5],
+            unit: 0,
+            q2: [1.0, 0.0, 0.0, 0.0],
+            big: 123_456.0,
+        });
+    b.entity(EntityId(1001), Owner::Server);
+    b.finish().expect("valid baseline")
+}
+
+/// Tick of the baseline packet.
+pub const BASELINE_TICK: Tick = Tick(1);
+
+/// The full-state packet carrying [`baseline_snapshot`] at [`BASELINE_TICK`].
+#[must_use]
+pub fn baseline_packet(registry: &Registry) -> Vec<u8> {
+    let me = ClientId(1);
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    server.add_client(me).expect("client");
+    let mut out = Vec::new();
+    server
+        .encode_for(
+            registry,
+            me,
+            BASELINE_TICK,
+            &baseline_snapshot(registry),
+            &mut out,
+        )
+        .expect("encode");
+    out
+}
+
+/// Reads decisions from fuzzer bytes; yields zeros once the input is used up.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    /// A cursor over `data`.
+    #[must_use]
+    pub fn new(data: &'a [u8]) -> Self {
+        Input { data }
+    }
+
+    /// Whether every byte was consumed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The next byte.
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    /// Two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    /// Four bytes, little-endian.
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    /// Eight bytes, little-endian.
+    pub fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+
+    /// One byte's low bit.
+    pub fn bool(&mut self) -> bool {
+        self.u8() & 1 == 1
+    }
+
+    /// A float: usually a small value, sometimes any bit pattern (NaN, infinities, huge).
+    pub fn f32(&mut self) -> f32 {
+        if self.u8().is_multiple_of(4) {
+            f32::from_bits(self.u32())
+        } else {
+            f32::from(self.u16() as i16) / 32.0
+        }
+    }
+
+    /// Four floats.
+    pub fn quat(&mut self) -> [f32; 4] {
+        [self.f32(), self.f32(), self.f32(), self.f32()]
+    }
+}

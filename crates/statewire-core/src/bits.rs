@@ -2,7 +2,7 @@
 //!
 //! Bits are packed least-significant first into little-endian bytes. The writer keeps a 64-bit
 //! accumulator and spills 32 bits at a time; the reader loads up to eight bytes per read. Both
-//! were measured against a `bitvec`-backed equivalent (see `benches/bits.rs`); the hand-written
+//! were measured against a `bitvec`-backed equivalent (see `benches/benches/bits.rs`); the hand-written
 //! pair is several times faster because it moves whole words instead of single bits.
 
 /// Errors from [`BitReader`].

@@ -59,6 +59,17 @@ pub enum DecodeError {
     /// A quantized value lies outside its field's range.
     #[error("value out of range for its field")]
     ValueOutOfRange,
+    /// The events section is malformed.
+    #[error("events: {0}")]
+    Events(#[from] crate::events::EventDecodeError),
+    /// The packet's events start after an event this client never received.
+    #[error("events start at {first}, after a gap from {have}")]
+    EventGap {
+        /// The newest event id held.
+        have: u64,
+        /// The first event id in the packet.
+        first: u64,
+    },
 }
 
 /// Fixed header of every snapshot packet.
@@ -81,6 +92,8 @@ pub struct EncodeStats {
     pub oversized: usize,
     /// Bytes appended to the output.
     pub bytes: usize,
+    /// Events carried (see [`crate::ServerReplicator::encode_for_with_events`]).
+    pub events: usize,
     /// Where the next packet should start its round-robin walk.
     pub next_cursor: u32,
 }
@@ -112,9 +125,27 @@ struct Candidate {
 pub struct EncodeScratch {
     candidates: Vec<Candidate>,
     included: Vec<bool>,
+    order: Vec<usize>,
+    missed: Vec<EntityId>,
+}
+
+impl EncodeScratch {
+    /// Priority entities of the last [`encode_delta`] whose records did not fit.
+    #[must_use]
+    pub fn missed_priority(&self) -> &[EntityId] {
+        &self.missed
+    }
 }
 
 const HEADER_BITS: usize = 32 + 1 + 16;
+
+/// Which records go first and which must wait, for [`encode_delta`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection<'a> {
+    /// Entities whose differences are written before any other (ascending ids). Those that do
+    /// not fit are listed by [`EncodeScratch::missed_priority`].
+    pub priority: &'a [EntityId],
+}
 
 /// Encodes `target` as a delta against `baseline`, in at most `budget_bytes` bytes, appending to
 /// `out`, and writes into `view` the state a peer holding `baseline` will have after applying it
@@ -127,10 +158,12 @@ pub fn encode_delta(
     target: &Snapshot,
     budget_bytes: usize,
     cursor: u32,
+    selection: Selection<'_>,
     scratch: &mut EncodeScratch,
     out: &mut Vec<u8>,
     view: &mut Snapshot,
 ) -> EncodeStats {
+    let Selection { priority } = selection;
     let cands = &mut scratch.candidates;
     cands.clear();
     merge_walk(baseline, target, |a, b| {
@@ -171,15 +204,33 @@ pub fn encode_delta(
         }
         None => w.write_bool(false),
     }
+    // Order: priority entities first (ascending), then everything else round-robin from the
+    // cursor.
+    let order = &mut scratch.order;
+    order.clear();
+    scratch.missed.clear();
+    let in_list = |list: &[EntityId], id: EntityId| list.binary_search(&id).is_ok();
+    order.extend((0..cands.len()).filter(|&k| in_list(priority, cands[k].id)));
+    let n_priority = order.len();
     let first = cands.partition_point(|c| c.id.0 < cursor);
     let n = cands.len();
-    let mut prev = u32::MAX;
-    let mut full = false;
     for step in 0..n {
         let k = (first + step) % n;
+        let id = cands[k].id;
+        if !in_list(priority, id) {
+            order.push(k);
+        }
+    }
+    let mut prev = u32::MAX;
+    let mut full = false;
+    for (pos, &k) in order.iter().enumerate() {
         let c = cands[k];
+        let is_priority = pos < n_priority;
         if full {
             stats.pending += 1;
+            if is_priority {
+                scratch.missed.push(c.id);
+            }
             continue;
         }
         let mark = w.mark();
@@ -190,13 +241,18 @@ pub fn encode_delta(
         let record_bits = w.bit_len() - before;
         if w.bit_len() + 1 > budget_bits {
             w.rewind(mark);
+            if is_priority {
+                scratch.missed.push(c.id);
+            }
             if HEADER_BITS + record_bits + 1 > budget_bits {
                 stats.oversized += 1;
                 continue;
             }
             full = true;
             stats.pending += 1;
-            stats.next_cursor = c.id.0;
+            if !is_priority {
+                stats.next_cursor = c.id.0;
+            }
             continue;
         }
         prev = c.id.0;
@@ -233,6 +289,17 @@ pub fn encode_delta(
         }
     });
     stats
+}
+
+/// Appends (ascending) the ids of entities that differ between `a` and `b`, including those
+/// present in only one of them.
+pub(crate) fn changed_between(a: &Snapshot, b: &Snapshot, out: &mut Vec<EntityId>) {
+    merge_walk(a, b, |i, j| match (i, j) {
+        (Some(i), Some(j)) if same_entity(a, i, b, j) => {}
+        (Some(i), _) => out.push(a.entities[i].id),
+        (None, Some(j)) => out.push(b.entities[j].id),
+        (None, None) => {}
+    });
 }
 
 /// Calls `f` once per entity id in either snapshot, ascending, with its index in each.

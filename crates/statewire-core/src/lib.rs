@@ -72,22 +72,32 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod authority;
 pub mod bits;
 pub mod delta;
+pub mod events;
 mod ids;
 pub mod replication;
 mod schema;
 mod snapshot;
 
+pub use authority::{
+    Authority, AuthorityConfig, InputBuffer, InputRejection, RejectionCounts, StateWrite,
+    TransferError, WriteRejection,
+};
 pub use delta::{DecodeError, EncodeStats, PacketHeader};
+pub use events::{
+    EventConfig, EventId, EventServer, EventSink, GameEvent, PredictionOutcome, Predictions,
+    Proposal,
+};
 pub use ids::{ClientId, EntityId, Owner, Tick, Writer};
 pub use replication::{
     AckOutcome, Applied, ClientConfig, ClientReplicator, ReplicationError, ServerConfig,
-    ServerReplicator,
+    ServerReplicator, packet_header,
 };
 pub use schema::{
     ComponentId, ComponentSchema, ComponentView, Field, FieldKind, FieldReader, FieldWriter,
-    MAX_COMPONENT_TYPES, Registry, Replicate, SchemaError,
+    MAX_COMPONENT_TYPES, RawValue, Registry, Replicate, SchemaError, ValueError,
 };
 pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};
 

@@ -392,41 +392,210 @@ impl Registry {
         let start = out.len();
         let mut w = FieldWriter {
             schema,
-            out,
+            out: Target::Quantized(out),
             next: 0,
             error: None,
         };
         value.write(&mut w);
         let (next, error) = (w.next, w.error);
-        if let Some(reason) = error {
+        let reason = error.or((next != schema.codecs.len()).then_some("fewer values than fields"));
+        if let Some(reason) = reason {
             out.truncate(start);
             return Err(SchemaError::Mismatch {
                 component: schema.name,
                 reason,
             });
         }
-        if next != schema.codecs.len() {
+        Ok(id)
+    }
+
+    /// The raw (unquantized) field values of `value`, appended to `out`: what a client sends to
+    /// write an entity it owns.
+    pub fn raw_values<T: Replicate>(
+        &self,
+        value: &T,
+        out: &mut Vec<RawValue>,
+    ) -> Result<ComponentId, SchemaError> {
+        let id = self
+            .id_of::<T>()
+            .ok_or(SchemaError::Unregistered(T::NAME))?;
+        let schema = &self.schemas[usize::from(id.0)];
+        let start = out.len();
+        let mut w = FieldWriter {
+            schema,
+            out: Target::Raw(out),
+            next: 0,
+            error: None,
+        };
+        value.write(&mut w);
+        let (next, error) = (w.next, w.error);
+        let reason = error.or((next != schema.codecs.len()).then_some("fewer values than fields"));
+        if let Some(reason) = reason {
             out.truncate(start);
             return Err(SchemaError::Mismatch {
                 component: schema.name,
-                reason: "fewer values than fields",
+                reason,
             });
         }
         Ok(id)
     }
+
+    /// Strictly validates and quantizes raw values received from a peer for `component`:
+    /// every value finite, of its field's kind and within its range (no clamping), one per
+    /// field. Appends the quantized words to `out` only on success.
+    pub fn validate_raw(
+        &self,
+        component: ComponentId,
+        values: &[RawValue],
+        out: &mut Vec<u32>,
+    ) -> Result<(), ValueError> {
+        let schema = self.schema(component).ok_or(ValueError::Mismatch)?;
+        if values.len() != schema.codecs.len() {
+            return Err(ValueError::Mismatch);
+        }
+        let start = out.len();
+        for (codec, &raw) in schema.codecs.iter().zip(values) {
+            match codec.validate(raw) {
+                Ok(q) => out.push(q),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A view of quantized words as component `id` (for applying validated writes).
+    #[must_use]
+    pub fn view<'a>(&'a self, id: ComponentId, words: &'a [u32]) -> Option<ComponentView<'a>> {
+        let schema = self.schema(id)?;
+        (schema.words() == words.len()).then_some(ComponentView {
+            registry: self,
+            id,
+            words,
+        })
+    }
+
+    /// The field kinds of component `id`, in order.
+    pub fn field_kinds(&self, id: ComponentId) -> impl Iterator<Item = FieldKind> + '_ {
+        self.schema(id)
+            .into_iter()
+            .flat_map(|s| s.codecs.iter().map(|c| c.kind))
+    }
 }
 
-/// Receives a component's field values in order and quantizes them.
-#[derive(Debug)]
+/// One field value as the game wrote it, before quantization: what a client sends when it
+/// writes an entity it owns, so the server can validate it (finite, in range) first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum RawValue {
+    /// For [`FieldKind::Float`].
+    F32(f32),
+    /// For [`FieldKind::Quat`], `[x, y, z, w]`.
+    Quat([f32; 4]),
+    /// For [`FieldKind::Int`].
+    Int(i64),
+    /// For [`FieldKind::Bool`].
+    Bool(bool),
+    /// For [`FieldKind::Enum`].
+    Enum(u32),
+}
+
+/// Why a raw value failed strict validation ([`Registry::validate_raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// Not a value of the field's kind, or a different number of values than fields.
+    #[error("values do not match the component's fields")]
+    Mismatch,
+    /// NaN or infinite.
+    #[error("non-finite value")]
+    NotFinite,
+    /// Outside the field's range (or not a unit quaternion).
+    #[error("value out of range")]
+    OutOfRange,
+}
+
+impl FieldCodec {
+    /// Quantizes leniently (clamping), as the server does with its own state.
+    fn quantize(&self, raw: RawValue) -> Option<u32> {
+        Some(match (self.kind, raw) {
+            (FieldKind::Float { min, precision, .. }, RawValue::F32(v)) => {
+                quantize_float(v, min, precision, self.max_q)
+            }
+            (FieldKind::Quat { bits }, RawValue::Quat(q)) => quantize_quat(q, u32::from(bits)),
+            (FieldKind::Int { min, max }, RawValue::Int(v)) => {
+                (i128::from(v.clamp(min, max)) - i128::from(min)) as u32
+            }
+            (FieldKind::Bool, RawValue::Bool(b)) => u32::from(b),
+            (FieldKind::Enum { .. }, RawValue::Enum(i)) => i.min(self.max_q),
+            _ => return None,
+        })
+    }
+
+    /// Quantizes strictly: rejects what a well-behaved peer never sends.
+    fn validate(&self, raw: RawValue) -> Result<u32, ValueError> {
+        match (self.kind, raw) {
+            (FieldKind::Float { min, max, .. }, RawValue::F32(v)) => {
+                if !v.is_finite() {
+                    return Err(ValueError::NotFinite);
+                }
+                if v < min || v > max {
+                    return Err(ValueError::OutOfRange);
+                }
+            }
+            (FieldKind::Quat { .. }, RawValue::Quat(q)) => {
+                if !q.iter().all(|c| c.is_finite()) {
+                    return Err(ValueError::NotFinite);
+                }
+                let norm2: f32 = q.iter().map(|c| c * c).sum();
+                if (norm2 - 1.0).abs() > 0.02 {
+                    return Err(ValueError::OutOfRange);
+                }
+            }
+            (FieldKind::Int { min, max }, RawValue::Int(v)) => {
+                if v < min || v > max {
+                    return Err(ValueError::OutOfRange);
+                }
+            }
+            (FieldKind::Enum { .. }, RawValue::Enum(i)) => {
+                if i > self.max_q {
+                    return Err(ValueError::OutOfRange);
+                }
+            }
+            (FieldKind::Bool, RawValue::Bool(_)) => {}
+            _ => return Err(ValueError::Mismatch),
+        }
+        self.quantize(raw).ok_or(ValueError::Mismatch)
+    }
+}
+
+enum Target<'a> {
+    Quantized(&'a mut Vec<u32>),
+    Raw(&'a mut Vec<RawValue>),
+}
+
+/// Receives a component's field values in order (and quantizes them, or keeps them raw for a
+/// client's write).
 pub struct FieldWriter<'a> {
     schema: &'a ComponentSchema,
-    out: &'a mut Vec<u32>,
+    out: Target<'a>,
     next: usize,
     error: Option<&'static str>,
 }
 
+impl std::fmt::Debug for FieldWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldWriter")
+            .field("component", &self.schema.name)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FieldWriter<'_> {
-    fn push(&mut self, f: impl FnOnce(&FieldCodec) -> Option<u32>) {
+    fn push(&mut self, raw: RawValue) {
         if self.error.is_some() {
             return;
         }
@@ -434,55 +603,40 @@ impl FieldWriter<'_> {
             self.error = Some("more values than fields");
             return;
         };
-        match f(codec) {
-            Some(q) => {
-                self.out.push(q);
-                self.next += 1;
-            }
-            None => self.error = Some("a value of the wrong kind for its field"),
+        let Some(q) = codec.quantize(raw) else {
+            self.error = Some("a value of the wrong kind for its field");
+            return;
+        };
+        match &mut self.out {
+            Target::Quantized(out) => out.push(q),
+            Target::Raw(out) => out.push(raw),
         }
+        self.next += 1;
     }
 
     /// Next field is a [`FieldKind::Float`].
     pub fn f32(&mut self, v: f32) {
-        self.push(|c| match c.kind {
-            FieldKind::Float { min, precision, .. } => {
-                Some(quantize_float(v, min, precision, c.max_q))
-            }
-            _ => None,
-        });
+        self.push(RawValue::F32(v));
     }
 
     /// Next field is a [`FieldKind::Quat`]; `q` is `[x, y, z, w]` and need not be normalized.
     pub fn quat(&mut self, q: [f32; 4]) {
-        self.push(|c| match c.kind {
-            FieldKind::Quat { bits } => Some(quantize_quat(q, u32::from(bits))),
-            _ => None,
-        });
+        self.push(RawValue::Quat(q));
     }
 
     /// Next field is a [`FieldKind::Int`].
     pub fn int(&mut self, v: i64) {
-        self.push(|c| match c.kind {
-            FieldKind::Int { min, max } => Some((v.clamp(min, max) as i128 - min as i128) as u32),
-            _ => None,
-        });
+        self.push(RawValue::Int(v));
     }
 
     /// Next field is a [`FieldKind::Bool`].
     pub fn bool(&mut self, v: bool) {
-        self.push(|c| match c.kind {
-            FieldKind::Bool => Some(u32::from(v)),
-            _ => None,
-        });
+        self.push(RawValue::Bool(v));
     }
 
     /// Next field is a [`FieldKind::Enum`]; out-of-range indices are clamped to the last variant.
     pub fn enumeration(&mut self, index: u32) {
-        self.push(|c| match c.kind {
-            FieldKind::Enum { .. } => Some(index.min(c.max_q)),
-            _ => None,
-        });
+        self.push(RawValue::Enum(index));
     }
 }
 

@@ -173,29 +173,49 @@ impl Snapshot {
         registry: &Registry,
         sink: &mut S,
     ) {
+        self.diff_phase(next, registry, sink, true, true);
+    }
+
+    /// Like [`Snapshot::diff_into`], limited to spawns and updates (`upserts`) and/or despawns.
+    pub(crate) fn diff_phase<S: WorldSink + ?Sized>(
+        &self,
+        next: &Snapshot,
+        registry: &Registry,
+        sink: &mut S,
+        upserts: bool,
+        despawns: bool,
+    ) {
         let (mut i, mut j) = (0, 0);
         while i < self.entities.len() || j < next.entities.len() {
             let a = self.entities.get(i);
             let b = next.entities.get(j);
             match (a, b) {
                 (Some(a), Some(b)) if a.id == b.id => {
-                    if a.owner != b.owner {
-                        sink.set_owner(b.id, b.owner);
+                    if upserts {
+                        if a.owner != b.owner {
+                            sink.set_owner(b.id, b.owner);
+                        }
+                        self.diff_components(a, next, b, registry, sink);
                     }
-                    self.diff_components(a, next, b, registry, sink);
                     i += 1;
                     j += 1;
                 }
                 (Some(a), Some(b)) if b.id < a.id => {
-                    Self::spawn_into(next, b, registry, sink);
+                    if upserts {
+                        Self::spawn_into(next, b, registry, sink);
+                    }
                     j += 1;
                 }
                 (Some(a), _) => {
-                    sink.despawn(a.id);
+                    if despawns {
+                        sink.despawn(a.id);
+                    }
                     i += 1;
                 }
                 (None, Some(b)) => {
-                    Self::spawn_into(next, b, registry, sink);
+                    if upserts {
+                        Self::spawn_into(next, b, registry, sink);
+                    }
                     j += 1;
                 }
                 (None, None) => break,

@@ -234,7 +234,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
         in_flight.retain(|(t, _)| *t > now);
         due.sort_by_key(|(t, _)| *t);
         for (_, p) in due {
-            let header = statewire_core::delta::read_header(&p).unwrap();
+            let header = statewire_core::packet_header(&p).unwrap();
             let expected = server.sent_state(me, header.tick).cloned();
             match client.handle_packet(&registry, &p, &mut mirror) {
                 Ok(Applied::Applied(h)) => {
@@ -425,7 +425,7 @@ fn baseline_out_of_ring_falls_back_to_full_state() {
             .encode_for(&registry, me, Tick(t), &world.snapshot(&registry), &mut pkt)
             .unwrap();
     }
-    let header = statewire_core::delta::read_header(&pkt).unwrap();
+    let header = statewire_core::packet_header(&pkt).unwrap();
     assert_eq!(header.baseline, None, "expected a full-state packet");
     client.handle_packet(&registry, &pkt, &mut sink).unwrap();
     assert_eq!(client.state(), &world.snapshot(&registry));

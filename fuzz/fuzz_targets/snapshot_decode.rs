@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use statewire_core::bits::BitWriter;
-use statewire_core::{Applied, ClientConfig, ClientReplicator, delta::read_header};
+use statewire_core::{Applied, ClientConfig, ClientReplicator, packet_header};
 use statewire_fuzz::{
     BASELINE_TICK, Mirror, baseline_packet, check_dequantize, check_ranges, check_reencode,
     registry,
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let mut client = ClientReplicator::new(ClientConfig {
         history_len: 4,
         max_entities: 4096,
+        ..ClientConfig::default()
     });
     let mut mirror = Mirror::default();
     let with_baseline = mode & 1 == 1;
@@ -41,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
 
     let packet = if mode & 2 == 2 {
         let mut p = Vec::with_capacity(body.len() + 8);
+        p.push(0); // empty events section
         let mut w = BitWriter::new(&mut p);
         w.write(BASELINE_TICK.0 + 1, 32);
         w.write_bool(with_baseline);
@@ -58,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
 
     let before = client.state().clone();
     let ack_before = client.ack();
-    let header = read_header(&packet);
+    let header = packet_header(&packet);
     mirror.begin();
     match client.handle_packet(&reg, &packet, &mut mirror) {
         Ok(Applied::Applied(h)) => {

@@ -4,16 +4,21 @@
 use std::f32::consts::TAU;
 
 use statewire_core::{
-    ClientId, ComponentId, ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter,
-    Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink, WorldSource,
+    ClientId, ComponentId, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader,
+    FieldWriter, GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink,
+    WorldSource,
 };
 use statewire_transport::netsim::SimRng;
 
-/// Half the arena's side, in metres.
-pub(crate) const ARENA: f32 = 500.0;
+/// Largest half-side of the arena, in metres (positions are quantized over ±512 m).
+const MAX_ARENA: f32 = 500.0;
 /// Simulation rate.
 pub(crate) const TICK_HZ: u32 = 30;
 const PLAYER_SPEED: f32 = 5.0;
+/// How far a shot reaches, in metres (the server checks it; bots aim a little shorter).
+pub(crate) const SHOT_RANGE: f32 = 40.0;
+/// Event kind: a player killed an enemy; entities = [shooter's player, enemy].
+pub(crate) const KILL: u16 = 1;
 const ENEMY_SPEED: f32 = 1.5;
 
 /// Position on the arena floor, 1/64 m steps.
@@ -140,6 +145,9 @@ pub(crate) struct Game {
     actors: Vec<Actor>,
     players: Vec<(ClientId, EntityId)>,
     next_id: u32,
+    /// Half the arena's side: scaled with the enemy count so density (and so the chance of a
+    /// target in range) stays the same, about one enemy per 256 m².
+    arena: f32,
     rng: SimRng,
 }
 
@@ -148,10 +156,11 @@ impl Game {
     pub(crate) fn new(enemies: usize, seed: u64) -> Game {
         let mut rng = SimRng::new(seed ^ 0x6761_6d65);
         let mut actors = Vec::with_capacity(enemies);
+        let arena = (8.0 * (enemies as f32).sqrt()).clamp(40.0, MAX_ARENA);
         while actors.len() < enemies {
             let id = EntityId(actors.len() as u32);
-            let x = uniform(&mut rng, -ARENA, ARENA);
-            let y = uniform(&mut rng, -ARENA, ARENA);
+            let x = uniform(&mut rng, -arena, arena);
+            let y = uniform(&mut rng, -arena, arena);
             actors.push(Actor {
                 id,
                 owner: Owner::Server,
@@ -166,6 +175,7 @@ impl Game {
         }
         Game {
             next_id: actors.len() as u32,
+            arena,
             actors,
             players: Vec::new(),
             rng,
@@ -216,8 +226,8 @@ impl Game {
                 let len = (dx * dx + dy * dy).sqrt();
                 a.pos.x += dx / len * PLAYER_SPEED * dt;
                 a.pos.y += dy / len * PLAYER_SPEED * dt;
-                a.facing = dy.atan2(dx).rem_euclid(TAU);
-                clamp_to_arena(&mut a.pos);
+                // Facing is the client's to write (client-authoritative aim), not derived here.
+                clamp_to_arena(&mut a.pos, self.arena);
             }
         }
         for a in &mut self.actors {
@@ -235,10 +245,10 @@ impl Game {
             } else {
                 a.pos.x += a.facing.cos() * a.speed * dt;
                 a.pos.y += a.facing.sin() * a.speed * dt;
-                if a.pos.x.abs() > ARENA || a.pos.y.abs() > ARENA {
+                if a.pos.x.abs() > self.arena || a.pos.y.abs() > self.arena {
                     // Turn back towards the middle.
                     a.facing = (a.facing + std::f32::consts::PI).rem_euclid(TAU);
-                    clamp_to_arena(&mut a.pos);
+                    clamp_to_arena(&mut a.pos, self.arena);
                 }
             }
         }
@@ -248,11 +258,70 @@ impl Game {
     pub(crate) fn len(&self) -> usize {
         self.actors.len()
     }
+
+    /// Every entity with its owner.
+    pub(crate) fn owners(&self) -> impl Iterator<Item = (EntityId, Owner)> + '_ {
+        self.actors.iter().map(|a| (a.id, a.owner))
+    }
+
+    /// `client`'s player entity.
+    pub(crate) fn player_of(&self, client: ClientId) -> Option<EntityId> {
+        self.players.iter().find(|p| p.0 == client).map(|p| p.1)
+    }
+
+    fn actor(&self, id: EntityId) -> Option<&Actor> {
+        self.actors.iter().find(|a| a.id == id)
+    }
+
+    /// Sets the facing of entity `id` (a validated owner write).
+    pub(crate) fn set_facing(&mut self, id: EntityId, angle: f32) {
+        if let Some(a) = self.actors.iter_mut().find(|a| a.id == id) {
+            a.facing = angle;
+        }
+    }
+
+    /// Whether `shooter`'s player may kill `target`: the target is a live enemy within range.
+    pub(crate) fn can_kill(&self, shooter: ClientId, target: EntityId) -> bool {
+        let (Some(p), Some(t)) = (
+            self.player_of(shooter).and_then(|id| self.actor(id)),
+            self.actor(target),
+        ) else {
+            return false;
+        };
+        let (dx, dy) = (p.pos.x - t.pos.x, p.pos.y - t.pos.y);
+        t.body.kind == Kind::Enemy && dx * dx + dy * dy <= SHOT_RANGE * SHOT_RANGE
+    }
+
+    /// Removes enemy `target` and spawns a replacement elsewhere (ids are never reused).
+    /// Returns the replacement's id.
+    pub(crate) fn kill(&mut self, target: EntityId) -> Option<EntityId> {
+        let i = self
+            .actors
+            .iter()
+            .position(|a| a.id == target && a.body.kind == Kind::Enemy)?;
+        self.actors.swap_remove(i);
+        let id = EntityId(self.next_id);
+        self.next_id += 1;
+        let x = uniform(&mut self.rng, -self.arena, self.arena);
+        let y = uniform(&mut self.rng, -self.arena, self.arena);
+        self.actors.push(Actor {
+            id,
+            owner: Owner::Server,
+            pos: Position { x, y },
+            facing: uniform(&mut self.rng, 0.0, TAU),
+            body: Body {
+                kind: Kind::Enemy,
+                hp: 100,
+            },
+            speed: 0.0,
+        });
+        Some(id)
+    }
 }
 
-fn clamp_to_arena(p: &mut Position) {
-    p.x = p.x.clamp(-ARENA, ARENA);
-    p.y = p.y.clamp(-ARENA, ARENA);
+fn clamp_to_arena(p: &mut Position, arena: f32) {
+    p.x = p.x.clamp(-arena, arena);
+    p.y = p.y.clamp(-arena, arena);
 }
 
 fn uniform(rng: &mut SimRng, lo: f32, hi: f32) -> f32 {
@@ -270,13 +339,36 @@ impl WorldSource for Game {
     }
 }
 
-/// A bot client's view of the world, kept up to date through [`WorldSink`].
+/// A bot client's view of the world, kept up to date through [`WorldSink`] and [`EventSink`].
 #[derive(Debug, Default)]
 pub(crate) struct ClientWorld {
     pub(crate) entities: hashbrown::HashMap<EntityId, ClientEntity>,
     pub(crate) spawned: u64,
     pub(crate) despawned: u64,
     pub(crate) updates: u64,
+    /// Every event received, by id.
+    pub(crate) events: std::collections::BTreeMap<u64, GameEvent>,
+    /// Events delivered twice (must stay 0).
+    pub(crate) duplicate_events: u64,
+    /// Events that named an entity this client had already despawned (must stay 0).
+    pub(crate) stale_refs: u64,
+    /// Entity ids that were ever present here.
+    pub(crate) ever: hashbrown::HashSet<EntityId>,
+    /// Ids that came back after a despawn (ids are never reused, so this must stay 0).
+    pub(crate) respawned: u64,
+}
+
+impl EventSink for ClientWorld {
+    fn event(&mut self, e: &GameEvent) {
+        for id in &e.entities {
+            if !self.entities.contains_key(id) && self.ever.contains(id) {
+                self.stale_refs += 1;
+            }
+        }
+        if self.events.insert(e.id.0, e.clone()).is_some() {
+            self.duplicate_events += 1;
+        }
+    }
 }
 
 /// One entity as a client sees it.
@@ -291,6 +383,9 @@ pub(crate) struct ClientEntity {
 impl WorldSink for ClientWorld {
     fn spawn(&mut self, id: EntityId, owner: Owner) {
         self.spawned += 1;
+        if !self.ever.insert(id) {
+            self.respawned += 1;
+        }
         self.entities.insert(
             id,
             ClientEntity {
@@ -350,6 +445,35 @@ impl Bot {
         Bot {
             rng: SimRng::new(seed),
             input: Input::default(),
+        }
+    }
+
+    /// Now and then, the nearest enemy within range of `me` in `world`, to shoot at.
+    pub(crate) fn pick_target(&mut self, world: &ClientWorld, me: EntityId) -> Option<EntityId> {
+        if !self.rng.chance(0.03) {
+            return None;
+        }
+        let my = world.entities.get(&me)?.pos?;
+        let reach = SHOT_RANGE * 0.9;
+        world
+            .entities
+            .iter()
+            .filter(|(_, e)| e.body.is_some_and(|b| b.kind == Kind::Enemy))
+            .filter_map(|(&id, e)| {
+                let p = e.pos?;
+                let d = (p.x - my.x).powi(2) + (p.y - my.y).powi(2);
+                (d <= reach * reach).then_some((d, id))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, id)| id)
+    }
+
+    /// A random aim angle now and then (the client's own write).
+    pub(crate) fn aim(&mut self, current: f32) -> f32 {
+        if self.rng.chance(0.05) {
+            uniform(&mut self.rng, 0.0, TAU)
+        } else {
+            current
         }
     }
 

@@ -1,10 +1,13 @@
-//! The sim game over statewire sessions: a game server (session server + replication) and a
-//! bot client (session client + replication), usable in one process (`sim`) or apart
-//! (`serve` / `join`).
+//! The sim game over statewire sessions: a game server (session server, replication,
+//! authority, events) and a bot client (session client, replication, predicted kills), usable
+//! in one process (`sim`) or apart (`serve` / `join`).
 //!
-//! Snapshots travel on the unreliable channel; each client message on that channel carries
-//! the client's newest applied snapshot tick (the ack) with its steering input. The reliable
-//! channel carries the server's final state digest at the end of a run.
+//! Snapshots and events travel on the unreliable channel in replication packets; each client
+//! sends, every tick on the same channel, its newest applied snapshot tick (the ack) with its
+//! steering input stamped for a future server tick, and a write of its own player's facing
+//! (client-authoritative aim, validated by the server). Kill claims go on the reliable channel
+//! as event proposals; the server resolves them once (first claim wins) and tells proposers
+//! about rejections, so their predictions roll back.
 
 use std::time::Duration;
 
@@ -12,19 +15,25 @@ use hashbrown::HashMap;
 use statewire::{
     ChannelId, Client, ClientEvent, ClientState, DisconnectReason, Server, ServerEvent,
 };
+use statewire_core::authority::{decode_writes, encode_writes};
+use statewire_core::events::{EntityRefs, EventData, decode_proposal, encode_proposal};
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, Registry, ServerConfig, ServerReplicator, Snapshot,
-    SnapshotBuilder, Tick, WorldSource,
+    Authority, AuthorityConfig, ClientConfig, ClientId, ClientReplicator, EntityId, EventConfig,
+    EventServer, GameEvent, InputBuffer, Owner, PredictionOutcome, Predictions, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, StateWrite, Tick, WorldSource,
+    Writer,
 };
 use statewire_transport::{Transport, TransportError};
 
-use crate::game::{self, Bot, ClientWorld, Game, Input};
-use crate::wire::{self, ClientMsg};
+use crate::game::{self, Bot, ClientWorld, Facing, Game, Input, KILL, Position, TICK_HZ};
+use crate::wire::{self, ClientMsg, ToClient, ToServer};
 
-/// Reliable-ordered channel (control messages).
+/// Reliable-ordered channel (proposals, rejections, the final digest).
 pub(crate) const CONTROL: ChannelId = ChannelId(0);
-/// Unreliable channel (snapshots, acks with inputs).
+/// Unreliable channel (replication packets, acks with inputs, writes).
 pub(crate) const SNAPSHOTS: ChannelId = ChannelId(1);
+/// Ticks an input may be stamped ahead of the server.
+const INPUT_WINDOW: u32 = 2 * TICK_HZ;
 
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +59,29 @@ pub(crate) struct ServerCounters {
     pub(crate) max_packet: usize,
     pub(crate) bad_client_messages: u64,
     pub(crate) send_refused: u64,
+    /// Writes to components clients may not write (only their player's facing).
+    pub(crate) policy_rejected_writes: u64,
+    pub(crate) accepted_writes: u64,
+    pub(crate) bad_proposals: u64,
+    pub(crate) rejected_proposals: u64,
 }
 
-/// Server half: the game, replication and the session server.
+/// Server half.
 pub(crate) struct GameServer<T: Transport> {
     pub(crate) session: Server<T>,
     repl: ServerReplicator,
     pub(crate) game: Game,
     registry: Registry,
     pub(crate) snapshot: Snapshot,
-    inputs: HashMap<ClientId, Input>,
+    pub(crate) authority: Authority,
+    pub(crate) inputs: InputBuffer<Input>,
+    last_input: HashMap<ClientId, Input>,
+    pub(crate) events: EventServer,
+    /// Every event resolved in this run (the event server trims what all clients have).
+    pub(crate) resolved: Vec<GameEvent>,
     tick: Tick,
     pkt: Vec<u8>,
+    scratch: Vec<u32>,
     pub(crate) counters: ServerCounters,
     pub(crate) connected: Vec<ClientId>,
 }
@@ -79,6 +99,11 @@ impl<T: Transport> GameServer<T> {
             ..statewire::SessionConfig::default()
         };
         let key = (seed ^ 0x7365_7276, seed.rotate_left(17) ^ 0x006b_6579);
+        let game = Game::new(enemies, seed);
+        let mut authority = Authority::new(AuthorityConfig::default());
+        for (id, owner) in game.owners() {
+            authority.insert(id, owner);
+        }
         Ok(GameServer {
             session: Server::new(transport, session_cfg, key)?,
             repl: ServerReplicator::new(ServerConfig {
@@ -86,18 +111,86 @@ impl<T: Transport> GameServer<T> {
                 max_clients,
                 ..ServerConfig::default()
             }),
-            game: Game::new(enemies, seed),
+            game,
             registry: game::registry()?,
             snapshot: Snapshot::new(),
-            inputs: HashMap::new(),
+            authority,
+            inputs: InputBuffer::new(INPUT_WINDOW, INPUT_WINDOW as usize + 8),
+            last_input: HashMap::new(),
+            events: EventServer::new(EventConfig::default()),
+            resolved: Vec::new(),
             tick: Tick(0),
             pkt: Vec::new(),
+            scratch: Vec::new(),
             counters: ServerCounters::default(),
             connected: Vec::new(),
         })
     }
 
-    /// One server tick: read, (if `active`) simulate, replicate to every client, transmit.
+    fn handle_message(&mut self, id: ClientId, channel: ChannelId, bytes: &[u8]) {
+        match (channel, wire::parse_to_server(bytes)) {
+            (
+                SNAPSHOTS,
+                Ok(ToServer::Tick(ClientMsg {
+                    ack,
+                    input_tick,
+                    input,
+                })),
+            ) => {
+                if let Some(a) = ack {
+                    // Unknown or stale acks are ignored by the replicator.
+                    let _ = self.repl.handle_ack(id, a);
+                }
+                // Out-of-window inputs are counted by the buffer.
+                let _ = self.inputs.push(id, input_tick, input);
+            }
+            (SNAPSHOTS, Ok(ToServer::Writes(body))) => {
+                match decode_writes(&self.registry, body, 64) {
+                    Ok(writes) => self.apply_writes(id, &writes),
+                    Err(_) => self.counters.bad_client_messages += 1,
+                }
+            }
+            (CONTROL, Ok(ToServer::Propose(body))) => {
+                match decode_proposal(body, id, self.events.config()) {
+                    Ok(p) if p.kind == KILL && p.entities.len() == 2 => {
+                        // Refusals (rate, size) are reported back through take_rejections.
+                        let _ = self.events.propose(p);
+                    }
+                    _ => self.counters.bad_proposals += 1,
+                }
+            }
+            _ => self.counters.bad_client_messages += 1,
+        }
+    }
+
+    fn apply_writes(&mut self, from: ClientId, writes: &[StateWrite]) {
+        let facing = self.registry.id_of::<Facing>();
+        for w in writes {
+            self.scratch.clear();
+            if self
+                .authority
+                .accept_write(&self.registry, from, w, &mut self.scratch)
+                .is_err()
+            {
+                continue;
+            }
+            // Game policy on top of ownership: a client may only aim its own player.
+            if Some(w.component) != facing {
+                self.counters.policy_rejected_writes += 1;
+                continue;
+            }
+            let angle = self
+                .registry
+                .view(w.component, &self.scratch)
+                .and_then(|v| v.get::<Facing>());
+            if let Some(f) = angle {
+                self.game.set_facing(w.entity, f.0);
+                self.counters.accepted_writes += 1;
+            }
+        }
+    }
+
+    /// One server tick: read, (if `active`) simulate and resolve events, replicate, transmit.
     pub(crate) fn step(&mut self, now: Duration, active: bool) -> Result<(), NetGameError> {
         self.session.update(now)?;
         while let Some(ev) = self.session.poll_event() {
@@ -105,43 +198,69 @@ impl<T: Transport> GameServer<T> {
                 ServerEvent::Connected(id) => {
                     self.repl.add_client(id)?;
                     self.game.add_player(id);
+                    if let Some(p) = self.game.player_of(id) {
+                        self.authority.insert(p, Owner::Client(id));
+                    }
                     self.connected.push(id);
                 }
                 ServerEvent::Disconnected(id, _) => {
+                    if let Some(p) = self.game.player_of(id) {
+                        self.authority.remove(p);
+                    }
                     self.repl.remove_client(id);
                     self.game.remove_player(id);
-                    self.inputs.remove(&id);
+                    self.inputs.remove_client(id);
+                    self.last_input.remove(&id);
                     self.connected.retain(|&c| c != id);
                 }
-                ServerEvent::Message(id, SNAPSHOTS, bytes) => match wire::parse_client(&bytes) {
-                    Ok(ClientMsg { ack, input }) => {
-                        if let Some(a) = ack {
-                            // Unknown or stale acks are ignored by the replicator.
-                            let _ = self.repl.handle_ack(id, a);
-                        }
-                        self.inputs.insert(id, input);
-                    }
-                    Err(_) => self.counters.bad_client_messages += 1,
-                },
-                _ => self.counters.bad_client_messages += 1,
+                ServerEvent::Message(id, ch, bytes) => self.handle_message(id, ch, &bytes),
+                _ => {}
             }
         }
         self.tick = self.tick.next();
+        self.authority.begin_tick(self.tick);
+        for (c, input) in self.inputs.take(self.tick) {
+            self.last_input.insert(c, input);
+        }
         if active {
-            let inputs = &self.inputs;
+            let inputs = &self.last_input;
             self.game
                 .step(&|c| inputs.get(&c).copied().unwrap_or_default());
+        }
+        // Resolve kill claims: first valid claim in resolution order wins.
+        let game = &mut self.game;
+        let authority = &mut self.authority;
+        let resolved = self.events.resolve(self.tick, |p| {
+            let (Writer::Client(shooter), Some(&target)) = (p.proposer, p.entities.get(1)) else {
+                return false;
+            };
+            if game.player_of(shooter) != Some(p.entities[0]) || !game.can_kill(shooter, target) {
+                return false;
+            }
+            authority.remove(target);
+            if let Some(new) = game.kill(target) {
+                authority.insert(new, Owner::Server);
+            }
+            true
+        });
+        self.resolved.extend_from_slice(resolved);
+        for (client, seq) in self.events.take_rejections() {
+            self.counters.rejected_proposals += 1;
+            let _ = self
+                .session
+                .send(client, CONTROL, &wire::encode_rejected(seq));
         }
         let mut builder = SnapshotBuilder::new(&self.registry);
         self.game.build(&mut builder);
         builder.finish_into(&mut self.snapshot)?;
         for &id in &self.connected {
             wire::begin_snapshot(&mut self.pkt);
-            let stats = self.repl.encode_for(
+            let stats = self.repl.encode_for_with_events(
                 &self.registry,
                 id,
                 self.tick,
                 &self.snapshot,
+                &self.events,
                 &mut self.pkt,
             )?;
             if self.session.send(id, SNAPSHOTS, &self.pkt).is_err() {
@@ -153,6 +272,9 @@ impl<T: Transport> GameServer<T> {
                 self.counters.deferred += stats.pending as u64;
             }
             self.counters.max_packet = self.counters.max_packet.max(self.pkt.len());
+        }
+        if let Some(min) = self.repl.min_acked_event() {
+            self.events.trim_through(min);
         }
         self.session.flush(now)?;
         Ok(())
@@ -170,15 +292,31 @@ impl<T: Transport> GameServer<T> {
     }
 }
 
-/// Client half: a bot, replication and the session client.
+/// How a bot behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behaviour {
+    /// Plays by the rules.
+    Honest,
+    /// Writes others' entities, server entities, unknown ids, NaN, 10× the write rate; stamps
+    /// inputs ±10 s off; claims impossible kills; sends malformed messages.
+    Adversary,
+}
+
+/// Client half.
 pub(crate) struct GameClient<T: Transport> {
     pub(crate) session: Client<T>,
     pub(crate) repl: ClientReplicator,
     pub(crate) world: ClientWorld,
     bot: Bot,
+    behaviour: Behaviour,
     registry: Registry,
+    predictions: Predictions,
+    aim: f32,
+    buf: Vec<u8>,
     pub(crate) decode_errors: u64,
     pub(crate) bad_messages: u64,
+    pub(crate) confirmed: u64,
+    pub(crate) rolled_back: u64,
     pub(crate) final_digest: Option<(Tick, u64)>,
     pub(crate) ended: Option<DisconnectReason>,
 }
@@ -189,6 +327,7 @@ impl<T: Transport> GameClient<T> {
         server: std::net::SocketAddr,
         now: Duration,
         seed: u64,
+        behaviour: Behaviour,
     ) -> Result<Self, NetGameError> {
         Ok(GameClient {
             session: Client::new(
@@ -201,9 +340,15 @@ impl<T: Transport> GameClient<T> {
             repl: ClientReplicator::new(ClientConfig::default()),
             world: ClientWorld::default(),
             bot: Bot::new(seed ^ 0xb07),
+            behaviour,
             registry: game::registry()?,
+            predictions: Predictions::new(),
+            aim: 0.0,
+            buf: Vec::new(),
             decode_errors: 0,
             bad_messages: 0,
+            confirmed: 0,
+            rolled_back: 0,
             final_digest: None,
             ended: None,
         })
@@ -214,48 +359,194 @@ impl<T: Transport> GameClient<T> {
         matches!(self.session.state(), ClientState::Connected(_))
     }
 
-    /// One client frame: read and apply snapshots, then send the ack with the bot's input.
-    pub(crate) fn step(&mut self, now: Duration, steer: bool) -> Result<(), NetGameError> {
+    fn me(&self) -> Option<(ClientId, EntityId)> {
+        let id = self.session.id()?;
+        let player = self
+            .world
+            .entities
+            .iter()
+            .find(|(_, e)| e.owner == Some(id))
+            .map(|(&eid, _)| eid)?;
+        Some((id, player))
+    }
+
+    /// One client frame: apply what arrived, then send ack + input, the aim write and (now and
+    /// then) a kill claim. `play` is false during quiet periods.
+    pub(crate) fn step(&mut self, now: Duration, play: bool) -> Result<(), NetGameError> {
         self.session.update(now)?;
         while let Some(ev) = self.session.poll_event() {
             match ev {
-                ClientEvent::Message(SNAPSHOTS, bytes) => {
-                    let Ok(body) = wire::parse_snapshot(&bytes) else {
-                        self.bad_messages += 1;
-                        continue;
-                    };
-                    if self
-                        .repl
-                        .handle_packet(&self.registry, body, &mut self.world)
-                        .is_err()
-                    {
-                        self.decode_errors += 1;
+                ClientEvent::Message(_, bytes) => match wire::parse_to_client(&bytes) {
+                    Ok(ToClient::Snapshot(body)) => {
+                        let before = self.world.events.len();
+                        if self
+                            .repl
+                            .handle_packet_with_events(&self.registry, body, &mut self.world)
+                            .is_err()
+                        {
+                            self.decode_errors += 1;
+                        }
+                        if let Some(me) = self.session.id() {
+                            for e in self.world.events.values().skip(before) {
+                                self.predictions.on_event(me, e);
+                            }
+                        }
                     }
-                }
-                ClientEvent::Message(CONTROL, bytes) => match wire::parse_final(&bytes) {
-                    Ok(d) => self.final_digest = Some(d),
+                    Ok(ToClient::Final(t, d)) => self.final_digest = Some((t, d)),
+                    Ok(ToClient::Rejected(seq)) => self.predictions.on_rejected(seq),
                     Err(_) => self.bad_messages += 1,
                 },
                 ClientEvent::Disconnected(r) => self.ended = Some(r),
                 _ => {}
             }
         }
-        if self.is_connected() {
-            let input = if steer {
-                self.bot.think()
+        while let Some(o) = self.predictions.poll_outcome() {
+            match o {
+                PredictionOutcome::Confirmed { .. } => self.confirmed += 1,
+                // A real game would undo the local effect here (revive the enemy it hid).
+                PredictionOutcome::Rejected { .. } => self.rolled_back += 1,
+                _ => {}
+            }
+        }
+        if !self.is_connected() {
+            return Ok(());
+        }
+        let ack = self.repl.ack();
+        // Stamp the input for the tick the server will be at when it arrives.
+        let rtt_ticks = self
+            .session
+            .rtt()
+            .map_or(6, |r| (r.as_secs_f64() * f64::from(TICK_HZ)).ceil() as u32);
+        let lead = rtt_ticks + 3;
+        let mut input_tick = Tick(ack.map_or(0, |a| a.0).wrapping_add(lead));
+        let input = if play {
+            self.bot.think()
+        } else {
+            Input::default()
+        };
+        if self.behaviour == Behaviour::Adversary {
+            // Ten seconds in the past or the future.
+            let off = 10 * TICK_HZ;
+            input_tick = if input_tick.0 % 2 == 0 {
+                Tick(input_tick.0.wrapping_sub(off))
             } else {
-                Input::default()
+                Tick(input_tick.0.wrapping_add(off))
             };
-            let msg = wire::encode_client(ClientMsg {
-                ack: self.repl.ack(),
-                input,
-            });
-            if self.session.send(SNAPSHOTS, &msg).is_err() {
+        }
+        let msg = wire::encode_client(ClientMsg {
+            ack,
+            input_tick,
+            input,
+        });
+        if self.session.send(SNAPSHOTS, &msg).is_err() {
+            self.bad_messages += 1;
+        }
+        if play {
+            self.send_writes();
+            self.maybe_shoot(ack.unwrap_or_default());
+        }
+        self.session.flush(now)?;
+        Ok(())
+    }
+
+    fn write_of<C: statewire_core::Replicate>(
+        &self,
+        entity: EntityId,
+        value: &C,
+    ) -> Option<StateWrite> {
+        let mut values = Vec::new();
+        let component = self.registry.raw_values(value, &mut values).ok()?;
+        Some(StateWrite {
+            entity,
+            component,
+            values,
+        })
+    }
+
+    fn send_writes(&mut self) {
+        let Some((me, player)) = self.me() else {
+            return;
+        };
+        self.aim = self.bot.aim(self.aim);
+        let mut writes: Vec<StateWrite> = self
+            .write_of(player, &Facing(self.aim))
+            .into_iter()
+            .collect();
+        if self.behaviour == Behaviour::Adversary {
+            let others: Vec<EntityId> = self
+                .world
+                .entities
+                .iter()
+                .filter(|(_, e)| e.owner.is_some_and(|o| o != me))
+                .map(|(&id, _)| id)
+                .take(4)
+                .collect();
+            let enemy = self
+                .world
+                .entities
+                .iter()
+                .find(|(_, e)| e.owner.is_none())
+                .map(|(&id, _)| id);
+            for id in others {
+                writes.extend(self.write_of(id, &Facing(1.0)));
+                writes.extend(self.write_of(id, &Position { x: 0.0, y: 0.0 }));
+            }
+            if let Some(e) = enemy {
+                writes.extend(self.write_of(e, &Position { x: 1.0, y: 1.0 }));
+            }
+            writes.extend(self.write_of(EntityId(9_999_999), &Facing(1.0)));
+            writes.extend(self.write_of(player, &Facing(f32::NAN)));
+            writes.extend(self.write_of(player, &Position { x: 0.0, y: 0.0 }));
+            // Ten times the allowed rate on its own player.
+            for k in 0..80 {
+                writes.extend(self.write_of(player, &Facing(k as f32 * 0.01)));
+            }
+        }
+        // One message per 60 writes keeps each under the unreliable channel's size.
+        for chunk in writes.chunks(60) {
+            wire::begin_writes(&mut self.buf);
+            encode_writes(chunk, &mut self.buf);
+            if self.session.send(SNAPSHOTS, &self.buf).is_err() {
                 self.bad_messages += 1;
             }
-            self.session.flush(now)?;
         }
-        Ok(())
+        if self.behaviour == Behaviour::Adversary {
+            // Malformed messages on both channels.
+            let _ = self.session.send(SNAPSHOTS, &[0x04, 0xff, 0xff, 1]);
+            let _ = self.session.send(CONTROL, &[0x05, 1, 2, 3]);
+            let _ = self.session.send(SNAPSHOTS, &[0x7f]);
+        }
+    }
+
+    fn maybe_shoot(&mut self, tick: Tick) {
+        let Some((me, player)) = self.me() else {
+            return;
+        };
+        let target = if self.behaviour == Behaviour::Adversary {
+            // Claims an enemy far away (any enemy will do; range is checked by the server).
+            self.world
+                .entities
+                .iter()
+                .filter(|(_, e)| e.owner.is_none())
+                .map(|(&id, _)| id)
+                .max()
+        } else {
+            self.bot.pick_target(&self.world, player)
+        };
+        let Some(target) = target else {
+            return;
+        };
+        let mut ents = EntityRefs::new();
+        ents.push(player);
+        ents.push(target);
+        let p = self
+            .predictions
+            .predict(me, tick, KILL, ents, EventData::new());
+        wire::begin_proposal(&mut self.buf);
+        encode_proposal(&p, &mut self.buf);
+        if self.session.send(CONTROL, &self.buf).is_err() {
+            self.bad_messages += 1;
+        }
     }
 
     /// Whether this client's state matches the digest the server announced.

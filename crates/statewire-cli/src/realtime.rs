@@ -11,7 +11,7 @@ use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 use crate::game::TICK_HZ;
-use crate::netgame::{GameClient, GameServer};
+use crate::netgame::{Behaviour, GameClient, GameServer};
 use crate::parse_addr;
 
 /// Flags of `statewire serve`.
@@ -145,7 +145,13 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             Err(e) => return fail(&format!("cannot bind UDP: {e}")),
         }
     };
-    let mut client = match GameClient::new(transport, args.addr, Duration::ZERO, args.seed) {
+    let mut client = match GameClient::new(
+        transport,
+        args.addr,
+        Duration::ZERO,
+        args.seed,
+        Behaviour::Honest,
+    ) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };

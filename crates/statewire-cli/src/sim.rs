@@ -13,7 +13,7 @@ use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 use crate::game::TICK_HZ;
-use crate::netgame::{GameClient, GameServer, NetGameError};
+use crate::netgame::{Behaviour, GameClient, GameServer, NetGameError};
 
 /// Which transport carries the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -48,6 +48,8 @@ pub(crate) struct SimConfig {
     pub(crate) seed: u64,
     pub(crate) max_packet_bytes: usize,
     pub(crate) transport: TransportKind,
+    /// Adds one hostile client.
+    pub(crate) adversary: bool,
 }
 
 /// Errors that stop a run (bad flags or a broken local transport; network loss is not one).
@@ -107,6 +109,33 @@ pub(crate) struct SimReport {
     /// Every client's quantized state equals the server's at the end of the quiet period.
     pub(crate) converged: bool,
     pub(crate) quiet_ticks: u32,
+    /// Whether a hostile client took part.
+    pub(crate) adversary: bool,
+    /// Kill events the server resolved.
+    pub(crate) events_resolved: usize,
+    /// Resolved events some client never received (summed over clients; must be 0).
+    pub(crate) events_lost: u64,
+    /// Events some client received twice (summed; must be 0).
+    pub(crate) events_duplicated: u64,
+    /// Every client holds exactly the server's resolved events (same ids, ticks, entities,
+    /// killers).
+    pub(crate) events_consistent: bool,
+    /// Events that named an entity the client had already despawned (must be 0).
+    pub(crate) events_stale_refs: u64,
+    /// Kill claims the server rejected (late, out of range, already dead, malformed).
+    pub(crate) rejected_proposals: u64,
+    /// Predicted kills confirmed / rolled back on clients.
+    pub(crate) predictions_confirmed: u64,
+    pub(crate) predictions_rolled_back: u64,
+    /// State writes the server refused (not the owner, server-owned, unknown, invalid, over the
+    /// rate, or a component clients may not write).
+    pub(crate) rejected_writes: u64,
+    /// Owner writes applied (client-authoritative aim).
+    pub(crate) accepted_writes: u64,
+    /// Inputs refused (stamped too far in the past or future).
+    pub(crate) rejected_inputs: u64,
+    /// Entities that disappeared from a client and came back (ids are never reused: flicker).
+    pub(crate) respawned_entities: u64,
 }
 
 type Link = NetSim<Box<dyn Transport>>;
@@ -164,14 +193,15 @@ pub(crate) fn run(
     }
     let link = LinkConfig::profile(&cfg.profile)
         .ok_or_else(|| SimError::UnknownProfile(cfg.profile.clone()))?;
+    let n_clients = cfg.clients + usize::from(cfg.adversary);
     let Endpoints {
         server: server_t,
         clients: client_ts,
-    } = transports(cfg.transport, cfg.clients)?;
+    } = transports(cfg.transport, n_clients)?;
     let mut server = GameServer::new(
         NetSim::new(server_t, link.clone(), cfg.seed),
         cfg.entities - cfg.clients,
-        cfg.clients,
+        n_clients,
         cfg.max_packet_bytes,
         cfg.seed,
     )?;
@@ -182,11 +212,18 @@ pub(crate) fn run(
             .seed
             .wrapping_add(1 + i as u64)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The last client is the adversary when there is one.
+        let behaviour = if cfg.adversary && i + 1 == n_clients {
+            Behaviour::Adversary
+        } else {
+            Behaviour::Honest
+        };
         clients.push(GameClient::new(
             NetSim::new(t, link.clone(), seed),
             server_addr,
             Duration::ZERO,
             seed,
+            behaviour,
         )?);
     }
     // Real sockets deliver in real time: pace the virtual clock so a datagram sent in one tick
@@ -220,11 +257,11 @@ pub(crate) fn run(
     };
 
     // Connect phase: not part of the measured run.
-    while !clients.iter().all(GameClient::is_connected) || server.connected.len() < cfg.clients {
+    while !clients.iter().all(GameClient::is_connected) || server.connected.len() < n_clients {
         if t >= connect_limit {
             return Err(SimError::ConnectFailed {
                 connected: clients.iter().filter(|c| c.is_connected()).count(),
-                wanted: cfg.clients,
+                wanted: n_clients,
                 ticks: t,
             });
         }
@@ -238,7 +275,7 @@ pub(crate) fn run(
         .map(|c| c.session.transport().stats())
         .collect();
     let mut max_lag = 0u32;
-    let mut converged_at: Vec<Option<u32>> = vec![None; cfg.clients];
+    let mut converged_at: Vec<Option<u32>> = vec![None; n_clients];
     let mut down_active = NetSimStats::default();
     let mut up_active = 0u64;
     for i in 0..cfg.ticks + cfg.quiet_ticks {
@@ -287,8 +324,25 @@ pub(crate) fn run(
         add_stats(&mut net_stats, &c.session.transport().stats());
     }
     let secs = f64::from(cfg.ticks.max(1)) / f64::from(TICK_HZ);
-    let n = cfg.clients as f64;
+    let n = n_clients as f64;
     let counters = server.counters;
+    // Events: every client must hold exactly the server's resolved events.
+    let mut events_lost = 0u64;
+    let mut events_consistent = true;
+    for c in &clients {
+        for e in &server.resolved {
+            match c.world.events.get(&e.id.0) {
+                None => events_lost += 1,
+                Some(got) if got != e => events_consistent = false,
+                Some(_) => {}
+            }
+        }
+        if c.world.events.len() != server.resolved.len() {
+            events_consistent = false;
+        }
+    }
+    let events_duplicated: u64 = clients.iter().map(|c| c.world.duplicate_events).sum();
+    events_consistent &= events_lost == 0 && events_duplicated == 0;
     Ok(SimReport {
         clients: cfg.clients,
         entities: server.game.len(),
@@ -322,6 +376,20 @@ pub(crate) fn run(
         max_convergence_ticks,
         converged,
         quiet_ticks: cfg.quiet_ticks,
+        adversary: cfg.adversary,
+        events_resolved: server.resolved.len(),
+        events_lost,
+        events_duplicated,
+        events_consistent,
+        events_stale_refs: clients.iter().map(|c| c.world.stale_refs).sum(),
+        rejected_proposals: counters.rejected_proposals + counters.bad_proposals,
+        predictions_confirmed: clients.iter().map(|c| c.confirmed).sum(),
+        predictions_rolled_back: clients.iter().map(|c| c.rolled_back).sum(),
+        rejected_writes: server.authority.total_rejections().total()
+            + counters.policy_rejected_writes,
+        accepted_writes: counters.accepted_writes,
+        rejected_inputs: server.inputs.total_rejected(),
+        respawned_entities: clients.iter().map(|c| c.world.respawned).sum(),
     })
 }
 
@@ -358,6 +426,10 @@ impl SimReport {
              \x20 packets          {sent} sent, {lost} lost, {dup} duplicated\n\
              \x20 deferred records {deferred:>10} (packet full, sent later)\n\
              \x20 max lag          {lag:>10} ticks behind the server (newest applied snapshot)\n\
+             \x20 events           {evr} kills resolved; lost {evl}, duplicated {evd}, stale refs {evs}; consistent: {evc}\n\
+             \x20 predictions      {pc} confirmed, {pr} rolled back; {rp} claims rejected\n\
+             \x20 authority        {aw} owner writes applied, {rw} writes rejected, {ri} inputs rejected{adv}\n\
+             \x20 flicker          {resp} entities came back after vanishing\n\
              \x20 errors           {derr} decode, {werr} framing\n\
              \x20 converged        {conv}",
             clients = self.clients,
@@ -379,6 +451,23 @@ impl SimReport {
             dup = self.packets_duplicated,
             deferred = self.deferred_records,
             lag = self.max_lag_ticks,
+            evr = self.events_resolved,
+            evl = self.events_lost,
+            evd = self.events_duplicated,
+            evs = self.events_stale_refs,
+            evc = if self.events_consistent { "yes" } else { "NO" },
+            pc = self.predictions_confirmed,
+            pr = self.predictions_rolled_back,
+            rp = self.rejected_proposals,
+            aw = self.accepted_writes,
+            rw = self.rejected_writes,
+            ri = self.rejected_inputs,
+            adv = if self.adversary {
+                " (one adversary)"
+            } else {
+                ""
+            },
+            resp = self.respawned_entities,
             derr = self.decode_errors,
             werr = self.wire_errors,
         )
@@ -399,6 +488,7 @@ mod tests {
             seed,
             max_packet_bytes: 1100,
             transport: TransportKind::Loopback,
+            adversary: false,
         }
     }
 
@@ -442,6 +532,59 @@ mod tests {
             assert!(r.converged, "{kind:?} seed 1: {}", r.render());
             assert_eq!(r.transport, kind.name());
         }
+    }
+
+    /// 16 bots race to kill 200 enemies over the hostile profile: every client ends with
+    /// exactly the server's kills and killers, none lost or applied twice, no flicker.
+    #[test]
+    fn hostile_war_with_sixteen_clients() {
+        let c = SimConfig {
+            clients: 16,
+            entities: 216,
+            ticks: 450,
+            quiet_ticks: 150,
+            profile: "hostile".into(),
+            seed: 5,
+            max_packet_bytes: 1100,
+            transport: TransportKind::Loopback,
+            adversary: false,
+        };
+        let r = run(&c, &mut |_, _| {}).unwrap();
+        let seed = c.seed;
+        assert!(
+            r.events_resolved >= 20,
+            "seed {seed}: only {} kills",
+            r.events_resolved
+        );
+        assert_eq!(r.events_lost, 0, "seed {seed}");
+        assert_eq!(r.events_duplicated, 0, "seed {seed}");
+        assert!(r.events_consistent, "seed {seed}: {}", r.render());
+        assert_eq!(r.events_stale_refs, 0, "seed {seed}");
+        assert_eq!(r.respawned_entities, 0, "seed {seed}: entities flickered");
+        assert!(r.converged, "seed {seed}: {}", r.render());
+        assert!(
+            r.accepted_writes > 0 && r.rejected_writes == 0,
+            "seed {seed}: {}",
+            r.render()
+        );
+    }
+
+    /// One hostile client: everything it tries is rejected and counted, and everyone still
+    /// agrees on the events and converges.
+    #[test]
+    fn adversary_is_contained() {
+        let mut c = cfg("poor", 9);
+        c.adversary = true;
+        let r = run(&c, &mut |_, _| {}).unwrap();
+        assert!(
+            r.events_consistent && r.events_lost == 0,
+            "seed 9: {}",
+            r.render()
+        );
+        assert!(r.converged, "seed 9: {}", r.render());
+        assert!(r.rejected_writes > 1000, "seed 9: {}", r.render());
+        assert!(r.rejected_inputs > 100, "seed 9: {}", r.render());
+        assert!(r.rejected_proposals > 10, "seed 9: {}", r.render());
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub struct EncodeScratch {
     candidates: Vec<Candidate>,
     included: Vec<bool>,
     order: Vec<usize>,
+    in_priority: Vec<bool>,
     missed: Vec<EntityId>,
 }
 
@@ -142,8 +143,8 @@ const HEADER_BITS: usize = 32 + 1 + 16;
 /// Which records go first and which must wait, for [`encode_delta`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Selection<'a> {
-    /// Entities whose differences are written before any other (ascending ids). Those that do
-    /// not fit are listed by [`EncodeScratch::missed_priority`].
+    /// Entities whose differences are written before any other, most important first. Those
+    /// that do not fit are listed by [`EncodeScratch::missed_priority`].
     pub priority: &'a [EntityId],
 }
 
@@ -209,15 +210,23 @@ pub fn encode_delta(
     let order = &mut scratch.order;
     order.clear();
     scratch.missed.clear();
-    let in_list = |list: &[EntityId], id: EntityId| list.binary_search(&id).is_ok();
-    order.extend((0..cands.len()).filter(|&k| in_list(priority, cands[k].id)));
+    // `priority` is in the caller's order (most important first) and may repeat ids.
+    scratch.in_priority.clear();
+    scratch.in_priority.resize(cands.len(), false);
+    for id in priority {
+        if let Ok(k) = cands.binary_search_by_key(id, |c| c.id) {
+            if !scratch.in_priority[k] {
+                scratch.in_priority[k] = true;
+                order.push(k);
+            }
+        }
+    }
     let n_priority = order.len();
     let first = cands.partition_point(|c| c.id.0 < cursor);
     let n = cands.len();
     for step in 0..n {
         let k = (first + step) % n;
-        let id = cands[k].id;
-        if !in_list(priority, id) {
+        if !scratch.in_priority[k] {
             order.push(k);
         }
     }
@@ -291,13 +300,19 @@ pub fn encode_delta(
     stats
 }
 
-/// Appends (ascending) the ids of entities that differ between `a` and `b`, including those
-/// present in only one of them.
-pub(crate) fn changed_between(a: &Snapshot, b: &Snapshot, out: &mut Vec<EntityId>) {
+/// Appends (ascending) the ids of entities that differ between `a` and `b`: those present in
+/// only one of them go to `presence`, those whose state differs to `values`.
+pub(crate) fn changed_between(
+    a: &Snapshot,
+    b: &Snapshot,
+    presence: &mut Vec<EntityId>,
+    values: &mut Vec<EntityId>,
+) {
     merge_walk(a, b, |i, j| match (i, j) {
-        (Some(i), Some(j)) if same_entity(a, i, b, j) => {}
-        (Some(i), _) => out.push(a.entities[i].id),
-        (None, Some(j)) => out.push(b.entities[j].id),
+        (Some(i), Some(j)) if !same_entity(a, i, b, j) => values.push(a.entities[i].id),
+        (Some(_), Some(_)) => {}
+        (Some(i), None) => presence.push(a.entities[i].id),
+        (None, Some(j)) => presence.push(b.entities[j].id),
         (None, None) => {}
     });
 }

@@ -5,6 +5,19 @@
 //! acknowledged, or against the empty state when there is none or it fell out of the ring. The
 //! client keeps a ring of the states it applied, decodes against the baseline the packet names,
 //! and acknowledges the newest tick it applied.
+//!
+//! # Packet budgets
+//!
+//! When the changes since the baseline do not fit the packet budget, the encoder sends what
+//! fits and the rest later (round-robin). The state a client shows after a packet is that
+//! packet's baseline plus its records, so a packet built on an older baseline could take away
+//! what a newer packet, not yet acknowledged, had already shown. To prevent that, what the
+//! previous packet changed relative to the baseline goes first: entities whose presence
+//! changed, then changed values. As long as that fits (it fitted in the previous packet, and
+//! the events of a packet take at most half of it), entities do not flicker out and back in
+//! while acks are in flight; `statewire sim` counts such flicker and reports 0. With budgets
+//! so small that even that does not fit, flicker is possible until acks arrive; a per-entity
+//! acknowledgement model would remove that limit and is not built yet.
 
 use std::collections::VecDeque;
 
@@ -307,9 +320,14 @@ impl ServerReplicator {
         // Entities the last packet changed relative to this baseline: the client may already
         // show them, so they go first, or a packet built on an older baseline would take them
         // away again (entities would flicker out and back in while acks are in flight).
-        let mut resend = Vec::new();
+        let (mut resend_presence, mut resend_values) = (Vec::new(), Vec::new());
         if let Some(last) = h.sent.back() {
-            changed_between(baseline, &last.view, &mut resend);
+            changed_between(
+                baseline,
+                &last.view,
+                &mut resend_presence,
+                &mut resend_values,
+            );
         }
         // Whether the client may hold `id`: it is in the baseline or in any packet sent since.
         let unacked = h
@@ -342,10 +360,11 @@ impl ServerReplicator {
                     }
                 }
             }
-            priority.extend_from_slice(&resend);
+            // Order: what events need, then entities whose presence the client may already
+            // show, then values it may already show.
             priority.extend_from_slice(&keep);
-            priority.sort_unstable();
-            priority.dedup();
+            priority.extend_from_slice(&resend_presence);
+            priority.extend_from_slice(&resend_values);
             keep.sort_unstable();
             keep.dedup();
             let target = if keep.is_empty() {

@@ -186,19 +186,49 @@ fn many_clients(kind: Kind) {
     assert_eq!(server.client_count(), 0);
 }
 
+/// Records every datagram sent through it, so a rogue can replay them.
+struct Recorder {
+    inner: Dyn,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Transport for Recorder {
+    fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+    fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+    fn send(
+        &mut self,
+        to: SocketAddr,
+        p: &[u8],
+    ) -> Result<(), statewire_transport::TransportError> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(p.to_vec());
+        }
+        self.inner.send(to, p)
+    }
+    fn recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<statewire_transport::Received>, statewire_transport::TransportError> {
+        self.inner.recv(buf)
+    }
+}
+
 fn rogue_input(kind: Kind) {
     let seed = 11;
     let mut env = Env::new(kind);
     let mut server: Server<Dyn> = Server::new(env.server(), SessionConfig::default(), KEY).unwrap();
     let addr = server.local_addr();
-    let mut good = Client::new(
-        env.client(addr),
-        addr,
-        SessionConfig::default(),
-        Duration::ZERO,
-        1,
-    )
-    .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded: Dyn = Box::new(Recorder {
+        inner: env.client(addr),
+        log: log.clone(),
+    });
+    let mut good =
+        Client::new(recorded, addr, SessionConfig::default(), Duration::ZERO, 1).unwrap();
     let mut rogue = env.client(addr);
     let mut rng = SimRng::new(seed);
     let (mut sent, mut got) = (Vec::new(), Vec::new());
@@ -228,6 +258,21 @@ fn rogue_input(kind: Kind) {
             }
             .encode(&mut pkt);
             let _ = rogue.send(addr, &pkt);
+            // Replays of the good client's own datagrams (handshake and data), from the
+            // rogue's address.
+            let replays: Vec<Vec<u8>> = log
+                .lock()
+                .map(|l| {
+                    let n = l.len();
+                    [0, n / 2, n.saturating_sub(1)]
+                        .iter()
+                        .filter_map(|&i| l.get(i).cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for r in replays {
+                let _ = rogue.send(addr, &r);
+            }
             let mut sink = [0u8; 2048];
             while let Ok(Some(_)) = rogue.recv(&mut sink) {}
         }

@@ -14,6 +14,13 @@
 //! After applying, the client's quantized state equals the state the server recorded for that
 //! packet bit for bit; once everything fits, it equals the server's world.
 //!
+//! Who may write what is the server's call ([`Authority`]): clients send inputs stamped with a
+//! tick ([`InputBuffer`]) and, for entities they own, state writes that the server validates
+//! before applying. Gameplay events are proposed by anyone and resolved once by the server
+//! ([`EventServer`]); they travel with the snapshots
+//! ([`ServerReplicator::encode_for_with_events`]) and reach every client exactly once, in
+//! order, in step with the entities they name (see [`events`]).
+//!
 //! There are no sockets, threads or clocks here: bytes and ticks go in, bytes and changes come
 //! out. The caller moves the bytes (see the `statewire-transport` crate).
 //!

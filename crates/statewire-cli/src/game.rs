@@ -115,11 +115,19 @@ impl Replicate for Body {
 /// The component registry both sides of the sim use.
 pub(crate) fn registry() -> Result<Registry, SchemaError> {
     let mut r = Registry::new();
-    r.register::<Position>()?;
-    r.register::<Facing>()?;
-    r.register::<Body>()?;
+    // The ids are fixed by registration order; `ClientWorld::remove` relies on these.
+    let ids = [
+        r.register::<Position>()?,
+        r.register::<Facing>()?,
+        r.register::<Body>()?,
+    ];
+    debug_assert_eq!(ids, [POSITION, FACING, BODY]);
     Ok(r)
 }
+
+const POSITION: ComponentId = ComponentId(0);
+const FACING: ComponentId = ComponentId(1);
+const BODY: ComponentId = ComponentId(2);
 
 /// A bot's steering input: a direction on 8 bits per axis (−127..=127), zero to stand still.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -424,10 +432,11 @@ impl WorldSink for ClientWorld {
     }
     fn remove(&mut self, id: EntityId, c: ComponentId) {
         if let Some(e) = self.entities.get_mut(&id) {
-            match c.0 {
-                0 => e.pos = None,
-                1 => e.facing = None,
-                _ => e.body = None,
+            match c {
+                POSITION => e.pos = None,
+                FACING => e.facing = None,
+                BODY => e.body = None,
+                _ => {}
             }
         }
     }

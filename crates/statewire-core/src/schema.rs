@@ -385,28 +385,9 @@ impl Registry {
         value: &T,
         out: &mut Vec<u32>,
     ) -> Result<ComponentId, SchemaError> {
-        let id = self
-            .id_of::<T>()
-            .ok_or(SchemaError::Unregistered(T::NAME))?;
-        let schema = &self.schemas[usize::from(id.0)];
         let start = out.len();
-        let mut w = FieldWriter {
-            schema,
-            out: Target::Quantized(out),
-            next: 0,
-            error: None,
-        };
-        value.write(&mut w);
-        let (next, error) = (w.next, w.error);
-        let reason = error.or((next != schema.codecs.len()).then_some("fewer values than fields"));
-        if let Some(reason) = reason {
-            out.truncate(start);
-            return Err(SchemaError::Mismatch {
-                component: schema.name,
-                reason,
-            });
-        }
-        Ok(id)
+        self.write_fields(value, Target::Quantized(out))
+            .inspect_err(|_| out.truncate(start))
     }
 
     /// The raw (unquantized) field values of `value`, appended to `out`: what a client sends to
@@ -416,28 +397,36 @@ impl Registry {
         value: &T,
         out: &mut Vec<RawValue>,
     ) -> Result<ComponentId, SchemaError> {
+        let start = out.len();
+        self.write_fields(value, Target::Raw(out))
+            .inspect_err(|_| out.truncate(start))
+    }
+
+    /// Runs `value`'s [`Replicate::write`] into `out`; on error the caller drops what it wrote.
+    fn write_fields<T: Replicate>(
+        &self,
+        value: &T,
+        out: Target<'_>,
+    ) -> Result<ComponentId, SchemaError> {
         let id = self
             .id_of::<T>()
             .ok_or(SchemaError::Unregistered(T::NAME))?;
         let schema = &self.schemas[usize::from(id.0)];
-        let start = out.len();
         let mut w = FieldWriter {
             schema,
-            out: Target::Raw(out),
+            out,
             next: 0,
             error: None,
         };
         value.write(&mut w);
-        let (next, error) = (w.next, w.error);
-        let reason = error.or((next != schema.codecs.len()).then_some("fewer values than fields"));
-        if let Some(reason) = reason {
-            out.truncate(start);
-            return Err(SchemaError::Mismatch {
+        let short = (w.next != schema.codecs.len()).then_some("fewer values than fields");
+        match w.error.or(short) {
+            Some(reason) => Err(SchemaError::Mismatch {
                 component: schema.name,
                 reason,
-            });
+            }),
+            None => Ok(id),
         }
-        Ok(id)
     }
 
     /// Strictly validates and quantizes raw values received from a peer for `component`:

@@ -10,7 +10,7 @@ use statewire_transport::{Transport, TransportError};
 
 use crate::config::{DisconnectReason, SessionConfig};
 use crate::connection::{ChannelId, ConfigError, Connection, SendError};
-use crate::packet::{Cookie, DisconnectCode, Packet, data_mac};
+use crate::packet::{Cookie, DisconnectCode, Packet, data_mac, poll_data};
 
 /// Something that happened on the client; drain with [`Client::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,16 +252,9 @@ impl<T: Transport> Client<T> {
             return Ok(());
         };
         for _ in 0..self.config.max_packets_per_peer_per_update {
-            self.payload.clear();
-            if !conn.poll_transmit(self.now, &mut self.payload) {
+            if !poll_data(conn, self.token, self.now, &mut self.payload, &mut self.out) {
                 break;
             }
-            self.out.clear();
-            Packet::Data {
-                mac: data_mac(self.token, &self.payload),
-                payload: &self.payload,
-            }
-            .encode(&mut self.out);
             match self.transport.send(self.server, &self.out) {
                 Ok(()) | Err(TransportError::PayloadTooLarge { .. }) => {}
                 Err(TransportError::Closed) => {

@@ -390,6 +390,28 @@ impl<'a> Packet<'a> {
 /// Bytes the Data header adds before the connection payload.
 pub const DATA_HEADER_LEN: usize = 9;
 
+/// Polls `conn` for its next packet and, if there is one, writes it into `out` as a session
+/// Data datagram under `token` (`payload` is scratch space).
+pub(crate) fn poll_data(
+    conn: &mut crate::connection::Connection,
+    token: u64,
+    now: std::time::Duration,
+    payload: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
+    payload.clear();
+    if !conn.poll_transmit(now, payload) {
+        return false;
+    }
+    out.clear();
+    Packet::Data {
+        mac: data_mac(token, payload),
+        payload,
+    }
+    .encode(out);
+    true
+}
+
 /// The MAC of a data payload under a session `token`.
 #[must_use]
 pub fn data_mac(token: u64, payload: &[u8]) -> u64 {

@@ -14,7 +14,7 @@ use statewire_transport::{Transport, TransportError};
 use crate::client::{ClientEvent, ClientSendError};
 use crate::config::{DisconnectReason, SessionConfig};
 use crate::connection::{ChannelId, ConfigError, Connection, SendError};
-use crate::packet::{Cookie, DisconnectCode, Packet, RejectReason, data_mac};
+use crate::packet::{Cookie, DisconnectCode, Packet, RejectReason, data_mac, poll_data};
 
 /// Something that happened on the server; drain with [`Server::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,16 +482,15 @@ impl<T: Transport, U> Server<T, U> {
         self.now = self.now.max(now);
         for peer in self.peers.values_mut() {
             for _ in 0..self.config.max_packets_per_peer_per_update {
-                self.payload.clear();
-                if !peer.conn.poll_transmit(self.now, &mut self.payload) {
+                if !poll_data(
+                    &mut peer.conn,
+                    peer.token,
+                    self.now,
+                    &mut self.payload,
+                    &mut self.out,
+                ) {
                     break;
                 }
-                self.out.clear();
-                Packet::Data {
-                    mac: data_mac(peer.token, &self.payload),
-                    payload: &self.payload,
-                }
-                .encode(&mut self.out);
                 match self.transport.send(peer.addr, &self.out) {
                     Ok(()) => {}
                     // The connection layer resends what matters; a lost datagram is a loss.

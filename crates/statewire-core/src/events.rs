@@ -598,3 +598,155 @@ impl Predictions {
         self.open.iter().map(|(_, p)| p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(ids: &[u32]) -> EntityRefs {
+        ids.iter().map(|&i| EntityId(i)).collect()
+    }
+
+    #[test]
+    fn predictions_are_confirmed_or_rolled_back() {
+        let me = ClientId(7);
+        let mut server = EventServer::new(EventConfig::default());
+        let mut preds = Predictions::new();
+        let a = preds.predict(me, Tick(1), 1, refs(&[1, 2]), EventData::new());
+        let b = preds.predict(me, Tick(1), 1, refs(&[1, 3]), EventData::new());
+        assert_eq!(preds.open().count(), 2);
+        server.propose(a.clone()).unwrap();
+        server.propose(b.clone()).unwrap();
+        // The server accepts the first claim only.
+        let resolved = server
+            .resolve(Tick(2), |p| p.entities[1] == EntityId(2))
+            .to_vec();
+        assert_eq!(resolved.len(), 1);
+        for e in &resolved {
+            preds.on_event(me, e);
+        }
+        for (c, seq) in server.take_rejections() {
+            assert_eq!(c, me);
+            preds.on_rejected(seq);
+        }
+        assert_eq!(
+            preds.poll_outcome(),
+            Some(PredictionOutcome::Confirmed {
+                seq: a.seq,
+                event: resolved[0].clone()
+            })
+        );
+        assert_eq!(
+            preds.poll_outcome(),
+            Some(PredictionOutcome::Rejected { seq: b.seq })
+        );
+        assert_eq!(preds.poll_outcome(), None);
+        assert_eq!(preds.open().count(), 0);
+        // Someone else's event with our seq number does not confirm anything.
+        let c = preds.predict(me, Tick(3), 1, refs(&[1]), EventData::new());
+        let mut other = resolved[0].clone();
+        other.proposer = Writer::Client(ClientId(8));
+        other.seq = c.seq;
+        preds.on_event(me, &other);
+        assert_eq!(preds.poll_outcome(), None);
+    }
+
+    #[test]
+    fn resolution_order_is_tick_then_server_then_client_id_then_seq() {
+        let mut server = EventServer::new(EventConfig::default());
+        let p = |who: Writer, seq, tick| Proposal {
+            proposer: who,
+            seq,
+            tick: Tick(tick),
+            kind: 1,
+            entities: refs(&[9]),
+            data: EventData::new(),
+        };
+        server
+            .propose(p(Writer::Client(ClientId(5)), 0, 10))
+            .unwrap();
+        server
+            .propose(p(Writer::Client(ClientId(2)), 1, 10))
+            .unwrap();
+        server
+            .propose(p(Writer::Client(ClientId(2)), 0, 10))
+            .unwrap();
+        server.propose(p(Writer::Server, 0, 10)).unwrap();
+        server
+            .propose(p(Writer::Client(ClientId(9)), 0, 9))
+            .unwrap();
+        let mut seen = Vec::new();
+        server.resolve(Tick(11), |p| {
+            seen.push((p.proposer, p.seq));
+            false
+        });
+        assert_eq!(
+            seen,
+            vec![
+                (Writer::Client(ClientId(9)), 0),
+                (Writer::Server, 0),
+                (Writer::Client(ClientId(2)), 0),
+                (Writer::Client(ClientId(2)), 1),
+                (Writer::Client(ClientId(5)), 0),
+            ]
+        );
+        // Rejected client proposals are reported back; the server's own is not.
+        assert_eq!(server.take_rejections().len(), 4);
+    }
+
+    #[test]
+    fn proposals_are_bounded_and_decode_strictly() {
+        let cfg = EventConfig::default();
+        let mut server = EventServer::new(cfg.clone());
+        let big = Proposal {
+            proposer: Writer::Client(ClientId(1)),
+            seq: 3,
+            tick: Tick(4),
+            kind: 2,
+            entities: refs(&[1; 9]),
+            data: EventData::new(),
+        };
+        assert_eq!(server.propose(big), Err(ProposalRejection::TooLarge));
+        let ok = Proposal {
+            entities: refs(&[1, 2]),
+            data: EventData::from_slice(b"hi"),
+            ..Proposal {
+                proposer: Writer::Client(ClientId(1)),
+                seq: 3,
+                tick: Tick(4),
+                kind: 2,
+                entities: refs(&[]),
+                data: EventData::new(),
+            }
+        };
+        let mut bytes = Vec::new();
+        encode_proposal(&ok, &mut bytes);
+        assert_eq!(decode_proposal(&bytes, ClientId(1), &cfg), Ok(ok));
+        assert!(decode_proposal(&bytes[..bytes.len() - 1], ClientId(1), &cfg).is_err());
+        bytes.push(0);
+        assert_eq!(
+            decode_proposal(&bytes, ClientId(1), &cfg),
+            Err(EventDecodeError::TrailingBytes)
+        );
+        for _ in 0..cfg.max_per_client_per_tick {
+            let mut p = server_prop();
+            p.seq = 1;
+            server.propose(p).unwrap();
+        }
+        assert_eq!(
+            server.propose(server_prop()),
+            Err(ProposalRejection::RateLimited)
+        );
+    }
+
+    fn server_prop() -> Proposal {
+        Proposal {
+            proposer: Writer::Client(ClientId(1)),
+            seq: 0,
+            tick: Tick(1),
+            kind: 1,
+            entities: refs(&[1]),
+            data: EventData::new(),
+        }
+    }
+}

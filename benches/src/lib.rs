@@ -6,8 +6,8 @@
 //! two runs encode the same bytes.
 
 use statewire_core::{
-    ComponentId, ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter, Owner,
-    Registry, Replicate, Snapshot, SnapshotBuilder, WorldSink, WorldSource,
+    ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter, Owner, Registry,
+    Replicate, Snapshot, SnapshotBuilder, WorldSink, WorldSource,
 };
 
 /// Entities in the benchmark world.
@@ -306,7 +306,7 @@ impl WorldSink for NullSink {
     fn insert(&mut self, _: EntityId, _: ComponentView<'_>) {
         self.calls += 1;
     }
-    fn remove(&mut self, _: EntityId, _: ComponentId) {
+    fn remove(&mut self, _: EntityId, _: ComponentView<'_>) {
         self.calls += 1;
     }
 }
@@ -330,8 +330,12 @@ mod tests {
                 .entity_ids()
                 .filter(|&id| {
                     let (x, y) = (
-                        pair[0].component_view(&reg, id, ComponentId(0)).unwrap(),
-                        pair[1].component_view(&reg, id, ComponentId(0)).unwrap(),
+                        pair[0]
+                            .component_view(&reg, id, statewire_core::ComponentId(0))
+                            .unwrap(),
+                        pair[1]
+                            .component_view(&reg, id, statewire_core::ComponentId(0))
+                            .unwrap(),
                     );
                     x.quantized() != y.quantized()
                 })

@@ -24,9 +24,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Owner,
-    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
-    WorldSource,
+    Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink, WorldSource,
 };
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
@@ -286,30 +285,24 @@ pub struct HecsClient {
     /// replicated components it has on the server.
     pub world: hecs::World,
     entities: HashMap<EntityId, hecs::Entity>,
-    // `WorldSink::remove` only names a `ComponentId`, so the sink remembers which id is which
-    // type.
-    transform_id: ComponentId,
-    health_id: ComponentId,
     /// Changes that could not be applied (unknown entity or component); always 0 when the
     /// replicator and the sink agree.
     pub errors: u64,
 }
 
+impl Default for HecsClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HecsClient {
-    /// An empty world for a client using `registry`.
-    ///
-    /// # Panics
-    ///
-    /// If `registry` lacks [`Transform`] or [`Health`] (use [`game::registry`]).
+    /// An empty world.
     #[must_use]
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new() -> Self {
         HecsClient {
             world: hecs::World::new(),
             entities: HashMap::new(),
-            transform_id: registry
-                .id_of::<Transform>()
-                .expect("Transform is registered"),
-            health_id: registry.id_of::<Health>().expect("Health is registered"),
             errors: 0,
         }
     }
@@ -380,14 +373,14 @@ impl WorldSink for HecsClient {
         }
     }
 
-    fn remove(&mut self, id: EntityId, component: ComponentId) {
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
         let Some(e) = self.entity(id) else {
             self.errors += 1;
             return;
         };
-        let done = if component == self.transform_id {
+        let done = if component.is::<Transform>() {
             self.world.remove_one::<Transform>(e).is_ok()
-        } else if component == self.health_id {
+        } else if component.is::<Health>() {
             self.world.remove_one::<Health>(e).is_ok()
         } else {
             false
@@ -527,7 +520,7 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
             addr,
             net: NetSim::new(endpoint, link.clone(), link_seed),
             repl: ClientReplicator::new(ClientConfig::default()),
-            world: HecsClient::new(&registry),
+            world: HecsClient::new(),
             summary: ClientSummary {
                 client: id,
                 applied: 0,
@@ -665,7 +658,7 @@ mod tests {
             .encode_for(registry, ClientId(1), Tick(1), &snapshot, &mut packet)
             .unwrap();
         let mut repl = ClientReplicator::new(ClientConfig::default());
-        let mut client = HecsClient::new(registry);
+        let mut client = HecsClient::new();
         repl.handle_packet(registry, &packet, &mut client).unwrap();
         assert_eq!(repl.state(), &snapshot);
         (snapshot, client)

@@ -7,9 +7,8 @@
 //! snapshot arrive in id order, so a binary search finds every entity).
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Owner,
-    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
-    WorldSource,
+    Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink, WorldSource,
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
@@ -196,26 +195,22 @@ pub struct ClientShip {
 pub struct PlainClient {
     /// The entities, ascending by id.
     pub ships: Vec<ClientShip>,
-    transform_id: ComponentId,
-    health_id: ComponentId,
     /// Changes that could not be applied; always 0 when the replicator and the sink agree.
     pub errors: u64,
 }
 
+impl Default for PlainClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PlainClient {
-    /// An empty world for a client using `registry`.
-    ///
-    /// # Panics
-    ///
-    /// If `registry` lacks [`Transform`] or [`Health`] (use [`game::registry`]).
+    /// An empty world.
     #[must_use]
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new() -> Self {
         PlainClient {
             ships: Vec::new(),
-            transform_id: registry
-                .id_of::<Transform>()
-                .expect("Transform is registered"),
-            health_id: registry.id_of::<Health>().expect("Health is registered"),
             errors: 0,
         }
     }
@@ -274,12 +269,11 @@ impl WorldSink for PlainClient {
         }
     }
 
-    fn remove(&mut self, id: EntityId, component: ComponentId) {
-        let (transform_id, health_id) = (self.transform_id, self.health_id);
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
         let Some(s) = self.find(id) else { return };
-        if component == transform_id {
+        if component.is::<Transform>() {
             s.transform = None;
-        } else if component == health_id {
+        } else if component.is::<Health>() {
             s.health = None;
         } else {
             self.errors += 1;
@@ -342,7 +336,7 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
         peers.push(Peer {
             id,
             repl: ClientReplicator::new(ClientConfig::default()),
-            world: PlainClient::new(&registry),
+            world: PlainClient::new(),
             summary: ClientSummary {
                 client: id,
                 applied: 0,
@@ -457,7 +451,7 @@ mod tests {
         let mut b = SnapshotBuilder::new(&registry);
         PlainServer::new(&[ClientId(1)], &mut GameRng::new(1)).build(&mut b);
         let snapshot = b.finish().unwrap();
-        let mut client = PlainClient::new(&registry);
+        let mut client = PlainClient::new();
         Snapshot::new().diff_into(&snapshot, &registry, &mut client);
         verify(&registry, &snapshot, &client).unwrap();
         client.ships[3].owner = Owner::Client(ClientId(1));

@@ -330,11 +330,15 @@ impl WorldSink for Mirror {
             assert_ne!(old, words, "insert without a change");
         }
     }
-    fn remove(&mut self, id: EntityId, c: ComponentId) {
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
         self.visit(id);
-        assert!(
-            self.get(id).1.remove(&c.0).is_some(),
-            "remove of absent {c} from {id}"
+        let words = c.quantized().to_vec();
+        let removed = self.get(id).1.remove(&c.id().0);
+        assert_eq!(
+            removed,
+            Some(words),
+            "remove of absent or different {} from {id}",
+            c.id()
         );
     }
 }

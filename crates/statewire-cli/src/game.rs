@@ -4,9 +4,8 @@
 use std::f32::consts::TAU;
 
 use statewire_core::{
-    ClientId, ComponentId, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader,
-    FieldWriter, GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink,
-    WorldSource,
+    ClientId, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader, FieldWriter,
+    GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink, WorldSource,
 };
 use statewire_transport::netsim::SimRng;
 
@@ -115,19 +114,11 @@ impl Replicate for Body {
 /// The component registry both sides of the sim use.
 pub(crate) fn registry() -> Result<Registry, SchemaError> {
     let mut r = Registry::new();
-    // The ids are fixed by registration order; `ClientWorld::remove` relies on these.
-    let ids = [
-        r.register::<Position>()?,
-        r.register::<Facing>()?,
-        r.register::<Body>()?,
-    ];
-    debug_assert_eq!(ids, [POSITION, FACING, BODY]);
+    r.register::<Position>()?;
+    r.register::<Facing>()?;
+    r.register::<Body>()?;
     Ok(r)
 }
-
-const POSITION: ComponentId = ComponentId(0);
-const FACING: ComponentId = ComponentId(1);
-const BODY: ComponentId = ComponentId(2);
 
 /// A bot's steering input: a direction on 8 bits per axis (−127..=127), zero to stand still.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -430,13 +421,14 @@ impl WorldSink for ClientWorld {
             e.body = Some(b);
         }
     }
-    fn remove(&mut self, id: EntityId, c: ComponentId) {
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
         if let Some(e) = self.entities.get_mut(&id) {
-            match c {
-                POSITION => e.pos = None,
-                FACING => e.facing = None,
-                BODY => e.body = None,
-                _ => {}
+            if c.is::<Position>() {
+                e.pos = None;
+            } else if c.is::<Facing>() {
+                e.facing = None;
+            } else if c.is::<Body>() {
+                e.body = None;
             }
         }
     }

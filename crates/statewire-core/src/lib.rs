@@ -52,7 +52,7 @@
 //!             e.1 = p.0;
 //!         }
 //!     }
-//!     fn remove(&mut self, _: EntityId, _: ComponentId) {}
+//!     fn remove(&mut self, _: EntityId, _: ComponentView<'_>) {}
 //! }
 //!
 //! let mut registry = Registry::new();

@@ -577,7 +577,7 @@ impl<S: WorldSink + ?Sized> WorldSink for IgnoreEvents<'_, S> {
     fn insert(&mut self, id: crate::EntityId, component: crate::ComponentView<'_>) {
         self.0.insert(id, component);
     }
-    fn remove(&mut self, id: crate::EntityId, component: crate::ComponentId) {
+    fn remove(&mut self, id: crate::EntityId, component: crate::ComponentView<'_>) {
         self.0.remove(id, component);
     }
 }

@@ -263,7 +263,14 @@ impl Snapshot {
                     ob += n;
                 }
                 (true, false) => {
-                    sink.remove(b.id, cid);
+                    sink.remove(
+                        b.id,
+                        ComponentView {
+                            registry,
+                            id: cid,
+                            words: &wa[oa..oa + n],
+                        },
+                    );
                     oa += n;
                 }
                 (false, true) => {
@@ -438,6 +445,7 @@ pub trait WorldSink {
     }
     /// Component added to entity `id`, or its value changed. Use [`ComponentView::get`].
     fn insert(&mut self, id: EntityId, component: ComponentView<'_>);
-    /// Component removed from entity `id`.
-    fn remove(&mut self, id: EntityId, component: ComponentId);
+    /// Component removed from entity `id`; `component` holds its last value (use
+    /// [`ComponentView::is`] to tell which type it was).
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>);
 }

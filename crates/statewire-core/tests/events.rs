@@ -43,7 +43,7 @@ impl WorldSink for Checked {
     fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
         self.world.insert(id, c);
     }
-    fn remove(&mut self, id: EntityId, c: ComponentId) {
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
         self.world.remove(id, c);
     }
 }

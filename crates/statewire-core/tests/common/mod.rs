@@ -214,13 +214,16 @@ impl WorldSink for VecWorld {
             panic!("unknown component {}", c.id());
         }
     }
-    fn remove(&mut self, id: EntityId, c: ComponentId) {
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
         let e = self.get(id);
-        match c.0 {
-            0 => e.pos = None,
-            1 => e.rot = None,
-            2 => e.health = None,
-            _ => panic!("unknown component {c}"),
+        if c.is::<Pos>() {
+            e.pos = None;
+        } else if c.is::<Rot>() {
+            e.rot = None;
+        } else if c.is::<Health>() {
+            e.health = None;
+        } else {
+            panic!("unknown component {}", c.id());
         }
     }
 }

@@ -272,31 +272,47 @@ pub fn encode_delta(
     w.finish();
     stats.bytes = out.len() - start_len;
 
-    // The peer's resulting state: baseline, with the included records applied.
+    // The peer's resulting state: the baseline, with the included records applied. Entities
+    // that are not candidates are equal in baseline and target, so they are copied from the
+    // baseline without comparing them again.
     view.clear();
-    let mut k = 0;
-    merge_walk(baseline, target, |a, b| {
-        let differs = match (a, b) {
-            (Some(i), Some(j)) => !same_entity(baseline, i, target, j),
-            _ => true,
-        };
-        let take_target = if differs {
-            let inc = scratch.included[k];
-            k += 1;
-            inc
-        } else {
-            false
-        };
-        let src = if take_target {
-            b.map(|j| (target, j))
-        } else {
-            a.map(|i| (baseline, i))
-        };
-        if let Some((s, i)) = src {
-            let e = &s.entities[i];
-            view.push(e.id, e.owner, e.mask, s.entity_words(e));
+    let push = |view: &mut Snapshot, s: &Snapshot, i: usize| {
+        let e = &s.entities[i];
+        view.push(e.id, e.owner, e.mask, s.entity_words(e));
+    };
+    let mut bi = 0;
+    for (k, c) in cands.iter().enumerate() {
+        while bi < baseline.entities.len() && baseline.entities[bi].id < c.id {
+            push(view, baseline, bi);
+            bi += 1;
         }
-    });
+        let included = scratch.included[k];
+        match c.kind {
+            Kind::Update => {
+                if included {
+                    push(view, target, c.target);
+                } else {
+                    push(view, baseline, c.base);
+                }
+                bi += 1;
+            }
+            Kind::Spawn => {
+                if included {
+                    push(view, target, c.target);
+                }
+            }
+            Kind::Despawn => {
+                if !included {
+                    push(view, baseline, c.base);
+                }
+                bi += 1;
+            }
+        }
+    }
+    while bi < baseline.entities.len() {
+        push(view, baseline, bi);
+        bi += 1;
+    }
     stats
 }
 

@@ -81,6 +81,7 @@
 
 pub mod authority;
 pub mod bits;
+pub mod codec;
 pub mod delta;
 pub mod events;
 mod ids;

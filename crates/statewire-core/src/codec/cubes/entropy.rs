@@ -1,0 +1,684 @@
+//! Entropy-coded codec: physics prediction from two baselines, adaptive binary range coding
+//! with context models, and optionally model state carried from packet to packet.
+//!
+//! # What both sides know
+//!
+//! Packet `i` is coded against its baseline, frame `i − 6`, which the receiver acknowledged.
+//! To decode frame `i − 6` the receiver needed *its* baseline, frame `i − 12`; so a receiver
+//! that keeps the frames it decoded, and a sender that keeps the frames it sent, both hold
+//! frames `i − 6` and `i − 12`. [`Baselines`] carries both; the second is used only for
+//! prediction (`prev: None` predicts rest, e.g. for the first packets or after a full state).
+//!
+//! The adaptive models can likewise travel with the baseline: after coding packet `i − 6` both
+//! sides hold the same final model state ([`EntropyCodec::save_state`]); starting packet `i`
+//! from it ([`Baselines::state`]) saves the cost of re-learning the statistics in every
+//! packet. With `state: None` the models start fresh, and a packet depends on nothing but the
+//! two frames. Either way a lost packet never desynchronises later ones, because everything a
+//! packet depends on was acknowledged.
+//!
+//! # Prediction (deterministic)
+//!
+//! Per cube, from baseline `b` and its predecessor `p` (six frames apart, T = 0.1 s):
+//!
+//! - position: if the cube moved from `p` to `b`, constant velocity `b + (b − p)`, plus an
+//!   adaptive bias per context (motion class × off-the-floor × axis; the LOCO-I / JPEG-LS
+//!   correction scheme), which learns gravity for falling cubes (starting from `g·T²` = 50
+//!   units down) and drag for sliding ones; never below the lowest `z` of the baseline frame
+//!   (the floor). A cube that did not move is predicted to stay.
+//! - orientation: the rotation from `p` to `b` applied once more to `b`, in `f64` with only
+//!   `+ − × ÷` and `sqrt` (correctly rounded everywhere, never fused by rustc), re-quantized in
+//!   the smallest-three form of the coded largest index, so encoder and decoder agree bit for
+//!   bit. A cube at rest is predicted exactly as it was.
+//!
+//! # Coding
+//!
+//! Every value is a binary decision or an adaptive Elias-gamma integer
+//! ([`crate::codec::range::IntModel`]) coded with [`crate::codec::range`]. Contexts:
+//!
+//! - changed flag: how much the cube moved from `p` to `b` (four classes), whether it was
+//!   interacting, whether the previous cube changed in this packet, and its distance from the
+//!   player's new position (cube 0 is coded first);
+//! - residuals: the motion class, and the magnitude of the residual coded just before (the
+//!   previous axis of this cube, or the previous changed cube for the first one), so a collision
+//!   that breaks one prediction widens the distributions of the others.
+
+use super::{
+    Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT,
+};
+use crate::codec::range::{BitModel, BitTree, IntModel, RangeDecoder, RangeEncoder};
+
+/// Gravity over one baseline interval in position units: 9.81 m/s² × (0.1 s)² × 512 ≈ 50. The
+/// starting bias of off-the-floor cubes; the adaptive bias takes over from there.
+pub const GRAVITY_UNITS: i32 = 50;
+
+const MOTION_CLASSES: usize = 4;
+const NEAR_CLASSES: usize = 3;
+const MAG_CLASSES: usize = 4;
+const CHANGED_CTX: usize = MOTION_CLASSES * NEAR_CLASSES * 2 * 2;
+const RESIDUAL_CTX: usize = MOTION_CLASSES * MAG_CLASSES;
+const BIAS_CTX: usize = MOTION_CLASSES * 2 * 3;
+/// Height above the floor (units) from which a cube counts as off the floor.
+const AIRBORNE: i32 = 64;
+
+/// The adaptive models of the entropy codec.
+#[derive(Debug, Clone)]
+struct Models {
+    player_changed: BitModel,
+    changed: [BitModel; CHANGED_CTX],
+    interacting: [BitModel; 2 * MOTION_CLASSES],
+    largest_differs: [BitModel; MOTION_CLASSES],
+    largest: [BitTree<4>; 4],
+    pos_xy: [IntModel; RESIDUAL_CTX],
+    pos_z: [IntModel; RESIDUAL_CTX],
+    orient: [IntModel; RESIDUAL_CTX],
+    bias: [Bias; BIAS_CTX],
+}
+
+impl Models {
+    fn new() -> Models {
+        let mut bias = [Bias::default(); BIAS_CTX];
+        for motion in 1..MOTION_CLASSES {
+            // Off the floor and moving: start from free fall.
+            bias[(motion * 2 + 1) * 3 + 2].c = -GRAVITY_UNITS;
+        }
+        Models {
+            player_changed: BitModel::new(),
+            changed: [BitModel::new(); CHANGED_CTX],
+            interacting: [BitModel::new(); 2 * MOTION_CLASSES],
+            largest_differs: [BitModel::new(); MOTION_CLASSES],
+            largest: std::array::from_fn(|_| BitTree::new()),
+            // x and y residuals stay below 2^16 after clamping predictions, z below 2^14,
+            // orientation components below 2^10.
+            pos_xy: std::array::from_fn(|_| IntModel::new(16)),
+            pos_z: std::array::from_fn(|_| IntModel::new(14)),
+            orient: std::array::from_fn(|_| IntModel::new(10)),
+            bias,
+        }
+    }
+}
+
+/// Adaptive bias correction of a prediction (LOCO-I / JPEG-LS): `c` is the correction, `b`
+/// the error accumulated since it last moved and `n` the (halved now and then) count, so `c`
+/// tracks the running mean of the residuals with integer arithmetic only.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bias {
+    c: i32,
+    b: i32,
+    n: i32,
+}
+
+impl Bias {
+    #[inline(always)]
+    fn update(&mut self, residual: i32) {
+        self.b += residual.clamp(-1024, 1024);
+        self.n += 1;
+        if self.b <= -self.n {
+            self.c = (self.c - 1).max(-1024);
+            self.b = (self.b + self.n).max(-self.n + 1);
+        } else if self.b > 0 {
+            self.c = (self.c + 1).min(1024);
+            self.b = (self.b - self.n).min(0);
+        }
+        if self.n >= 64 {
+            self.n /= 2;
+            self.b /= 2;
+        }
+    }
+}
+
+#[inline(always)]
+fn mag_class(v: u32) -> usize {
+    if v <= 1 {
+        0
+    } else if v <= 7 {
+        1
+    } else if v <= 63 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The adaptive model state after a packet, to store with the frame it produced and pass as
+/// [`Baselines::state`] when that frame is the baseline (see the module docs).
+#[derive(Debug, Clone)]
+pub struct EntropyState {
+    models: Box<Models>,
+}
+
+impl Default for EntropyState {
+    fn default() -> Self {
+        Self::fresh()
+    }
+}
+
+impl EntropyState {
+    /// The state every packet starts from when no state travels with the baseline.
+    #[must_use]
+    pub fn fresh() -> Self {
+        EntropyState {
+            models: Box::new(Models::new()),
+        }
+    }
+}
+
+/// The entropy codec: reusable model and scratch storage, so coding a packet does not allocate.
+#[derive(Debug, Clone)]
+pub struct EntropyCodec {
+    fresh: Box<Models>,
+    models: Box<Models>,
+    scratch: Frame,
+}
+
+impl Default for EntropyCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The symbol coder, encoding or decoding. The modelling code is written once against it, so
+/// the two directions cannot drift apart.
+trait Io {
+    /// Codes `bit` (ignored when decoding) and returns the bit coded.
+    fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool;
+    /// Codes `v` (ignored when decoding) and returns the value coded.
+    fn int(&mut self, m: &mut IntModel, v: i32) -> i32;
+    /// Codes a 2-bit symbol.
+    fn tree4(&mut self, m: &mut BitTree<4>, v: u32) -> u32;
+}
+
+impl Io for RangeEncoder<'_> {
+    #[inline(always)]
+    fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool {
+        self.encode_bit(m, bit);
+        bit
+    }
+    #[inline(always)]
+    fn int(&mut self, m: &mut IntModel, v: i32) -> i32 {
+        self.encode_int(m, v);
+        v
+    }
+    #[inline(always)]
+    fn tree4(&mut self, m: &mut BitTree<4>, v: u32) -> u32 {
+        self.encode_tree(m, v);
+        v
+    }
+}
+
+impl Io for RangeDecoder<'_> {
+    #[inline(always)]
+    fn bit(&mut self, m: &mut BitModel, _: bool) -> bool {
+        self.decode_bit(m)
+    }
+    #[inline(always)]
+    fn int(&mut self, m: &mut IntModel, _: i32) -> i32 {
+        self.decode_int(m)
+    }
+    #[inline(always)]
+    fn tree4(&mut self, m: &mut BitTree<4>, _: u32) -> u32 {
+        self.decode_tree(m)
+    }
+}
+
+impl EntropyCodec {
+    /// A codec with fresh model storage.
+    #[must_use]
+    pub fn new() -> Self {
+        EntropyCodec {
+            fresh: Box::new(Models::new()),
+            models: Box::new(Models::new()),
+            scratch: Frame::default(),
+        }
+    }
+
+    fn start(&mut self, base: &Baselines<'_>) {
+        match base.state {
+            Some(s) => self.models.clone_from(&s.models),
+            None => self.models.clone_from(&self.fresh),
+        }
+    }
+
+    /// Encodes `target` against `base`, appending to `out`; returns the bytes appended.
+    pub fn encode(
+        &mut self,
+        base: Baselines<'_>,
+        target: &Frame,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, EncodeError> {
+        for (i, (b, t)) in base.base.cubes().iter().zip(target.cubes()).enumerate() {
+            if b != t {
+                if let Some(field) = t.out_of_range() {
+                    return Err(EncodeError::OutOfRange { cube: i, field });
+                }
+            }
+        }
+        self.start(&base);
+        let mut enc = RangeEncoder::new(out);
+        code_frame(
+            &mut enc,
+            &mut self.models,
+            base,
+            target.cubes(),
+            self.scratch.cubes_mut(),
+        )
+        .map_err(|(cube, field)| EncodeError::OutOfRange { cube, field })?;
+        Ok(enc.finish())
+    }
+
+    /// Decodes a packet made by [`EntropyCodec::encode`] with the same baselines (and state)
+    /// into `out`. On error `out` holds garbage and the codec's state must not be saved.
+    pub fn decode(
+        &mut self,
+        base: Baselines<'_>,
+        data: &[u8],
+        out: &mut Frame,
+    ) -> Result<(), DecodeError> {
+        self.start(&base);
+        let mut dec = RangeDecoder::new(data);
+        code_frame(
+            &mut dec,
+            &mut self.models,
+            base,
+            base.base.cubes(),
+            out.cubes_mut(),
+        )
+        .map_err(|(cube, field)| DecodeError::OutOfRange { cube, field })?;
+        dec.finish()?;
+        Ok(())
+    }
+
+    /// Copies the model state after the last successful [`EntropyCodec::encode`] or
+    /// [`EntropyCodec::decode`] into `into`, to keep with the frame that packet produced.
+    pub fn save_state(&self, into: &mut EntropyState) {
+        into.models.clone_from(&self.models);
+    }
+}
+
+/// How much a cube moved between its two baselines: 0 not at all, 1 by at most 4 units (or
+/// orientation steps), 2 by at most 64, 3 more.
+#[inline]
+fn motion_class(p: &CubeState, b: &CubeState) -> usize {
+    if p == b {
+        return 0;
+    }
+    let d = |x: i32, y: i32| x.wrapping_sub(y).unsigned_abs();
+    let pos = d(b.x, p.x).max(d(b.y, p.y)).max(d(b.z, p.z));
+    let rot = if p.largest != b.largest {
+        512
+    } else {
+        let d16 = |x: u16, y: u16| u32::from(x.abs_diff(y));
+        d16(b.a, p.a).max(d16(b.b, p.b)).max(d16(b.c, p.c))
+    };
+    match pos.max(rot) {
+        0..=4 => 1,
+        5..=64 => 2,
+        _ => 3,
+    }
+}
+
+const BOUND: f64 = std::f64::consts::FRAC_1_SQRT_2;
+
+/// The quaternion (x, y, z, w) a smallest-three state stands for.
+#[inline]
+fn dequantize(c: &CubeState) -> [f64; 4] {
+    let f = |v: u16| f64::from(v.min(511)) * (2.0 * BOUND / 511.0) - BOUND;
+    let (a, b, cc) = (f(c.a), f(c.b), f(c.c));
+    let big = (1.0 - a * a - b * b - cc * cc).max(0.0).sqrt();
+    match c.largest & 3 {
+        0 => [big, a, b, cc],
+        1 => [a, big, b, cc],
+        2 => [a, b, big, cc],
+        _ => [a, b, cc, big],
+    }
+}
+
+/// Smallest-three components of `q` written with `largest` as the omitted index (clamped to
+/// the 9-bit range when `largest` is not really the largest).
+#[inline]
+fn components(q: &[f64; 4], largest: usize) -> [i32; 3] {
+    let sign = if q[largest] < 0.0 { -1.0 } else { 1.0 };
+    let scale = 511.0 / (2.0 * BOUND);
+    let quant = |v: f64| {
+        let x = (v * sign + BOUND) * scale + 0.5;
+        // A saturating cast of a non-negative value is floor, exactly, on every platform.
+        if x <= 0.0 { 0 } else { (x as i32).min(511) }
+    };
+    let [x, y, z, w] = *q;
+    match largest {
+        0 => [quant(y), quant(z), quant(w)],
+        1 => [quant(x), quant(z), quant(w)],
+        2 => [quant(x), quant(y), quant(w)],
+        _ => [quant(x), quant(y), quant(z)],
+    }
+}
+
+#[inline]
+fn largest_of(q: &[f64; 4]) -> usize {
+    let mut l = 0;
+    for k in 1..4 {
+        if q[k].abs() > q[l].abs() {
+            l = k;
+        }
+    }
+    l
+}
+
+/// `a · b` for (x, y, z, w) quaternions.
+#[inline]
+fn mul(a: &[f64; 4], b: &[f64; 4]) -> [f64; 4] {
+    [
+        a[3] * b[0] + a[0] * b[3] + a[1] * b[2] - a[2] * b[1],
+        a[3] * b[1] - a[0] * b[2] + a[1] * b[3] + a[2] * b[0],
+        a[3] * b[2] + a[0] * b[1] - a[1] * b[0] + a[2] * b[3],
+        a[3] * b[3] - a[0] * b[0] - a[1] * b[1] - a[2] * b[2],
+    ]
+}
+
+/// The orientation `b` will have if it keeps turning as it did since `p`.
+#[inline]
+fn predict_rotation(p: &CubeState, b: &CubeState) -> [f64; 4] {
+    let qb = dequantize(b);
+    let qp = dequantize(p);
+    // The turn over one interval, dq = qb · conj(qp), taken the short way round.
+    let mut dq = mul(&qb, &[-qp[0], -qp[1], -qp[2], qp[3]]);
+    if dq[3] < 0.0 {
+        dq = [-dq[0], -dq[1], -dq[2], -dq[3]];
+    }
+    mul(&dq, &qb)
+}
+
+/// Codes every cube: `input` holds the target when encoding (any frame when decoding, its
+/// values are then ignored); `out` receives the coded frame.
+#[inline(always)]
+fn code_frame<I: Io>(
+    io: &mut I,
+    m: &mut Models,
+    base: Baselines<'_>,
+    input: &[CubeState; NUM_CUBES],
+    out: &mut [CubeState; NUM_CUBES],
+) -> Result<(), (usize, CubeField)> {
+    let bf = base.base.cubes();
+    let pf = base.prev.unwrap_or(base.base).cubes();
+    let floor = bf.iter().map(|c| c.z).min().unwrap_or(0);
+    let mut last_mag = 0;
+
+    // The player (cube 0) first: its new position is context for everyone else.
+    let mut c = input[0];
+    if io.bit(&mut m.player_changed, c != bf[0]) {
+        last_mag = code_cube(io, m, &pf[0], &bf[0], &mut c, floor, last_mag).map_err(|f| (0, f))?;
+    } else {
+        c = bf[0];
+    }
+    out[0] = c;
+    let (px, py) = (i64::from(c.x), i64::from(c.y));
+    let mut prev_changed = true;
+    for i in 1..NUM_CUBES {
+        let (p, b) = (&pf[i], &bf[i]);
+        let motion = motion_class(p, b);
+        let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
+        let d2 = dx * dx + dy * dy;
+        let near = if d2 < (4 * 512) * (4 * 512) {
+            0
+        } else if d2 < (10 * 512) * (10 * 512) {
+            1
+        } else {
+            2
+        };
+        let ctx = ((motion * NEAR_CLASSES + near) * 2 + usize::from(b.interacting)) * 2
+            + usize::from(prev_changed);
+        let mut c = input[i];
+        let changed = io.bit(&mut m.changed[ctx], c != *b);
+        prev_changed = changed;
+        if changed {
+            last_mag = code_cube(io, m, p, b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
+        } else {
+            c = *b;
+        }
+        out[i] = c;
+    }
+    Ok(())
+}
+
+/// Codes one changed cube; returns the magnitude class of its largest residual.
+#[inline(always)]
+fn code_cube<I: Io>(
+    io: &mut I,
+    m: &mut Models,
+    p: &CubeState,
+    b: &CubeState,
+    t: &mut CubeState,
+    floor: i32,
+    last_mag: usize,
+) -> Result<usize, CubeField> {
+    let motion = motion_class(p, b);
+    let mctx = motion * MAG_CLASSES;
+    t.interacting = io.bit(
+        &mut m.interacting[motion * 2 + usize::from(b.interacting)],
+        t.interacting,
+    );
+
+    // Position. Saturating arithmetic: baselines come from the caller and need not be valid.
+    let airborne = usize::from(b.z > floor.saturating_add(AIRBORNE));
+    let bctx = (motion * 2 + airborne) * 3;
+    let predict = |now: i32, before: i32, bias: i32| {
+        let v = if motion > 0 {
+            now.saturating_sub(before)
+        } else {
+            0
+        };
+        now.saturating_add(v).saturating_add(bias)
+    };
+    let px = predict(b.x, p.x, m.bias[bctx].c).clamp(-XY_LIMIT, XY_LIMIT);
+    let py = predict(b.y, p.y, m.bias[bctx + 1].c).clamp(-XY_LIMIT, XY_LIMIT);
+    let pz = predict(b.z, p.z, m.bias[bctx + 2].c)
+        .max(floor)
+        .clamp(0, Z_LIMIT);
+    let rx = io.int(&mut m.pos_xy[mctx + last_mag], t.x.wrapping_sub(px));
+    t.x = px.wrapping_add(rx);
+    let ry = io.int(
+        &mut m.pos_xy[mctx + mag_class(rx.unsigned_abs())],
+        t.y.wrapping_sub(py),
+    );
+    t.y = py.wrapping_add(ry);
+    let rxy = rx.unsigned_abs().max(ry.unsigned_abs());
+    let rz = io.int(&mut m.pos_z[mctx + mag_class(rxy)], t.z.wrapping_sub(pz));
+    t.z = pz.wrapping_add(rz);
+    if !(-XY_LIMIT..=XY_LIMIT).contains(&t.x) {
+        return Err(CubeField::X);
+    }
+    if !(-XY_LIMIT..=XY_LIMIT).contains(&t.y) {
+        return Err(CubeField::Y);
+    }
+    if !(0..=Z_LIMIT).contains(&t.z) {
+        return Err(CubeField::Z);
+    }
+    if motion > 0 {
+        m.bias[bctx].update(rx);
+        m.bias[bctx + 1].update(ry);
+        m.bias[bctx + 2].update(rz);
+    }
+    let pos_mag = rxy.max(rz.unsigned_abs());
+
+    // Orientation.
+    let (pred_largest, pred) = if motion > 0 {
+        let q = predict_rotation(p, b);
+        (largest_of(&q), Some(q))
+    } else {
+        (usize::from(b.largest & 3), None)
+    };
+    let differs = io.bit(
+        &mut m.largest_differs[motion],
+        usize::from(t.largest) != pred_largest,
+    );
+    let largest = if differs {
+        io.tree4(&mut m.largest[pred_largest], u32::from(t.largest)) as usize & 3
+    } else {
+        pred_largest
+    };
+    t.largest = largest as u8;
+    let comps = match pred {
+        Some(q) => components(&q, largest),
+        None if largest == usize::from(b.largest) => {
+            [i32::from(b.a), i32::from(b.b), i32::from(b.c)]
+        }
+        None => components(&dequantize(b), largest),
+    };
+    let ra = io.int(
+        &mut m.orient[mctx + mag_class(pos_mag)],
+        i32::from(t.a) - comps[0],
+    );
+    let rb = io.int(
+        &mut m.orient[mctx + mag_class(ra.unsigned_abs())],
+        i32::from(t.b) - comps[1],
+    );
+    let rab = ra.unsigned_abs().max(rb.unsigned_abs());
+    let rc = io.int(
+        &mut m.orient[mctx + mag_class(rab)],
+        i32::from(t.c) - comps[2],
+    );
+    let check = |v: i32, f| {
+        u16::try_from(v)
+            .ok()
+            .filter(|&v| v <= super::COMPONENT_LIMIT)
+            .ok_or(f)
+    };
+    t.a = check(comps[0].wrapping_add(ra), CubeField::A)?;
+    t.b = check(comps[1].wrapping_add(rb), CubeField::B)?;
+    t.c = check(comps[2].wrapping_add(rc), CubeField::C)?;
+    Ok(mag_class(pos_mag.max(rab).max(rc.unsigned_abs())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::frames;
+    use super::super::{BASELINE_DISTANCE, generate};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(base: Baselines<'_>, target: &Frame) -> usize {
+        let mut codec = EntropyCodec::new();
+        let mut out = Vec::new();
+        let n = codec.encode(base, target, &mut out).unwrap();
+        assert_eq!(n, out.len());
+        let mut enc_state = EntropyState::fresh();
+        codec.save_state(&mut enc_state);
+        let mut decoded = Frame::default();
+        let mut other = EntropyCodec::new();
+        other.decode(base, &out, &mut decoded).unwrap();
+        assert_eq!(&decoded, target);
+        let mut dec_state = EntropyState::fresh();
+        other.save_state(&mut dec_state);
+        assert_eq!(format!("{enc_state:?}"), format!("{dec_state:?}"));
+        n
+    }
+
+    #[test]
+    fn generated_frames_round_trip_with_carried_state() {
+        let frames = generate(40, 5);
+        let mut states: Vec<EntropyState> = Vec::new();
+        let mut enc = EntropyCodec::new();
+        let mut dec = EntropyCodec::new();
+        let mut decoded = Frame::default();
+        let mut out = Vec::new();
+        for i in BASELINE_DISTANCE..frames.len() {
+            let base = Baselines {
+                base: &frames[i - 6],
+                prev: i.checked_sub(12).map(|k| &frames[k]),
+                state: i.checked_sub(12).map(|k| &states[k]),
+            };
+            out.clear();
+            enc.encode(base, &frames[i], &mut out).unwrap();
+            dec.decode(base, &out, &mut decoded).unwrap();
+            assert_eq!(decoded, frames[i], "frame {i}");
+            let mut s = EntropyState::fresh();
+            dec.save_state(&mut s);
+            states.push(s);
+            // Fresh state too, now and then.
+            if i % 8 == 0 {
+                round_trip(
+                    Baselines {
+                        base: &frames[i - 6],
+                        prev: None,
+                        state: None,
+                    },
+                    &frames[i],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_frame_is_tiny() {
+        let f = generate(1, 1).pop().unwrap();
+        let n = round_trip(
+            Baselines {
+                base: &f,
+                prev: Some(&f),
+                state: None,
+            },
+            &f,
+        );
+        assert!(n <= 8, "{n} bytes");
+    }
+
+    #[test]
+    fn out_of_range_target_is_an_encode_error() {
+        let base = Frame::default();
+        let mut t = Frame::default();
+        t.cubes_mut()[7].z = -5;
+        let mut out = Vec::new();
+        let r = EntropyCodec::new().encode(
+            Baselines {
+                base: &base,
+                prev: None,
+                state: None,
+            },
+            &t,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(EncodeError::OutOfRange {
+                cube: 7,
+                field: CubeField::Z
+            })
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn random_frames_round_trip((p, b, t) in frames()) {
+            round_trip(Baselines { base: &b, prev: Some(&p), state: None }, &t);
+        }
+
+        #[test]
+        fn random_bytes_are_errors_not_panics(data in proptest::collection::vec(any::<u8>(), 0..600), seed in 0u64..3) {
+            let frames = generate(7 + seed as usize, seed);
+            let base = Baselines { base: &frames[0], prev: None, state: None };
+            let mut out = Frame::default();
+            let _ = EntropyCodec::new().decode(base, &data, &mut out);
+        }
+
+        #[test]
+        fn damaged_packets_never_panic((p, b, t) in frames(), cut in 1usize..8, flip in any::<usize>()) {
+            let base = Baselines { base: &b, prev: Some(&p), state: None };
+            let mut out = Vec::new();
+            EntropyCodec::new().encode(base, &t, &mut out).unwrap();
+            let mut f = Frame::default();
+            // A cut packet is an error or, rarely, decodes to other in-range values (a range
+            // coder has no redundancy; see `range`).
+            let keep = out.len().saturating_sub(cut);
+            if EntropyCodec::new().decode(base, &out[..keep], &mut f).is_ok() {
+                prop_assert_eq!(f.out_of_range(), None);
+            }
+            // Flip one bit.
+            let mut bad = out.clone();
+            let k = flip % (bad.len() * 8);
+            bad[k / 8] ^= 1 << (k % 8);
+            if EntropyCodec::new().decode(base, &bad, &mut f).is_ok() {
+                prop_assert_eq!(f.out_of_range(), None);
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //!   whether every client converged to the server's exact quantized state.
 //! - `statewire serve` / `statewire join` run the same game across processes on real sockets.
 
+mod cubes;
 mod game;
 mod netgame;
 mod realtime;
@@ -36,6 +37,8 @@ enum Command {
     Serve(realtime::ServeArgs),
     /// Join a running `statewire serve` as a bot client.
     Join(realtime::JoinArgs),
+    /// The 901-cube snapshot-compression benchmark: generate data, run the codecs.
+    Cubes(cubes::CubesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(args),
         Command::Serve(args) => realtime::serve(args),
         Command::Join(args) => realtime::join(args),
+        Command::Cubes(args) => cubes::main(args),
     }
 }
 

@@ -368,25 +368,6 @@ pub struct Baselines<'a> {
     pub state: Option<&'a entropy::EntropyState>,
 }
 
-/// Which codec a packet uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Mode {
-    /// [`packed`]: bit-packed deltas.
-    Packed,
-    /// [`entropy`]: range coding with prediction.
-    Entropy,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Packed => "packed",
-            Mode::Entropy => "entropy",
-        })
-    }
-}
-
 /// Errors from the encoders: the target frame holds a value the wire format cannot carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -30,8 +30,8 @@
 //! settles at a shift of [`BitModel::RATE_LIMIT`], so a model that starts at 1/2 in every packet
 //! learns a skewed flag within a few uses. [`BitTree`] codes a multi-bit symbol MSB first with
 //! one model per tree node, and [`IntModel`] is an adaptive Elias-gamma (exp-Golomb-like) code
-//! for signed integers: zero flag, sign, the bit length in unary with one model per position,
-//! the top mantissa bit modelled per length and the remaining mantissa bits sent raw.
+//! for signed integers: zero flag, a raw sign bit, the bit length in unary with one model per
+//! position, the top mantissa bit modelled per length and the remaining mantissa bits sent raw.
 //!
 //! Encoding and decoding are exact mirrors, so any sequence of `encode_*` calls is reproduced
 //! by the same sequence of `decode_*` calls on models in the same state.
@@ -277,7 +277,9 @@ impl<'a> RangeEncoder<'a> {
             return;
         }
         self.encode_bit(&mut model.zero, true);
-        self.encode_bit(&mut model.sign, value < 0);
+        // Signs of prediction residuals are close to fair coins: a direct bit is as small and
+        // cheaper than a modelled one.
+        self.encode_direct(u32::from(value < 0), 1);
         self.encode_magnitude(model, value.unsigned_abs());
     }
 
@@ -427,7 +429,7 @@ impl<'a> RangeDecoder<'a> {
         if !self.decode_bit(&mut model.zero) {
             return 0;
         }
-        let negative = self.decode_bit(&mut model.sign);
+        let negative = self.decode_direct(1) == 1;
         let m = self.decode_magnitude(model);
         // m < 2^31 because max_bits ≤ 31.
         let m = m as i32;
@@ -522,7 +524,6 @@ pub const INT_MAX_BITS: u32 = 31;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntModel {
     zero: BitModel,
-    sign: BitModel,
     len: [BitModel; INT_MAX_BITS as usize],
     top: [BitModel; INT_MAX_BITS as usize],
     max_bits: u32,
@@ -548,7 +549,6 @@ impl IntModel {
         };
         IntModel {
             zero: BitModel::new(),
-            sign: BitModel::new(),
             len: [BitModel::new(); INT_MAX_BITS as usize],
             top: [BitModel::new(); INT_MAX_BITS as usize],
             max_bits,

@@ -179,6 +179,8 @@ impl Default for EntropyCodec {
 /// The symbol coder, encoding or decoding. The modelling code is written once against it, so
 /// the two directions cannot drift apart.
 trait Io {
+    /// Whether this is the encoder (whose input values may be out of range).
+    const ENCODING: bool;
     /// Codes `bit` (ignored when decoding) and returns the bit coded.
     fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool;
     /// Codes `v` (ignored when decoding) and returns the value coded.
@@ -188,6 +190,7 @@ trait Io {
 }
 
 impl Io for RangeEncoder<'_> {
+    const ENCODING: bool = true;
     #[inline(always)]
     fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool {
         self.encode_bit(m, bit);
@@ -206,6 +209,7 @@ impl Io for RangeEncoder<'_> {
 }
 
 impl Io for RangeDecoder<'_> {
+    const ENCODING: bool = false;
     #[inline(always)]
     fn bit(&mut self, m: &mut BitModel, _: bool) -> bool {
         self.decode_bit(m)
@@ -245,13 +249,7 @@ impl EntropyCodec {
         target: &Frame,
         out: &mut Vec<u8>,
     ) -> Result<usize, EncodeError> {
-        for (i, (b, t)) in base.base.cubes().iter().zip(target.cubes()).enumerate() {
-            if b != t {
-                if let Some(field) = t.out_of_range() {
-                    return Err(EncodeError::OutOfRange { cube: i, field });
-                }
-            }
-        }
+        // Out-of-range values of changed cubes fail the range checks of `code_cube`.
         self.start(&base);
         let mut enc = RangeEncoder::new(out);
         code_frame(
@@ -405,7 +403,9 @@ fn code_frame<I: Io>(
     // The player (cube 0) first: its new position is context for everyone else.
     let mut c = input[0];
     if io.bit(&mut m.player_changed, c != bf[0]) {
-        last_mag = code_cube(io, m, &pf[0], &bf[0], &mut c, floor, last_mag).map_err(|f| (0, f))?;
+        let motion = motion_class(&pf[0], &bf[0]);
+        last_mag = code_cube(io, m, motion, &pf[0], &bf[0], &mut c, floor, last_mag)
+            .map_err(|f| (0, f))?;
     } else {
         c = bf[0];
     }
@@ -430,7 +430,8 @@ fn code_frame<I: Io>(
         let changed = io.bit(&mut m.changed[ctx], c != *b);
         prev_changed = changed;
         if changed {
-            last_mag = code_cube(io, m, p, b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
+            last_mag =
+                code_cube(io, m, motion, p, b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
         } else {
             c = *b;
         }
@@ -441,16 +442,20 @@ fn code_frame<I: Io>(
 
 /// Codes one changed cube; returns the magnitude class of its largest residual.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn code_cube<I: Io>(
     io: &mut I,
     m: &mut Models,
+    motion: usize,
     p: &CubeState,
     b: &CubeState,
     t: &mut CubeState,
     floor: i32,
     last_mag: usize,
 ) -> Result<usize, CubeField> {
-    let motion = motion_class(p, b);
+    if I::ENCODING && t.largest > 3 {
+        return Err(CubeField::Largest);
+    }
     let mctx = motion * MAG_CLASSES;
     t.interacting = io.bit(
         &mut m.interacting[motion * 2 + usize::from(b.interacting)],

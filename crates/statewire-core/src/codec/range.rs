@@ -49,12 +49,6 @@ pub enum RangeError {
     /// The decoder state is impossible for any encoder output (corrupt input).
     #[error("corrupt range-coded message")]
     Corrupt,
-    /// An integer code announced more bits than the caller allows.
-    #[error("coded integer longer than {max_bits} bits")]
-    IntegerTooLong {
-        /// Largest bit length the caller accepts.
-        max_bits: u32,
-    },
 }
 
 const PROB_BITS: u32 = 15;
@@ -84,7 +78,7 @@ impl Default for BitModel {
 }
 
 impl BitModel {
-    /// Slowest update shift; reached after [`BitModel::RATE_LIMIT`]-dependent warm-up.
+    /// Update shift once a model has seen 24 bits (it adapts faster before).
     pub const RATE_LIMIT: u8 = 5;
 
     /// A model at probability 1/2 that has seen nothing.

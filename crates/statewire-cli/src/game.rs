@@ -4,8 +4,9 @@
 use std::f32::consts::TAU;
 
 use statewire_core::{
-    ClientId, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader, FieldWriter,
-    GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink, WorldSource,
+    ClientId, ComponentCoding, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader,
+    FieldWriter, GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink,
+    WorldSource,
 };
 use statewire_transport::netsim::SimRng;
 
@@ -111,12 +112,15 @@ impl Replicate for Body {
     }
 }
 
-/// The component registry both sides of the sim use.
-pub(crate) fn registry() -> Result<Registry, SchemaError> {
+/// The component registry both sides of the sim use; `coding` applies to the components that
+/// change often (position and facing).
+pub(crate) fn registry(coding: ComponentCoding) -> Result<Registry, SchemaError> {
     let mut r = Registry::new();
     r.register::<Position>()?;
     r.register::<Facing>()?;
     r.register::<Body>()?;
+    r.set_coding::<Position>(coding)?;
+    r.set_coding::<Facing>(coding)?;
     Ok(r)
 }
 

@@ -67,6 +67,9 @@ struct SimArgs {
     /// Transport under the sessions (UDP and TCP use 127.0.0.1).
     #[arg(long, value_enum, default_value_t = TransportKind::Loopback)]
     transport: TransportKind,
+    /// Coding of positions and facings in snapshots.
+    #[arg(long, value_enum, default_value_t = sim::CodecKind::Packed)]
+    codec: sim::CodecKind,
     /// Add one hostile client (writes what it does not own, NaN, 10x the write rate, inputs
     /// 10 s off, impossible kill claims, malformed messages).
     #[arg(long)]
@@ -105,6 +108,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         max_packet_bytes: args.max_packet,
         transport: args.transport,
         adversary: args.adversary,
+        coding: args.codec,
     };
     let bar = progress_bar(u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks));
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));

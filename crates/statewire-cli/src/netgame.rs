@@ -18,10 +18,10 @@ use statewire::{
 use statewire_core::authority::{decode_writes, encode_writes};
 use statewire_core::events::{EntityRefs, EventData, decode_proposal, encode_proposal};
 use statewire_core::{
-    Authority, AuthorityConfig, ClientConfig, ClientId, ClientReplicator, EntityId, EventConfig,
-    EventServer, GameEvent, InputBuffer, Owner, PredictionOutcome, Predictions, Registry,
-    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, StateWrite, Tick, WorldSource,
-    Writer,
+    Authority, AuthorityConfig, ClientConfig, ClientId, ClientReplicator, ComponentCoding,
+    EntityId, EventConfig, EventServer, GameEvent, InputBuffer, Owner, PredictionOutcome,
+    Predictions, Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, StateWrite,
+    Tick, WorldSource, Writer,
 };
 use statewire_transport::{Transport, TransportError};
 
@@ -93,9 +93,13 @@ impl<T: Transport> GameServer<T> {
         max_clients: usize,
         max_packet_bytes: usize,
         seed: u64,
+        coding: ComponentCoding,
     ) -> Result<Self, NetGameError> {
+        let registry = game::registry(coding)?;
         let session_cfg = statewire::SessionConfig {
             max_clients,
+            // Peers with different component schemas or codings refuse each other.
+            protocol_id: registry.fingerprint(),
             ..statewire::SessionConfig::default()
         };
         let key = (seed ^ 0x7365_7276, seed.rotate_left(17) ^ 0x006b_6579);
@@ -112,7 +116,7 @@ impl<T: Transport> GameServer<T> {
                 ..ServerConfig::default()
             }),
             game,
-            registry: game::registry()?,
+            registry,
             snapshot: Snapshot::new(),
             authority,
             inputs: InputBuffer::new(INPUT_WINDOW, INPUT_WINDOW as usize + 8),
@@ -328,20 +332,20 @@ impl<T: Transport> GameClient<T> {
         now: Duration,
         seed: u64,
         behaviour: Behaviour,
+        coding: ComponentCoding,
     ) -> Result<Self, NetGameError> {
+        let registry = game::registry(coding)?;
+        let session_cfg = statewire::SessionConfig {
+            protocol_id: registry.fingerprint(),
+            ..statewire::SessionConfig::default()
+        };
         Ok(GameClient {
-            session: Client::new(
-                transport,
-                server,
-                statewire::SessionConfig::default(),
-                now,
-                seed ^ 0x0073_616c,
-            )?,
+            session: Client::new(transport, server, session_cfg, now, seed ^ 0x0073_616c)?,
             repl: ClientReplicator::new(ClientConfig::default()),
             world: ClientWorld::default(),
             bot: Bot::new(seed ^ 0xb07),
             behaviour,
-            registry: game::registry()?,
+            registry,
             predictions: Predictions::new(),
             aim: 0.0,
             buf: Vec::new(),

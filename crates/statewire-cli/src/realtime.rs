@@ -41,6 +41,9 @@ pub(crate) struct ServeArgs {
     /// Seed of the game.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Coding of positions and facings (clients must use the same).
+    #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
+    codec: crate::sim::CodecKind,
 }
 
 /// Flags of `statewire join`.
@@ -58,6 +61,9 @@ pub(crate) struct JoinArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Coding of positions and facings (as the server).
+    #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
+    codec: crate::sim::CodecKind,
 }
 
 fn tick_len() -> Duration {
@@ -82,6 +88,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         args.max_clients,
         args.max_packet,
         args.seed,
+        args.codec.coding(),
     ) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
@@ -151,6 +158,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         Duration::ZERO,
         args.seed,
         Behaviour::Honest,
+        args.codec.coding(),
     ) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),

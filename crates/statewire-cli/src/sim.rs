@@ -50,6 +50,34 @@ pub(crate) struct SimConfig {
     pub(crate) transport: TransportKind,
     /// Adds one hostile client.
     pub(crate) adversary: bool,
+    /// How positions and facings are coded.
+    pub(crate) coding: CodecKind,
+}
+
+/// Snapshot coding of the often-changing components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CodecKind {
+    /// Bit-packed small deltas.
+    Packed,
+    /// Range-coded deltas with adaptive models.
+    Entropy,
+}
+
+impl CodecKind {
+    pub(crate) fn coding(self) -> statewire_core::ComponentCoding {
+        match self {
+            CodecKind::Packed => statewire_core::ComponentCoding::Packed,
+            CodecKind::Entropy => statewire_core::ComponentCoding::Entropy,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CodecKind::Packed => "packed",
+            CodecKind::Entropy => "entropy",
+        }
+    }
 }
 
 /// Errors that stop a run (bad flags or a broken local transport; network loss is not one).
@@ -204,6 +232,7 @@ pub(crate) fn run(
         n_clients,
         cfg.max_packet_bytes,
         cfg.seed,
+        cfg.coding.coding(),
     )?;
     let server_addr = server.session.local_addr();
     let mut clients: Vec<GameClient<Link>> = Vec::with_capacity(cfg.clients);
@@ -224,6 +253,7 @@ pub(crate) fn run(
             Duration::ZERO,
             seed,
             behaviour,
+            cfg.coding.coding(),
         )?);
     }
     // Real sockets deliver in real time: pace the virtual clock so a datagram sent in one tick
@@ -351,7 +381,7 @@ pub(crate) fn run(
         profile: cfg.profile.clone(),
         seed: cfg.seed,
         transport: cfg.transport.name(),
-        codec: "packed",
+        codec: cfg.coding.name(),
         bytes_per_client_per_sec: (down_active.bytes_sent - down0.bytes_sent) as f64 / n / secs,
         upstream_bytes_per_client_per_sec: up_active as f64 / n / secs,
         bytes_per_entity_update: if counters.records == 0 {
@@ -489,6 +519,7 @@ mod tests {
             max_packet_bytes: 1100,
             transport: TransportKind::Loopback,
             adversary: false,
+            coding: CodecKind::Packed,
         }
     }
 
@@ -548,6 +579,7 @@ mod tests {
             max_packet_bytes: 1100,
             transport: TransportKind::Loopback,
             adversary: false,
+            coding: CodecKind::Packed,
         };
         let r = run(&c, &mut |_, _| {}).unwrap();
         let seed = c.seed;

@@ -24,8 +24,9 @@
 //! appears once, that spawns are new and updates and despawns refer to baseline entities.
 
 use crate::bits::{BitError, BitReader, BitWriter};
+use crate::codec::range::{IntModel, RangeDecoder, RangeEncoder};
 use crate::ids::{ClientId, EntityId, Owner, Tick};
-use crate::schema::{FieldCodec, FieldKind, Registry};
+use crate::schema::{ComponentCoding, FieldCodec, FieldKind, Registry};
 use crate::snapshot::{EntityEntry, Snapshot};
 
 /// Errors from decoding a snapshot packet. A packet that fails to decode changes nothing.
@@ -62,6 +63,9 @@ pub enum DecodeError {
     /// The events section is malformed.
     #[error("events: {0}")]
     Events(#[from] crate::events::EventDecodeError),
+    /// The range-coded tail of entropy-coded values is malformed.
+    #[error("entropy-coded values: {0}")]
+    Tail(#[from] crate::codec::range::RangeError),
     /// The packet's events start after an event this client never received.
     #[error("events start at {first}, after a gap from {have}")]
     EventGap {
@@ -120,6 +124,41 @@ struct Candidate {
     target: usize,
 }
 
+/// A delta of an entropy-coded field, waiting for the range-coded tail.
+#[derive(Debug, Clone, Copy)]
+struct TailValue {
+    /// Index of the field among all registered fields (its model).
+    field: usize,
+    delta: i32,
+}
+
+/// Values of [`ComponentCoding::Entropy`] components, coded after the bit-packed records.
+#[derive(Debug, Default)]
+struct Tail {
+    values: Vec<TailValue>,
+    /// Upper estimate of their coded size, for the packet budget.
+    reserved_bits: usize,
+}
+
+/// Whether `codec` (of a component coded `coding`) goes to the range-coded tail.
+fn in_tail(coding: ComponentCoding, codec: &FieldCodec) -> bool {
+    coding == ComponentCoding::Entropy
+        && matches!(codec.kind, FieldKind::Float { .. } | FieldKind::Int { .. })
+        && (5..=30).contains(&codec.bits)
+}
+
+/// Bits reserved for a tail value: what the bit-packed code would take. The range coder is
+/// usually below that once its models have seen a few values; when a packet still comes out
+/// over budget, `encode_delta` encodes it again with a smaller budget.
+fn tail_cost(bits: u32, delta: i32) -> usize {
+    let s = bits / 2;
+    let z = zigzag(i64::from(delta));
+    1 + if z < (1u64 << s) { s } else { bits } as usize
+}
+
+/// Bytes the tail framing adds: a 2-byte length of the bit-packed part and the coder's flush.
+const TAIL_FRAMING_BITS: usize = 8 * 4;
+
 /// Reusable buffers for [`encode_delta`], so a server does not allocate per packet.
 #[derive(Debug, Default)]
 pub struct EncodeScratch {
@@ -128,6 +167,9 @@ pub struct EncodeScratch {
     order: Vec<usize>,
     in_priority: Vec<bool>,
     missed: Vec<EntityId>,
+    tail: Tail,
+    bits: Vec<u8>,
+    models: Vec<IntModel>,
 }
 
 impl EncodeScratch {
@@ -191,12 +233,21 @@ pub fn encode_delta(
     scratch.included.resize(cands.len(), false);
 
     let start_len = out.len();
-    let budget_bits = budget_bytes * 8;
+    let entropy = registry.uses_entropy();
+    let budget_bits =
+        (budget_bytes * 8).saturating_sub(if entropy { TAIL_FRAMING_BITS } else { 0 });
     let mut stats = EncodeStats {
         next_cursor: cursor,
         ..EncodeStats::default()
     };
-    let mut w = BitWriter::new(out);
+    // With entropy-coded components the bit-packed part goes to a scratch buffer first: the
+    // packet is its length, the bits, then the range-coded tail.
+    let mut bits_buf = std::mem::take(&mut scratch.bits);
+    bits_buf.clear();
+    let tail = &mut scratch.tail;
+    tail.values.clear();
+    tail.reserved_bits = 0;
+    let mut w = BitWriter::new(if entropy { &mut bits_buf } else { &mut *out });
     w.write(header.tick.0, 32);
     match header.baseline {
         Some(b) => {
@@ -243,13 +294,16 @@ pub fn encode_delta(
             continue;
         }
         let mark = w.mark();
-        let before = w.bit_len();
+        let tail_mark = (tail.values.len(), tail.reserved_bits);
+        let before = w.bit_len() + tail.reserved_bits;
         w.write_bool(true);
         write_gap(&mut w, c.id.0.wrapping_sub(prev));
-        write_record(&mut w, registry, baseline, target, c);
-        let record_bits = w.bit_len() - before;
-        if w.bit_len() + 1 > budget_bits {
+        write_record(&mut w, tail, registry, baseline, target, c);
+        let record_bits = w.bit_len() + tail.reserved_bits - before;
+        if w.bit_len() + tail.reserved_bits + 1 > budget_bits {
             w.rewind(mark);
+            tail.values.truncate(tail_mark.0);
+            tail.reserved_bits = tail_mark.1;
             if is_priority {
                 scratch.missed.push(c.id);
             }
@@ -270,7 +324,42 @@ pub fn encode_delta(
     }
     w.write_bool(false);
     w.finish();
+    if entropy {
+        // Bits first (so the header stays at the start), then the tail, then the length of the
+        // bits as a varint written backwards, read from the end.
+        out.extend_from_slice(&bits_buf);
+        let models = &mut scratch.models;
+        models.clear();
+        models.extend(field_models(registry));
+        let mut enc = RangeEncoder::new(out);
+        for v in &tail.values {
+            enc.encode_int(&mut models[v.field], v.delta);
+        }
+        enc.finish();
+        let at = out.len();
+        crate::events::put_varint(out, bits_buf.len() as u64);
+        out[at..].reverse();
+    }
+    scratch.bits = bits_buf;
     stats.bytes = out.len() - start_len;
+    let smaller = budget_bytes.saturating_sub(stats.bytes.saturating_sub(budget_bytes) + 8);
+    if entropy && stats.bytes > budget_bytes && smaller >= 8 {
+        // The tail's size was estimated; adaptive models that guessed wrong can exceed it.
+        // Encode again with the overflow taken off the budget (each retry shrinks it).
+        out.truncate(start_len);
+        return encode_delta(
+            registry,
+            header,
+            baseline,
+            target,
+            smaller,
+            cursor,
+            Selection { priority },
+            scratch,
+            out,
+            view,
+        );
+    }
 
     // The peer's resulting state: the baseline, with the included records applied. Entities
     // that are not candidates are equal in baseline and target, so they are copied from the
@@ -431,6 +520,7 @@ fn read_mask(r: &mut BitReader<'_>, registry: &Registry) -> Result<u64, DecodeEr
 
 fn write_record(
     w: &mut BitWriter<'_>,
+    tail: &mut Tail,
     registry: &Registry,
     baseline: &Snapshot,
     target: &Snapshot,
@@ -463,13 +553,14 @@ fn write_record(
             if a.mask != b.mask {
                 write_mask(w, registry, b.mask);
             }
-            write_update_fields(w, registry, baseline, a, target, b);
+            write_update_fields(w, tail, registry, baseline, a, target, b);
         }
     }
 }
 
 fn write_update_fields(
     w: &mut BitWriter<'_>,
+    tail: &mut Tail,
     registry: &Registry,
     baseline: &Snapshot,
     a: &EntityEntry,
@@ -479,7 +570,8 @@ fn write_update_fields(
     let (wa, wb) = (baseline.entity_words(a), target.entity_words(b));
     let (mut oa, mut ob) = (0, 0);
     for i in registry.mask_iter(a.mask | b.mask) {
-        let codecs = &registry.schema_at(i).codecs;
+        let schema = registry.schema_at(i);
+        let codecs = &schema.codecs;
         let n = codecs.len();
         let bit = 1u64 << i;
         match (a.mask & bit != 0, b.mask & bit != 0) {
@@ -488,9 +580,20 @@ fn write_update_fields(
                 let changed = old != new;
                 w.write_bool(changed);
                 if changed {
-                    for ((codec, &o), &v) in codecs.iter().zip(old).zip(new) {
+                    for (f, ((codec, &o), &v)) in codecs.iter().zip(old).zip(new).enumerate() {
                         w.write_bool(o != v);
-                        if o != v {
+                        if o == v {
+                            continue;
+                        }
+                        if in_tail(schema.coding, codec) {
+                            // Fields of at most 30 bits: the delta fits an i32.
+                            let delta = (i64::from(v) - i64::from(o)) as i32;
+                            tail.reserved_bits += tail_cost(codec.bits, delta);
+                            tail.values.push(TailValue {
+                                field: schema.first_field + f,
+                                delta,
+                            });
+                        } else {
                             write_value(w, codec, o, v);
                         }
                     }
@@ -629,6 +732,41 @@ struct Rec {
 pub struct DecodeScratch {
     recs: Vec<Rec>,
     words: Vec<u32>,
+    models: Vec<IntModel>,
+}
+
+/// The range-coded tail of a packet with entropy-coded components, read along the records.
+struct TailDecoder<'a> {
+    dec: RangeDecoder<'a>,
+    models: &'a mut Vec<IntModel>,
+}
+
+/// Reads the backwards varint at the end of an entropy-framed packet: (value, its length).
+fn read_trailer(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().rev().take(5).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                break; // non-canonical
+            }
+            return usize::try_from(v)
+                .map(|v| (v, i + 1))
+                .map_err(|_| crate::events::EventDecodeError::Malformed.into());
+        }
+    }
+    Err(crate::events::EventDecodeError::Malformed.into())
+}
+
+/// Fresh models, one per registered field (only entropy-coded fields use theirs).
+fn field_models(registry: &Registry) -> impl Iterator<Item = IntModel> + '_ {
+    (0..registry.len()).flat_map(move |i| {
+        registry
+            .schema_at(i)
+            .codecs
+            .iter()
+            .map(|c| IntModel::new(c.bits))
+    })
 }
 
 /// Decodes a packet encoded by [`encode_delta`] against `baseline` (which must be the snapshot
@@ -658,7 +796,27 @@ fn decode_inner(
     scratch: &mut DecodeScratch,
     out: &mut Snapshot,
 ) -> Result<PacketHeader, DecodeError> {
-    let mut r = BitReader::new(bytes);
+    // With entropy-coded components: the bits, the tail, the bits' length backwards.
+    let (bits, mut tail) = if registry.uses_entropy() {
+        let (len, trailer) = read_trailer(bytes)?;
+        let body = &bytes[..bytes.len() - trailer];
+        let (bits, coded) = body.split_at_checked(len).ok_or(BitError::Eof {
+            wanted: 0,
+            remaining: body.len() * 8,
+        })?;
+        scratch.models.clear();
+        scratch.models.extend(field_models(registry));
+        (
+            bits,
+            Some(TailDecoder {
+                dec: RangeDecoder::new(coded),
+                models: &mut scratch.models,
+            }),
+        )
+    } else {
+        (bytes, None)
+    };
+    let mut r = BitReader::new(bits);
     let header = read_header_from(&mut r)?;
     let recs = &mut scratch.recs;
     let words = &mut scratch.words;
@@ -693,6 +851,7 @@ fn decode_inner(
             };
             read_update_fields(
                 &mut r,
+                &mut tail,
                 registry,
                 baseline.entity_words(a),
                 a.mask,
@@ -743,6 +902,9 @@ fn decode_inner(
         recs.push(rec);
     }
     r.finish()?;
+    if let Some(t) = &tail {
+        t.dec.finish()?;
+    }
     if baseline.len() + spawns > limits.max_entities {
         return Err(DecodeError::TooManyEntities(limits.max_entities));
     }
@@ -776,6 +938,7 @@ fn decode_inner(
 
 fn read_update_fields(
     r: &mut BitReader<'_>,
+    tail: &mut Option<TailDecoder<'_>>,
     registry: &Registry,
     old_words: &[u32],
     old_mask: u64,
@@ -784,18 +947,28 @@ fn read_update_fields(
 ) -> Result<(), DecodeError> {
     let mut oa = 0;
     for i in registry.mask_iter(old_mask | new_mask) {
-        let codecs = &registry.schema_at(i).codecs;
+        let schema = registry.schema_at(i);
+        let codecs = &schema.codecs;
         let n = codecs.len();
         let bit = 1u64 << i;
         match (old_mask & bit != 0, new_mask & bit != 0) {
             (true, true) => {
                 let old = &old_words[oa..oa + n];
                 if r.read_bool()? {
-                    for (codec, &o) in codecs.iter().zip(old) {
-                        let v = if r.read_bool()? {
-                            read_value(r, codec, o)?
-                        } else {
+                    for (f, (codec, &o)) in codecs.iter().zip(old).enumerate() {
+                        let v = if !r.read_bool()? {
                             o
+                        } else if let (true, Some(t)) =
+                            (in_tail(schema.coding, codec), tail.as_mut())
+                        {
+                            let delta = t.dec.decode_int(&mut t.models[schema.first_field + f]);
+                            let v = i64::from(o) + i64::from(delta);
+                            match u32::try_from(v) {
+                                Ok(v) if v <= codec.max_q && delta != 0 => v,
+                                _ => return Err(DecodeError::ValueOutOfRange),
+                            }
+                        } else {
+                            read_value(r, codec, o)?
                         };
                         words.push(v);
                     }

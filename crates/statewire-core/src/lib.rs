@@ -104,8 +104,8 @@ pub use replication::{
     ServerReplicator, packet_header,
 };
 pub use schema::{
-    ComponentId, ComponentSchema, ComponentView, Field, FieldKind, FieldReader, FieldWriter,
-    MAX_COMPONENT_TYPES, RawValue, Registry, Replicate, SchemaError, ValueError,
+    ComponentCoding, ComponentId, ComponentSchema, ComponentView, Field, FieldKind, FieldReader,
+    FieldWriter, MAX_COMPONENT_TYPES, RawValue, Registry, Replicate, SchemaError, ValueError,
 };
 pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};
 

@@ -160,6 +160,22 @@ pub struct ComponentSchema {
     type_id: TypeId,
     fields: Vec<Field>,
     pub(crate) codecs: Vec<FieldCodec>,
+    pub(crate) coding: ComponentCoding,
+    /// Index of this component's first field among all registered fields.
+    pub(crate) first_field: usize,
+}
+
+/// How a component type's changed values are coded in snapshot packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ComponentCoding {
+    /// Bit-packed small deltas (`'1' + zigzag delta on width/2 bits`, or the raw value).
+    #[default]
+    Packed,
+    /// Deltas of scalar fields (floats and ints wider than 4 bits) range-coded with adaptive
+    /// per-field models in a tail after the bit-packed records; fresh models each packet, so
+    /// a lost packet costs nothing later. Quaternions, bools and narrow fields stay packed.
+    Entropy,
 }
 
 impl ComponentSchema {
@@ -274,14 +290,42 @@ impl Registry {
             .map(|f| codec_for(T::NAME, f))
             .collect::<Result<Vec<_>, _>>()?;
         let id = ComponentId(self.schemas.len() as u16);
+        let first_field = self.schemas.iter().map(|s| s.codecs.len()).sum();
         self.schemas.push(ComponentSchema {
             name: T::NAME,
             type_id,
             fields,
             codecs,
+            coding: ComponentCoding::Packed,
+            first_field,
         });
         self.by_type.insert(type_id, id);
         Ok(id)
+    }
+
+    /// Chooses how `T`'s changed values are coded (default [`ComponentCoding::Packed`]). Part
+    /// of the fingerprint: both peers must choose the same.
+    pub fn set_coding<T: Replicate>(&mut self, coding: ComponentCoding) -> Result<(), SchemaError> {
+        let id = self
+            .id_of::<T>()
+            .ok_or(SchemaError::Unregistered(T::NAME))?;
+        self.schemas[usize::from(id.0)].coding = coding;
+        Ok(())
+    }
+
+    /// How component `id` is coded.
+    #[must_use]
+    pub fn coding(&self, id: ComponentId) -> Option<ComponentCoding> {
+        self.schema(id).map(|s| s.coding)
+    }
+
+    /// Whether any component uses [`ComponentCoding::Entropy`] (packets then carry a
+    /// range-coded tail).
+    #[must_use]
+    pub fn uses_entropy(&self) -> bool {
+        self.schemas
+            .iter()
+            .any(|s| s.coding == ComponentCoding::Entropy)
     }
 
     /// The id `T` was registered under.
@@ -350,6 +394,9 @@ impl Registry {
         for s in &self.schemas {
             eat(s.name.as_bytes());
             eat(&[0xff]);
+            if s.coding == ComponentCoding::Entropy {
+                eat(&[0xee]);
+            }
             for c in &s.codecs {
                 match c.kind {
                     FieldKind::Float {

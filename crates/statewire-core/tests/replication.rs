@@ -170,8 +170,12 @@ fn net() -> impl Strategy<Value = Net> {
         })
 }
 
-fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), TestCaseError> {
-    let registry = registry();
+fn run(
+    registry: &Registry,
+    ops: Vec<Vec<Op>>,
+    nets: Vec<Net>,
+    history_len: usize,
+) -> Result<(), TestCaseError> {
     let me = ClientId(9);
     let mut server = ServerReplicator::new(ServerConfig {
         history_len,
@@ -195,7 +199,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
                 apply(&mut world, o);
             }
         }
-        let snap = world.snapshot(&registry);
+        let snap = world.snapshot(registry);
         let quiet_phase = now as usize >= ops.len();
         let n = if quiet_phase {
             Net {
@@ -211,7 +215,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
             .unwrap();
         let mut pkt = Vec::new();
         let stats = server
-            .encode_for(&registry, me, tick, &snap, &mut pkt)
+            .encode_for(registry, me, tick, &snap, &mut pkt)
             .unwrap();
         prop_assert!(
             pkt.len() <= usize::from(n.budget),
@@ -236,7 +240,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
         for (_, p) in due {
             let header = statewire_core::packet_header(&p).unwrap();
             let expected = server.sent_state(me, header.tick).cloned();
-            match client.handle_packet(&registry, &p, &mut mirror) {
+            match client.handle_packet(registry, &p, &mut mirror) {
                 Ok(Applied::Applied(h)) => {
                     if let Some(exp) = expected {
                         prop_assert_eq!(client.state(), &exp, "tick {}", h.tick);
@@ -246,7 +250,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
                     // same state: the sink saw every change.
                     prop_assert_eq!(
                         mirror.sorted(),
-                        VecWorld::from_snapshot(&registry, client.state())
+                        VecWorld::from_snapshot(registry, client.state())
                     );
                     if let Some(d) = if quiet_phase { Some(0) } else { n.ack_delay } {
                         acks.push((now + u32::from(d), ack));
@@ -263,7 +267,7 @@ fn run(ops: Vec<Vec<Op>>, nets: Vec<Net>, history_len: usize) -> Result<(), Test
             server.handle_ack(me, a).unwrap();
         }
     }
-    prop_assert_eq!(client.state(), &world.snapshot(&registry), "not converged");
+    prop_assert_eq!(client.state(), &world.snapshot(registry), "not converged");
     Ok(())
 }
 
@@ -276,14 +280,25 @@ proptest! {
         nets in proptest::collection::vec(net(), 1..16),
         history_len in prop_oneof![Just(64usize), 2usize..8],
     ) {
-        run(ops, nets, history_len)?;
+        run(&registry(), ops, nets, history_len)?;
+    }
+
+    /// The same with positions and health in the range-coded tail.
+    #[test]
+    fn client_state_matches_server_entropy_coded(
+        ops in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..60),
+        nets in proptest::collection::vec(net(), 1..16),
+        history_len in prop_oneof![Just(64usize), 2usize..8],
+    ) {
+        run(&registry_entropy(), ops, nets, history_len)?;
     }
 
     #[test]
     fn random_bytes_are_errors_not_panics(
         data in proptest::collection::vec(any::<u8>(), 0..300),
+        entropy in any::<bool>(),
     ) {
-        let registry = registry();
+        let registry = if entropy { registry_entropy() } else { registry() };
         let mut client = ClientReplicator::new(ClientConfig::default());
         let mut sink = VecWorld::default();
         let _ = client.handle_packet(&registry, &data, &mut sink);
@@ -291,22 +306,34 @@ proptest! {
         prop_assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, client.state()));
     }
 
+    /// Bit flips and cuts in a delta packet (updates included, so entropy-coded values too):
+    /// an error, or a state the sink agrees with; never a panic.
     #[test]
     fn mutated_packets_are_errors_or_consistent(
         ops in proptest::collection::vec(op(), 1..80),
+        moves in proptest::collection::vec(op(), 1..40),
         flips in proptest::collection::vec((any::<usize>(), 0u8..8), 1..4),
         cut in proptest::option::of(any::<usize>()),
+        entropy in any::<bool>(),
     ) {
-        let registry = registry();
+        let registry = if entropy { registry_entropy() } else { registry() };
         let mut world = VecWorld::default();
         for o in &ops {
             apply(&mut world, o);
         }
-        let snap = world.snapshot(&registry);
         let mut server = ServerReplicator::new(ServerConfig::default());
         server.add_client(ClientId(1)).unwrap();
+        let mut first = Vec::new();
+        server.encode_for(&registry, ClientId(1), Tick(5), &world.snapshot(&registry), &mut first).unwrap();
+        let mut client = ClientReplicator::new(ClientConfig::default());
+        let mut sink = VecWorld::default();
+        client.handle_packet(&registry, &first, &mut sink).unwrap();
+        server.handle_ack(ClientId(1), Tick(5)).unwrap();
+        for o in &moves {
+            apply(&mut world, o);
+        }
         let mut pkt = Vec::new();
-        server.encode_for(&registry, ClientId(1), Tick(5), &snap, &mut pkt).unwrap();
+        server.encode_for(&registry, ClientId(1), Tick(6), &world.snapshot(&registry), &mut pkt).unwrap();
         for (at, bit) in flips {
             let i = at % pkt.len();
             pkt[i] ^= 1 << bit;
@@ -314,10 +341,42 @@ proptest! {
         if let Some(c) = cut {
             pkt.truncate(c % (pkt.len() + 1));
         }
-        let mut client = ClientReplicator::new(ClientConfig::default());
-        let mut sink = VecWorld::default();
         let _ = client.handle_packet(&registry, &pkt, &mut sink);
         prop_assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, client.state()));
+    }
+
+    /// Entropy coding changes the bytes, not the result: both registries give the same state.
+    #[test]
+    fn entropy_and_packed_agree(
+        ops in proptest::collection::vec(op(), 1..80),
+        moves in proptest::collection::vec(op(), 1..40),
+    ) {
+        let mut states = Vec::new();
+        let mut sizes = Vec::new();
+        for registry in [registry(), registry_entropy()] {
+            let mut world = VecWorld::default();
+            for o in &ops {
+                apply(&mut world, o);
+            }
+            let mut server = ServerReplicator::new(ServerConfig::default());
+            server.add_client(ClientId(1)).unwrap();
+            let mut client = ClientReplicator::new(ClientConfig::default());
+            let mut sink = VecWorld::default();
+            let mut pkt = Vec::new();
+            server.encode_for(&registry, ClientId(1), Tick(1), &world.snapshot(&registry), &mut pkt).unwrap();
+            client.handle_packet(&registry, &pkt, &mut sink).unwrap();
+            server.handle_ack(ClientId(1), Tick(1)).unwrap();
+            for o in &moves {
+                apply(&mut world, o);
+            }
+            pkt.clear();
+            server.encode_for(&registry, ClientId(1), Tick(2), &world.snapshot(&registry), &mut pkt).unwrap();
+            prop_assert!(pkt.len() <= 1200);
+            client.handle_packet(&registry, &pkt, &mut sink).unwrap();
+            states.push(VecWorld::from_snapshot(&registry, client.state()));
+            sizes.push(pkt.len());
+        }
+        prop_assert_eq!(&states[0], &states[1]);
     }
 }
 

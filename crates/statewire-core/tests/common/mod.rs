@@ -91,6 +91,14 @@ pub fn registry() -> Registry {
     r
 }
 
+/// The same components, with positions and health range-coded.
+pub fn registry_entropy() -> Registry {
+    let mut r = registry();
+    r.set_coding::<Pos>(ComponentCoding::Entropy).unwrap();
+    r.set_coding::<Health>(ComponentCoding::Entropy).unwrap();
+    r
+}
+
 /// One entity of the plain world: optional components.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Ent {

@@ -160,6 +160,14 @@ impl Replicate for Edge {
     }
 }
 
+/// Sets the coding of every component type of [`registry`].
+pub fn set_entropy(registry: &mut Registry, coding: statewire_core::ComponentCoding) {
+    let _ = registry.set_coding::<Pos>(coding);
+    let _ = registry.set_coding::<Rot>(coding);
+    let _ = registry.set_coding::<Health>(coding);
+    let _ = registry.set_coding::<Edge>(coding);
+}
+
 /// The registry every target uses: [`Pos`], [`Rot`], [`Health`], [`Edge`] (ids 0..=3).
 #[must_use]
 pub fn registry() -> Registry {

@@ -10,7 +10,7 @@ use statewire_transport::{Transport, TransportError};
 
 use crate::config::{DisconnectReason, SessionConfig};
 use crate::connection::{ChannelId, ConfigError, Connection, SendError};
-use crate::packet::{Cookie, DisconnectCode, Packet, data_mac, poll_data};
+use crate::packet::{Cookie, DisconnectCode, Packet, data_mac, poll_data, recv_growing};
 
 /// Something that happened on the client; drain with [`Client::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,15 +195,9 @@ impl<T: Transport> Client<T> {
     pub fn update(&mut self, now: Duration) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         for _ in 0..self.config.max_datagrams_per_update {
-            let got = match self.transport.recv(&mut self.buf) {
+            let got = match recv_growing(&mut self.transport, &mut self.buf) {
                 Ok(Some(got)) => got,
                 Ok(None) => break,
-                Err(TransportError::BufferTooSmall { needed, .. })
-                    if needed <= self.transport.max_payload().max(65_536) =>
-                {
-                    self.buf.resize(needed, 0);
-                    continue;
-                }
                 Err(TransportError::Closed) => {
                     self.end(DisconnectReason::ConnectionClosed);
                     return Ok(());

@@ -390,6 +390,28 @@ impl<'a> Packet<'a> {
 /// Bytes the Data header adds before the connection payload.
 pub const DATA_HEADER_LEN: usize = 9;
 
+/// Largest datagram a session endpoint grows its receive buffer to.
+const MAX_DATAGRAM: usize = 16 << 20;
+
+/// Receives the next datagram into `buf`, growing `buf` when the transport reports it too
+/// small (up to [`MAX_DATAGRAM`]; a transport that needs more is broken and its error is
+/// returned).
+pub(crate) fn recv_growing<T: statewire_transport::Transport + ?Sized>(
+    transport: &mut T,
+    buf: &mut Vec<u8>,
+) -> Result<Option<statewire_transport::Received>, statewire_transport::TransportError> {
+    use statewire_transport::TransportError;
+    match transport.recv(buf) {
+        Err(TransportError::BufferTooSmall { needed, .. })
+            if needed > buf.len() && needed <= MAX_DATAGRAM =>
+        {
+            buf.resize(needed, 0);
+            transport.recv(buf)
+        }
+        other => other,
+    }
+}
+
 /// Polls `conn` for its next packet and, if there is one, writes it into `out` as a session
 /// Data datagram under `token` (`payload` is scratch space).
 pub(crate) fn poll_data(

@@ -14,7 +14,9 @@ use statewire_transport::{Transport, TransportError};
 use crate::client::{ClientEvent, ClientSendError};
 use crate::config::{DisconnectReason, SessionConfig};
 use crate::connection::{ChannelId, ConfigError, Connection, SendError};
-use crate::packet::{Cookie, DisconnectCode, Packet, RejectReason, data_mac, poll_data};
+use crate::packet::{
+    Cookie, DisconnectCode, Packet, RejectReason, data_mac, poll_data, recv_growing,
+};
 
 /// Something that happened on the server; drain with [`Server::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,21 +440,9 @@ impl<T: Transport, U> Server<T, U> {
     pub fn update(&mut self, now: Duration) -> Result<(), TransportError> {
         self.now = self.now.max(now);
         for _ in 0..self.config.max_datagrams_per_update {
-            let got = match self.transport.recv(&mut self.buf) {
-                Ok(Some(got)) => got,
-                Ok(None) => break,
-                Err(TransportError::BufferTooSmall { needed, .. }) => {
-                    // Grow once up to the transport's own maximum, then read it next round.
-                    if needed <= self.transport.max_payload().max(65_536) {
-                        self.buf.resize(needed, 0);
-                        continue;
-                    }
-                    return Err(TransportError::BufferTooSmall {
-                        needed,
-                        capacity: self.buf.len(),
-                    });
-                }
-                Err(e) => return Err(e),
+            let got = match recv_growing(&mut self.transport, &mut self.buf)? {
+                Some(got) => got,
+                None => break,
             };
             self.stats.datagrams_received += 1;
             let len = got.len.min(self.buf.len());

@@ -247,41 +247,25 @@ impl Snapshot {
             let n = registry.schema_at(i).words();
             let bit = 1u64 << i;
             let cid = ComponentId(i as u16);
+            let view = |words| ComponentView {
+                registry,
+                id: cid,
+                words,
+            };
             match (a.mask & bit != 0, b.mask & bit != 0) {
                 (true, true) => {
                     if wa[oa..oa + n] != wb[ob..ob + n] {
-                        sink.insert(
-                            b.id,
-                            ComponentView {
-                                registry,
-                                id: cid,
-                                words: &wb[ob..ob + n],
-                            },
-                        );
+                        sink.insert(b.id, view(&wb[ob..ob + n]));
                     }
                     oa += n;
                     ob += n;
                 }
                 (true, false) => {
-                    sink.remove(
-                        b.id,
-                        ComponentView {
-                            registry,
-                            id: cid,
-                            words: &wa[oa..oa + n],
-                        },
-                    );
+                    sink.remove(b.id, view(&wa[oa..oa + n]));
                     oa += n;
                 }
                 (false, true) => {
-                    sink.insert(
-                        b.id,
-                        ComponentView {
-                            registry,
-                            id: cid,
-                            words: &wb[ob..ob + n],
-                        },
-                    );
+                    sink.insert(b.id, view(&wb[ob..ob + n]));
                     ob += n;
                 }
                 (false, false) => {}

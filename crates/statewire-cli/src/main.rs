@@ -37,6 +37,8 @@ enum Command {
     Serve(realtime::ServeArgs),
     /// Join a running `statewire serve` as a bot client.
     Join(realtime::JoinArgs),
+    /// List games announced on the LAN (`statewire serve --announce`).
+    Lan(realtime::LanArgs),
     /// The 901-cube snapshot-compression benchmark: generate data, run the codecs.
     Cubes(cubes::CubesArgs),
 }
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(args),
         Command::Serve(args) => realtime::serve(args),
         Command::Join(args) => realtime::join(args),
+        Command::Lan(args) => realtime::lan(args),
         Command::Cubes(args) => cubes::main(args),
     }
 }

@@ -10,6 +10,8 @@ use statewire_transport::Transport;
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
+use statewire::discovery::{Announcer, Beacon, HostList};
+
 use crate::game::TICK_HZ;
 use crate::netgame::{Behaviour, GameClient, GameServer};
 use crate::parse_addr;
@@ -42,6 +44,27 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Coding of positions and facings (clients must use the same).
+    #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
+    codec: crate::sim::CodecKind,
+    /// Announce the game on the LAN: send a beacon to this address once a second (e.g.
+    /// 255.255.255.255:47800; broadcast is enabled on the beacon socket).
+    #[arg(long, value_parser = parse_addr)]
+    announce: Option<SocketAddr>,
+    /// Name announced in the beacon.
+    #[arg(long, default_value = "statewire sim")]
+    name: String,
+}
+
+/// Flags of `statewire lan`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LanArgs {
+    /// Listen for beacons on this address (e.g. 0.0.0.0:47800).
+    #[arg(long, value_parser = parse_addr, default_value = "0.0.0.0:47800")]
+    listen: SocketAddr,
+    /// How long to listen, in seconds.
+    #[arg(long, default_value_t = 3)]
+    secs: u64,
+    /// Coding the games must use (part of the game id).
     #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
     codec: crate::sim::CodecKind,
 }
@@ -95,6 +118,25 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     };
     println!("listening on {}", server.session.local_addr());
     let _ = std::io::stdout().flush();
+    let game_addr = server.session.local_addr();
+    let mut beacon = match args.announce {
+        None => None,
+        Some(target) => {
+            let any = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+            let sock = match UdpTransport::bind(any, UdpConfig::default()) {
+                Ok(s) => s,
+                Err(e) => return fail(&format!("cannot bind the beacon socket: {e}")),
+            };
+            if let Err(e) = sock.set_broadcast(true) {
+                return fail(&format!("cannot enable broadcast: {e}"));
+            }
+            Some((sock, Announcer::new(target, Duration::from_secs(1))))
+        }
+    };
+    let protocol_id = match crate::game::registry(args.codec.coding()) {
+        Ok(r) => r.fingerprint(),
+        Err(e) => return fail(&e.to_string()),
+    };
     let start = Instant::now();
     let total = args.ticks + args.quiet_ticks;
     let linger = 2 * TICK_HZ;
@@ -107,6 +149,18 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         if server.connected.len() != known {
             known = server.connected.len();
             println!("tick {t}: {known} clients connected");
+        }
+        if let Some((sock, announcer)) = &mut beacon {
+            let b = Beacon {
+                game_id: protocol_id,
+                version: statewire::SessionConfig::default().version,
+                game_port: game_addr.port(),
+                players: known.min(usize::from(u16::MAX)) as u16,
+                max_players: args.max_clients.min(usize::from(u16::MAX)) as u16,
+                name: args.name.chars().take(32).collect(),
+            };
+            // A failed beacon is not worth stopping the game for.
+            let _ = announcer.poll(now, &b, sock);
         }
         if t == total {
             server.announce_final();
@@ -213,6 +267,37 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         }
         None => fail("no final state digest from the server"),
     }
+}
+
+pub(crate) fn lan(args: LanArgs) -> ExitCode {
+    let mut sock = match UdpTransport::bind(args.listen, UdpConfig::default()) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen on {}: {e}", args.listen)),
+    };
+    let protocol_id = match crate::game::registry(args.codec.coding()) {
+        Ok(r) => r.fingerprint(),
+        Err(e) => return fail(&e.to_string()),
+    };
+    let mut list = HostList::new(protocol_id, None, Duration::from_secs(3), 256);
+    let start = Instant::now();
+    let limit = Duration::from_secs(args.secs);
+    while start.elapsed() < limit {
+        if let Err(e) = list.poll(start.elapsed(), &mut sock, 256) {
+            return fail(&e.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hosts = list.hosts(start.elapsed());
+    if hosts.is_empty() {
+        println!("no games heard on {}", args.listen);
+    }
+    for h in hosts {
+        println!(
+            "{}  {:?}  {}/{} players  (join with: statewire join {})",
+            h.game_addr, h.beacon.name, h.beacon.players, h.beacon.max_players, h.game_addr
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(msg: &str) -> ExitCode {

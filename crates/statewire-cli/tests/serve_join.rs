@@ -63,3 +63,49 @@ fn serve_and_join_over_udp() {
 fn serve_and_join_over_tcp() {
     serve_and_join("tcp");
 }
+
+#[test]
+fn lan_lists_an_announced_game() {
+    let bin = env!("CARGO_BIN_EXE_statewire");
+    // A free port for the listener (released just before `lan` binds it).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let mut server = Command::new(bin)
+        .args([
+            "serve",
+            "--udp",
+            "127.0.0.1:0",
+            "--announce",
+            &target,
+            "--name",
+            "lan test",
+        ])
+        .args(["--ticks", "90", "--quiet-ticks", "0", "--entities", "50"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let stdout = server.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    let addr = first
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_string();
+    let out = Command::new(bin)
+        .args(["lan", "--listen", &target, "--secs", "2"])
+        .output()
+        .expect("run lan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let port_of = |a: &str| a.rsplit(':').next().map(str::to_string);
+    assert!(text.contains("\"lan test\""), "{text}");
+    assert!(
+        text.contains(&format!(":{}", port_of(&addr).unwrap_or_default())),
+        "{text} does not name {addr}"
+    );
+    for _ in lines.by_ref().take(100) {}
+    let _ = server.wait();
+}

@@ -305,6 +305,60 @@ impl<'a> RangeEncoder<'a> {
         }
     }
 
+    /// Codes the low `bits` bits of `value` with probability 1/2 each, MSB first, one halving
+    /// of the range per bit (LZMA's direct bits): the decoder needs no division, unlike
+    /// [`RangeEncoder::encode_direct`], whose stream it does not share.
+    #[inline(always)]
+    pub fn encode_bits(&mut self, value: u32, bits: u32) {
+        for i in (0..bits.min(32)).rev() {
+            self.range >>= 1;
+            self.low += u64::from(self.range & 0u32.wrapping_sub((value >> i) & 1));
+            if self.range < TOP {
+                self.range <<= 8;
+                self.shift_low();
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn sign_class(len: u32) -> usize {
+        usize::from(len >= 2) + usize::from(len >= 4) + usize::from(len >= 7)
+    }
+
+    /// Codes `symbol` (< `N`) with `model` and adapts the model.
+    #[inline(always)]
+    pub fn encode_symbol<const N: usize>(&mut self, model: &mut SymbolModel<N>, symbol: usize) {
+        debug_assert!(symbol < N);
+        let (lo, hi) = model.bounds(symbol.min(N - 1));
+        let r = self.range >> PROB_BITS;
+        self.low += u64::from(r * lo);
+        self.range = r * (hi - lo);
+        model.update(symbol);
+        self.normalize();
+    }
+
+    /// Codes the signed integer `value` with `model`: the magnitude's bucket (zero, one, or bit
+    /// length and the bit below the leading one) as one symbol, then the sign and the remaining
+    /// mantissa bits raw. Magnitudes above [`ResidualModel::MAX_MAGNITUDE`] are clamped (callers
+    /// that need losslessness check ranges).
+    #[inline(always)]
+    pub fn encode_residual<const N: usize>(&mut self, model: &mut ResidualModel<N>, value: i32) {
+        let m = value.unsigned_abs().min(ResidualModel::<N>::MAX_MAGNITUDE);
+        let len = 32 - m.leading_zeros();
+        if len <= 1 {
+            self.encode_symbol(&mut model.sym, m as usize);
+            if m == 1 {
+                self.encode_bit(&mut model.sign[0], value < 0);
+            }
+            return;
+        }
+        let below = len - 2;
+        let top = (m >> below) & 1;
+        self.encode_symbol(&mut model.sym, (2 * (len - 1) + top) as usize);
+        self.encode_bit(&mut model.sign[Self::sign_class(len)], value < 0);
+        self.encode_bits(m & ((1 << below) - 1), below);
+    }
+
     /// Information coded so far, in bits: bytes output (and held back for carries) plus the
     /// fraction of the current range used up. For diagnostics and cost accounting.
     #[must_use]
@@ -450,6 +504,59 @@ impl<'a> RangeDecoder<'a> {
         v
     }
 
+    /// Decodes `bits` raw bits (≤ 32) written by [`RangeEncoder::encode_bits`].
+    #[inline(always)]
+    pub fn decode_bits(&mut self, bits: u32) -> u32 {
+        let mut value = 0;
+        for _ in 0..bits.min(32) {
+            self.range >>= 1;
+            // code < 2 × range here (for valid input), so the subtraction wraps exactly when
+            // the bit is 0; wrapping arithmetic keeps corrupt input from panicking.
+            self.code = self.code.wrapping_sub(self.range);
+            let zero = 0u32.wrapping_sub(self.code >> 31);
+            self.code = self.code.wrapping_add(self.range & zero);
+            value = (value << 1) | (zero.wrapping_add(1));
+            if self.range < TOP {
+                self.range <<= 8;
+                self.code = (self.code << 8) | u32::from(self.next_byte());
+            }
+        }
+        value
+    }
+
+    /// Decodes a symbol coded with [`RangeEncoder::encode_symbol`].
+    #[inline(always)]
+    pub fn decode_symbol<const N: usize>(&mut self, model: &mut SymbolModel<N>) -> usize {
+        let r = self.range >> PROB_BITS;
+        // Corrupt input can put code above the range; clamp (finish reports the corruption).
+        let v = (self.code / r).min(PROB_ONE - 1) as i16;
+        let s = model.cdf[1..].iter().filter(|&&c| c <= v).count();
+        let (lo, hi) = model.bounds(s);
+        self.code -= r * lo;
+        self.range = r * (hi - lo);
+        model.update(s);
+        self.normalize();
+        s
+    }
+
+    /// Decodes an integer coded with [`RangeEncoder::encode_residual`].
+    #[inline(always)]
+    pub fn decode_residual<const N: usize>(&mut self, model: &mut ResidualModel<N>) -> i32 {
+        let b = self.decode_symbol(&mut model.sym) as u32;
+        let (m, negative) = if b <= 1 {
+            (b, b == 1 && self.decode_bit(&mut model.sign[0]))
+        } else {
+            let len = b / 2 + 1;
+            let below = len - 2;
+            let negative = self.decode_bit(&mut model.sign[RangeEncoder::sign_class(len)]);
+            let raw = self.decode_bits(below);
+            (1 << (len - 1) | (b & 1) << below | raw, negative)
+        };
+        // m < 2^31 because N ≤ 62 for a ResidualModel.
+        let m = m as i32;
+        if negative { -m } else { m }
+    }
+
     /// Fails with [`RangeError::Truncated`] if the decoder has already read past the end of
     /// the input by more than the flush allows. Cheap; long decode loops may call it to stop
     /// early on garbage.
@@ -507,6 +614,113 @@ impl<const S: usize> BitTree<S> {
     pub const fn new() -> Self {
         BitTree {
             nodes: [BitModel::new(); S],
+        }
+    }
+}
+
+/// An adaptive distribution over `N` symbols (2 ≤ `N` ≤ 64), coded in one range-coder step:
+/// one multiply to encode, one division and a count of the cumulative frequencies below the
+/// target to decode, where a binary tree or unary code would take several dependent steps.
+///
+/// The cumulative distribution is kept in 2^-15 units and moved towards each coded symbol by a
+/// fraction that shrinks as the model ages (like [`BitModel`]). Every symbol keeps a frequency
+/// of at least 1/2^15: the update aims at a distribution with that floor, and its integer
+/// rounding never closes a gap (each new gap is an integer above a convex combination of two
+/// gaps of at least 1), so any symbol can always be coded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolModel<const N: usize> {
+    /// `cdf[i]` = 2^15 × P(symbol < i); `cdf[0]` = 0 and the implied `cdf[N]` = 2^15.
+    cdf: [i16; N],
+    n: u16,
+}
+
+impl<const N: usize> Default for SymbolModel<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> SymbolModel<N> {
+    const VALID: () = assert!(N >= 2 && N <= 64, "2 ≤ N ≤ 64");
+    const INDEX: [i16; N] = {
+        let mut a = [0i16; N];
+        let mut i = 0;
+        while i < N {
+            a[i] = i as i16;
+            i += 1;
+        }
+        a
+    };
+
+    /// Every symbol equally likely.
+    #[must_use]
+    pub const fn new() -> Self {
+        let () = Self::VALID;
+        let mut cdf = [0i16; N];
+        let mut i = 1;
+        while i < N {
+            cdf[i] = (i as u32 * PROB_ONE / N as u32) as i16;
+            i += 1;
+        }
+        SymbolModel { cdf, n: 0 }
+    }
+
+    #[inline(always)]
+    fn bounds(&self, s: usize) -> (u32, u32) {
+        let lo = self.cdf[s] as u32;
+        let hi = match self.cdf.get(s + 1) {
+            Some(&c) => c as u32,
+            None => PROB_ONE,
+        };
+        (lo, hi)
+    }
+
+    #[inline(always)]
+    fn update(&mut self, s: usize) {
+        let rate = match self.n {
+            0..8 => 3,
+            8..32 => 4,
+            32..128 => 5,
+            128..512 => 6,
+            _ => 7,
+        };
+        self.n = self.n.saturating_add(1);
+        // Target: cdf[i] = i below and at s, 2^15 − (N − i) above (the 1/2^15 floor per symbol).
+        // All values stay in 0..=32767, so i16 arithmetic does not overflow, and the loop over
+        // whole arrays (cdf[0] stays 0) vectorises.
+        let lift = (PROB_ONE as usize - N) as i16;
+        let s = s as i16;
+        for (c, &i) in self.cdf.iter_mut().zip(Self::INDEX.iter()) {
+            let t = i + (lift & -i16::from(i > s));
+            *c += (t - *c) >> rate;
+        }
+    }
+}
+
+/// Adaptive model of a signed integer (a prediction residual) coded with
+/// [`RangeEncoder::encode_residual`]: magnitudes below 2^(`N`/2), `N` even, 4 ≤ `N` ≤ 62.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResidualModel<const N: usize> {
+    sym: SymbolModel<N>,
+    /// The sign, by magnitude class (1, 2..=7, 8..=63, more).
+    sign: [BitModel; 4],
+}
+
+impl<const N: usize> ResidualModel<N> {
+    const VALID: () = assert!(N % 2 == 0 && N >= 4 && N <= 62, "N even, 4 ≤ N ≤ 62");
+    /// Largest magnitude coded exactly.
+    pub const MAX_MAGNITUDE: u32 = {
+        let () = Self::VALID;
+        (1u32 << (N / 2)) - 1
+    };
+
+    /// Every bucket equally likely.
+    #[must_use]
+    pub const fn new() -> Self {
+        let () = Self::VALID;
+        ResidualModel {
+            sym: SymbolModel::new(),
+            sign: [BitModel::new(); 4],
         }
     }
 }
@@ -648,6 +862,28 @@ mod tests {
     }
 
     #[test]
+    fn symbol_model_keeps_every_symbol_codable() {
+        // Train hard on one symbol, then code the others: the 1/2^15 floor must hold.
+        let seq: Vec<usize> = std::iter::repeat_n(3, 5000).chain(0..32).collect();
+        let mut buf = Vec::new();
+        let mut enc = RangeEncoder::new(&mut buf);
+        let mut m = SymbolModel::<32>::new();
+        for &s in &seq {
+            enc.encode_symbol(&mut m, s);
+        }
+        for w in m.cdf.windows(2) {
+            assert!(w[1] > w[0], "{:?}", m.cdf);
+        }
+        enc.finish();
+        let mut dec = RangeDecoder::new(&buf);
+        let mut m = SymbolModel::<32>::new();
+        for &s in &seq {
+            assert_eq!(dec.decode_symbol(&mut m), s);
+        }
+        assert_eq!(dec.finish(), Ok(()));
+    }
+
+    #[test]
     fn cost_is_about_minus_log2() {
         let m = BitModel::with_prior(16384, 0);
         assert_eq!(m.cost(false), 256);
@@ -663,6 +899,9 @@ mod tests {
         Direct(u32, u32),
         Tree(u32),
         Int(i32),
+        Symbol(usize),
+        Residual(i32),
+        Bits(u32, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -671,6 +910,9 @@ mod tests {
             (any::<u32>(), 0u32..=32).prop_map(|(v, n)| Op::Direct(v, n)),
             (0u32..16).prop_map(Op::Tree),
             any::<i32>().prop_map(|v| Op::Int(v.clamp(-(1 << 30), 1 << 30))),
+            (0usize..24).prop_map(Op::Symbol),
+            prop_oneof![-40i32..40, -65535i32..=65535].prop_map(Op::Residual),
+            (any::<u32>(), 0u32..=32).prop_map(|(v, n)| Op::Bits(v, n)),
         ]
     }
 
@@ -682,6 +924,8 @@ mod tests {
             let mut enc = RangeEncoder::new(&mut buf);
             let mut tree = BitTree::<16>::new();
             let mut int = IntModel::default();
+            let mut sym = SymbolModel::<24>::new();
+            let mut res = ResidualModel::<32>::new();
             // A fixed-prior model per op, so random probabilities are exercised exactly.
             for o in &ops {
                 match *o {
@@ -689,6 +933,9 @@ mod tests {
                     Op::Direct(v, n) => enc.encode_direct(v, n),
                     Op::Tree(s) => enc.encode_tree(&mut tree, s),
                     Op::Int(v) => enc.encode_int(&mut int, v),
+                    Op::Symbol(v) => enc.encode_symbol(&mut sym, v),
+                    Op::Residual(v) => enc.encode_residual(&mut res, v),
+                    Op::Bits(v, n) => enc.encode_bits(v, n),
                 }
             }
             let n = enc.finish();
@@ -696,6 +943,8 @@ mod tests {
             let mut dec = RangeDecoder::new(&buf[1..]);
             let mut tree = BitTree::<16>::new();
             let mut int = IntModel::default();
+            let mut sym = SymbolModel::<24>::new();
+            let mut res = ResidualModel::<32>::new();
             for o in &ops {
                 match *o {
                     Op::Bit(p, b) => prop_assert_eq!(dec.decode_bit(&mut BitModel::with_prior(p, 24)), b),
@@ -705,6 +954,12 @@ mod tests {
                     }
                     Op::Tree(s) => prop_assert_eq!(dec.decode_tree(&mut tree), s),
                     Op::Int(v) => prop_assert_eq!(dec.decode_int(&mut int), v),
+                    Op::Symbol(v) => prop_assert_eq!(dec.decode_symbol(&mut sym), v),
+                    Op::Residual(v) => prop_assert_eq!(dec.decode_residual(&mut res), v),
+                    Op::Bits(v, n) => {
+                        let mask = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+                        prop_assert_eq!(dec.decode_bits(n), v & mask);
+                    }
                 }
             }
             prop_assert_eq!(dec.finish(), Ok(()));
@@ -733,7 +988,10 @@ mod tests {
             let mut m = BitModel::new();
             let mut int = IntModel::new(20);
             let mut tree = BitTree::<8>::new();
+            let mut res = ResidualModel::<20>::new();
             for _ in 0..50 {
+                let _ = dec.decode_residual(&mut res);
+                let _ = dec.decode_bits(7);
                 let _ = dec.decode_bit(&mut m);
                 let _ = dec.decode_int(&mut int);
                 let _ = dec.decode_direct(13);

@@ -45,15 +45,19 @@
 use super::{
     Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT,
 };
-use crate::codec::range::{BitModel, BitTree, IntModel, RangeDecoder, RangeEncoder};
+use crate::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
 
 /// Gravity over one baseline interval in position units: 9.81 m/s² × (0.1 s)² × 512 ≈ 50. The
 /// starting bias of off-the-floor cubes; the adaptive bias takes over from there.
 pub const GRAVITY_UNITS: i32 = 50;
 
-const MOTION_CLASSES: usize = 4;
+const MOTION_CLASSES: usize = 6;
 const NEAR_CLASSES: usize = 3;
 const MAG_CLASSES: usize = 4;
+/// Quiet cubes are at rest, not interacting, and at least this near class from the player.
+const QUIET_NEAR: usize = 2;
+/// Quiet cubes per "any changed" flag.
+const QUIET_GROUP: usize = 32;
 const CHANGED_CTX: usize = MOTION_CLASSES * NEAR_CLASSES * 2 * 2;
 const RESIDUAL_CTX: usize = MOTION_CLASSES * MAG_CLASSES;
 const BIAS_CTX: usize = MOTION_CLASSES * 2 * 3;
@@ -64,13 +68,15 @@ const AIRBORNE: i32 = 64;
 #[derive(Debug, Clone)]
 struct Models {
     player_changed: BitModel,
+    quiet_any: [BitModel; 2],
+    quiet_changed: [BitModel; 2],
     changed: [BitModel; CHANGED_CTX],
     interacting: [BitModel; 2 * MOTION_CLASSES],
     largest_differs: [BitModel; MOTION_CLASSES],
     largest: [BitTree<4>; 4],
-    pos_xy: [IntModel; RESIDUAL_CTX],
-    pos_z: [IntModel; RESIDUAL_CTX],
-    orient: [IntModel; RESIDUAL_CTX],
+    pos_xy: [ResidualModel<32>; RESIDUAL_CTX],
+    pos_z: [ResidualModel<28>; RESIDUAL_CTX],
+    orient: [ResidualModel<20>; RESIDUAL_CTX],
     bias: [Bias; BIAS_CTX],
 }
 
@@ -83,15 +89,17 @@ impl Models {
         }
         Models {
             player_changed: BitModel::new(),
+            quiet_any: [BitModel::new(); 2],
+            quiet_changed: [BitModel::new(); 2],
             changed: [BitModel::new(); CHANGED_CTX],
             interacting: [BitModel::new(); 2 * MOTION_CLASSES],
             largest_differs: [BitModel::new(); MOTION_CLASSES],
             largest: std::array::from_fn(|_| BitTree::new()),
             // x and y residuals stay below 2^16 after clamping predictions, z below 2^14,
             // orientation components below 2^10.
-            pos_xy: std::array::from_fn(|_| IntModel::new(16)),
-            pos_z: std::array::from_fn(|_| IntModel::new(14)),
-            orient: std::array::from_fn(|_| IntModel::new(10)),
+            pos_xy: std::array::from_fn(|_| ResidualModel::new()),
+            pos_z: std::array::from_fn(|_| ResidualModel::new()),
+            orient: std::array::from_fn(|_| ResidualModel::new()),
             bias,
         }
     }
@@ -128,15 +136,8 @@ impl Bias {
 
 #[inline(always)]
 fn mag_class(v: u32) -> usize {
-    if v <= 1 {
-        0
-    } else if v <= 7 {
-        1
-    } else if v <= 63 {
-        2
-    } else {
-        3
-    }
+    // Branch-free: 0..=1, 2..=7, 8..=63, more.
+    usize::from(v >= 2) + usize::from(v >= 8) + usize::from(v >= 64)
 }
 
 /// The adaptive model state after a packet, to store with the frame it produced and pass as
@@ -184,7 +185,7 @@ trait Io {
     /// Codes `bit` (ignored when decoding) and returns the bit coded.
     fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool;
     /// Codes `v` (ignored when decoding) and returns the value coded.
-    fn int(&mut self, m: &mut IntModel, v: i32) -> i32;
+    fn int<const N: usize>(&mut self, m: &mut ResidualModel<N>, v: i32) -> i32;
     /// Codes a 2-bit symbol.
     fn tree4(&mut self, m: &mut BitTree<4>, v: u32) -> u32;
 }
@@ -197,8 +198,8 @@ impl Io for RangeEncoder<'_> {
         bit
     }
     #[inline(always)]
-    fn int(&mut self, m: &mut IntModel, v: i32) -> i32 {
-        self.encode_int(m, v);
+    fn int<const N: usize>(&mut self, m: &mut ResidualModel<N>, v: i32) -> i32 {
+        self.encode_residual(m, v);
         v
     }
     #[inline(always)]
@@ -215,8 +216,8 @@ impl Io for RangeDecoder<'_> {
         self.decode_bit(m)
     }
     #[inline(always)]
-    fn int(&mut self, m: &mut IntModel, _: i32) -> i32 {
-        self.decode_int(m)
+    fn int<const N: usize>(&mut self, m: &mut ResidualModel<N>, _: i32) -> i32 {
+        self.decode_residual(m)
     }
     #[inline(always)]
     fn tree4(&mut self, m: &mut BitTree<4>, _: u32) -> u32 {
@@ -309,8 +310,10 @@ fn motion_class(p: &CubeState, b: &CubeState) -> usize {
     };
     match pos.max(rot) {
         0..=4 => 1,
-        5..=64 => 2,
-        _ => 3,
+        5..=24 => 2,
+        25..=64 => 3,
+        65..=200 => 4,
+        _ => 5,
     }
 }
 
@@ -400,42 +403,98 @@ fn code_frame<I: Io>(
     let floor = bf.iter().map(|c| c.z).min().unwrap_or(0);
     let mut last_mag = 0;
 
+    // Unchanged cubes are the baseline's: the decoder copies the whole frame once and then
+    // writes only changed cubes; the encoder does not need its output at all.
+    if !I::ENCODING {
+        out.copy_from_slice(bf);
+    }
+
     // The player (cube 0) first: its new position is context for everyone else.
     let mut c = input[0];
     if io.bit(&mut m.player_changed, c != bf[0]) {
         let motion = motion_class(&pf[0], &bf[0]);
         last_mag = code_cube(io, m, motion, &pf[0], &bf[0], &mut c, floor, last_mag)
             .map_err(|f| (0, f))?;
+        out[0] = c;
     } else {
         c = bf[0];
     }
-    out[0] = c;
     let (px, py) = (i64::from(c.x), i64::from(c.y));
-    let mut prev_changed = true;
-    for i in 1..NUM_CUBES {
-        let (p, b) = (&pf[i], &bf[i]);
+
+    // Classify every cube first (branch-free). Quiet cubes (at rest, not interacting, far from
+    // the player) almost never change: their flags go in groups behind one "any changed" flag,
+    // so a packet spends about one binary decision per group on them instead of one per cube.
+    let mut active = [0u16; NUM_CUBES];
+    let mut active_ctx = [0u8; NUM_CUBES];
+    let mut quiet = [0u16; NUM_CUBES];
+    let (mut na, mut nq) = (0, 0);
+    for (i, (p, b)) in pf.iter().zip(bf).enumerate().skip(1) {
         let motion = motion_class(p, b);
         let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
         let d2 = dx * dx + dy * dy;
-        let near = if d2 < (4 * 512) * (4 * 512) {
-            0
-        } else if d2 < (10 * 512) * (10 * 512) {
-            1
-        } else {
-            2
-        };
-        let ctx = ((motion * NEAR_CLASSES + near) * 2 + usize::from(b.interacting)) * 2
-            + usize::from(prev_changed);
-        let mut c = input[i];
-        let changed = io.bit(&mut m.changed[ctx], c != *b);
+        let near =
+            usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512));
+        let ctx = (motion * NEAR_CLASSES + near) * 2 + usize::from(b.interacting);
+        let is_quiet = motion == 0 && near >= QUIET_NEAR && !b.interacting;
+        active[na] = i as u16;
+        active_ctx[na] = ctx as u8;
+        quiet[nq] = i as u16;
+        na += usize::from(!is_quiet);
+        nq += usize::from(is_quiet);
+    }
+
+    let mut prev_changed = true;
+    for (&i, &ctx) in active[..na].iter().zip(&active_ctx[..na]) {
+        let (i, ctx) = (usize::from(i), usize::from(ctx));
+        let b = &bf[i];
+        let changed = io.bit(
+            &mut m.changed[ctx * 2 + usize::from(prev_changed)],
+            I::ENCODING && input[i] != *b,
+        );
         prev_changed = changed;
         if changed {
+            let mut c = input[i];
+            let motion = ctx / (NEAR_CLASSES * 2);
             last_mag =
-                code_cube(io, m, motion, p, b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
-        } else {
-            c = *b;
+                code_cube(io, m, motion, &pf[i], b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
+            out[i] = c;
         }
-        out[i] = c;
+    }
+
+    let mut prev_any = false;
+    for group in quiet[..nq].chunks(QUIET_GROUP) {
+        let any = io.bit(
+            &mut m.quiet_any[usize::from(prev_any)],
+            I::ENCODING
+                && group
+                    .iter()
+                    .any(|&i| input[usize::from(i)] != bf[usize::from(i)]),
+        );
+        prev_any = any;
+        if !any {
+            continue;
+        }
+        let mut seen = false;
+        for (k, &i) in group.iter().enumerate() {
+            let i = usize::from(i);
+            let b = &bf[i];
+            // The last flag of a group that has a change and none so far is implied.
+            let changed = if k + 1 == group.len() && !seen {
+                true
+            } else {
+                io.bit(
+                    &mut m.quiet_changed[usize::from(seen)],
+                    I::ENCODING && input[i] != *b,
+                )
+            };
+            seen |= changed;
+            if changed {
+                let mut c = input[i];
+                last_mag =
+                    code_cube(io, m, 0, &pf[i], b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
+                out[i] = c;
+            }
+        }
     }
     Ok(())
 }
@@ -473,18 +532,26 @@ fn code_cube<I: Io>(
         };
         now.saturating_add(v).saturating_add(bias)
     };
-    let px = predict(b.x, p.x, m.bias[bctx].c).clamp(-XY_LIMIT, XY_LIMIT);
-    let py = predict(b.y, p.y, m.bias[bctx + 1].c).clamp(-XY_LIMIT, XY_LIMIT);
+    // Horizontal residuals are coded relative to the direction of motion (negated when the
+    // cube moves towards -x or -y), so the adaptive bias learns drag and friction, which slow
+    // a cube whichever way it goes, instead of averaging them away.
+    let dir = |now: i32, before: i32| if motion > 0 && now < before { -1 } else { 1 };
+    let (sx, sy) = (dir(b.x, p.x), dir(b.y, p.y));
+    let px = predict(b.x, p.x, sx * m.bias[bctx].c).clamp(-XY_LIMIT, XY_LIMIT);
+    let py = predict(b.y, p.y, sy * m.bias[bctx + 1].c).clamp(-XY_LIMIT, XY_LIMIT);
     let pz = predict(b.z, p.z, m.bias[bctx + 2].c)
         .max(floor)
         .clamp(0, Z_LIMIT);
-    let rx = io.int(&mut m.pos_xy[mctx + last_mag], t.x.wrapping_sub(px));
-    t.x = px.wrapping_add(rx);
+    let rx = io.int(
+        &mut m.pos_xy[mctx + last_mag],
+        t.x.wrapping_sub(px).wrapping_mul(sx),
+    );
+    t.x = px.wrapping_add(rx.wrapping_mul(sx));
     let ry = io.int(
         &mut m.pos_xy[mctx + mag_class(rx.unsigned_abs())],
-        t.y.wrapping_sub(py),
+        t.y.wrapping_sub(py).wrapping_mul(sy),
     );
-    t.y = py.wrapping_add(ry);
+    t.y = py.wrapping_add(ry.wrapping_mul(sy));
     let rxy = rx.unsigned_abs().max(ry.unsigned_abs());
     let rz = io.int(&mut m.pos_z[mctx + mag_class(rxy)], t.z.wrapping_sub(pz));
     t.z = pz.wrapping_add(rz);
@@ -505,7 +572,10 @@ fn code_cube<I: Io>(
     let pos_mag = rxy.max(rz.unsigned_abs());
 
     // Orientation.
-    let (pred_largest, pred) = if motion > 0 {
+    // A cube that moved without turning is predicted to keep its orientation exactly (no
+    // quaternion arithmetic, and no requantization error).
+    let turned = (p.largest, p.a, p.b, p.c) != (b.largest, b.a, b.b, b.c);
+    let (pred_largest, pred) = if motion > 0 && turned {
         let q = predict_rotation(p, b);
         (largest_of(&q), Some(q))
     } else {

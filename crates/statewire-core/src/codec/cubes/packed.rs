@@ -11,9 +11,9 @@
 //!             '1' 0 | '01' g:2 (1 + g) | '001' g:4 (5 + g) | '000' g:10 (any)
 //! orientation := '0' same as the baseline
 //!             | '1' '0' class:2 da db dc   same largest index, deltas of class width
-//!                                          (3, 5, 7 bits two's complement; class 3 = raw 9 bits)
+//!                                          (2, 4, 6 bits two's complement; class 3 = raw 9 bits)
 //!             | '1' '1' largest:2 a:9 b:9 c:9
-//! position := class:2 dx dy dz              deltas of width 5, 8 or 11 bits (two's complement)
+//! position := class:2 dx dy dz              deltas of width 4, 7 or 10 bits (two's complement)
 //!             (class 3: raw x + 16383:15, y + 16383:15, z:13)
 //! ```
 //!
@@ -26,39 +26,46 @@ use crate::bits::BitError;
 use super::{CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT};
 
 const COUNT_BITS: u32 = 10;
-const ORIENT_WIDTHS: [u32; 3] = [3, 5, 7];
-const POS_WIDTHS: [u32; 3] = [5, 8, 11];
+const ORIENT_WIDTHS: [u32; 3] = [2, 4, 6];
+const POS_WIDTHS: [u32; 3] = [4, 7, 10];
 
 /// LSB-first bit writer taking up to 56 bits per call (the same bit order as
-/// [`crate::bits::BitWriter`], with fewer, wider writes for speed).
+/// [`crate::bits::BitWriter`], with fewer, wider writes for speed). It writes into a slice sized
+/// for the worst case, always storing a whole 8-byte word and advancing by the bytes completed,
+/// so a write is a store and a shift with no length-dependent copy or capacity check.
 struct Writer<'a> {
-    out: &'a mut Vec<u8>,
+    buf: &'a mut [u8],
+    pos: usize,
     acc: u64,
     n: u32,
 }
 
 impl<'a> Writer<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
-        Writer { out, acc: 0, n: 0 }
+    fn new(buf: &'a mut [u8]) -> Self {
+        Writer {
+            buf,
+            pos: 0,
+            acc: 0,
+            n: 0,
+        }
     }
 
     /// Appends the low `bits` (≤ 56) bits of `v`, which must have no higher bits set.
     #[inline(always)]
     fn put(&mut self, v: u64, bits: u32) {
-        debug_assert!(bits <= 56 && (bits == 64 || v >> bits == 0));
+        debug_assert!(bits <= 56 && v >> bits == 0);
         self.acc |= v << self.n; // n < 8, so n + bits < 64
         self.n += bits;
-        let k = self.n / 8;
-        self.out
-            .extend_from_slice(&self.acc.to_le_bytes()[..k as usize]);
-        self.acc = if k == 8 { 0 } else { self.acc >> (8 * k) };
+        self.buf[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let k = self.n / 8; // ≤ 7
+        self.pos += k as usize;
+        self.acc >>= 8 * k;
         self.n -= 8 * k;
     }
 
-    fn finish(self) {
-        if self.n > 0 {
-            self.out.push(self.acc as u8);
-        }
+    /// Bytes written, counting a partial last byte (already stored by `put`).
+    fn finish(self) -> usize {
+        self.pos + usize::from(self.n > 0)
     }
 }
 
@@ -122,6 +129,12 @@ fn mask(v: i32, width: u32) -> u64 {
     u64::from(v as u32) & ((1u64 << width) - 1)
 }
 
+/// Length of the gap code for `g`, without branches.
+#[inline(always)]
+fn gap_len(g: usize) -> usize {
+    1 + 3 * usize::from(g >= 1) + 3 * usize::from(g >= 5) + 6 * usize::from(g >= 21)
+}
+
 /// Gap code as (bits, length) in stream order.
 #[inline(always)]
 fn gap_code(g: usize) -> (u64, u32) {
@@ -150,25 +163,41 @@ fn read_gap(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
 
 /// Encodes `target` against `baseline`, appending to `out`; returns the bytes appended.
 pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    // A branch-free comparison pass into a bitmap (no loop-carried dependency but the word),
+    // then the changed indices from its set bits.
+    let mut words = [0u64; NUM_CUBES.div_ceil(64)];
+    for (word, (bs, ts)) in words
+        .iter_mut()
+        .zip(baseline.cubes().chunks(64).zip(target.cubes().chunks(64)))
+    {
+        let mut bits = 0u64;
+        for (k, (b, t)) in bs.iter().zip(ts).enumerate() {
+            bits |= u64::from(b != t) << k;
+        }
+        *word = bits;
+    }
     let mut changed = [0u16; NUM_CUBES];
     let mut n = 0;
-    let mut gap_cost = 0;
-    let mut prev: isize = -1;
-    for (i, (b, t)) in baseline.cubes().iter().zip(target.cubes()).enumerate() {
-        if b != t {
-            if let Some(field) = t.out_of_range() {
-                return Err(EncodeError::OutOfRange { cube: i, field });
-            }
-            changed[n] = i as u16;
+    for (k, &word) in words.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            changed[n] = (k * 64 + bits.trailing_zeros() as usize) as u16;
             n += 1;
-            gap_cost += gap_code((i as isize - prev - 1) as usize).1 as usize;
-            prev = i as isize;
+            bits &= bits - 1;
         }
     }
-    let start = out.len();
-    out.reserve(n * 10 + 120);
-    let mut w = Writer::new(out);
+    let mut gap_cost = 0;
+    let mut next = 0; // the first index after the last changed cube
+    for &i in &changed[..n] {
+        gap_cost += gap_len(usize::from(i) - next);
+        next = usize::from(i) + 1;
+    }
     let bitmap = gap_cost > NUM_CUBES;
+    let start = out.len();
+    // Header, bitmap and at most 90 bits per cube, plus the word `put` stores past the end.
+    let worst = (COUNT_BITS as usize + 1 + NUM_CUBES + 90 * n).div_ceil(8) + 8;
+    out.resize(start + worst, 0);
+    let mut w = Writer::new(&mut out[start..]);
     w.put(n as u64 | u64::from(bitmap) << COUNT_BITS, COUNT_BITS + 1);
     if bitmap {
         let mut bits = [0u64; NUM_CUBES.div_ceil(48)];
@@ -179,24 +208,24 @@ pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usi
             w.put(word, (NUM_CUBES - k * 48).min(48) as u32);
         }
     }
-    let mut prev: isize = -1;
+    let mut next = 0;
     for &i in &changed[..n] {
         let i = usize::from(i);
+        let t = &target.cubes()[i];
+        if let Some(field) = t.out_of_range() {
+            out.truncate(start);
+            return Err(EncodeError::OutOfRange { cube: i, field });
+        }
         let (mut head, mut head_len) = (0, 0);
         if !bitmap {
-            (head, head_len) = gap_code((i as isize - prev - 1) as usize);
-            prev = i as isize;
+            (head, head_len) = gap_code(i - next);
+            next = i + 1;
         }
-        write_cube(
-            &mut w,
-            head,
-            head_len,
-            &baseline.cubes()[i],
-            &target.cubes()[i],
-        );
+        write_cube(&mut w, head, head_len, &baseline.cubes()[i], t);
     }
-    w.finish();
-    Ok(out.len() - start)
+    let len = w.finish();
+    out.truncate(start + len);
+    Ok(len)
 }
 
 #[inline(always)]

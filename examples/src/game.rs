@@ -1,11 +1,12 @@
-//! The small game both examples run: replicated components, a seeded random generator and the
+//! The small game every example runs: replicated components, a seeded random generator and the
 //! per-tick script of spawns, despawns, damage and ownership changes.
 //!
-//! Each example stores the same game in its own way (a hecs `World`, a `Vec`) and applies the
-//! same [`TickPlan`]s to it, so the only difference between them is the storage.
+//! Each example stores the same game in its own way (a hecs `World`, a bevy `World`, a `Vec`) and
+//! applies the same [`TickPlan`]s to it, so the only difference between them is the storage.
 
 use std::f32::consts::{PI, TAU};
 
+use bevy_ecs::component::Component;
 use statewire_core::{
     ClientId, Field, FieldKind, FieldReader, FieldWriter, Owner, Registry, Replicate, SchemaError,
 };
@@ -23,7 +24,9 @@ pub const ANGLE_STEP: f32 = TAU / 1024.0;
 pub const INITIAL_NPCS: u32 = 40;
 
 /// Where an entity is and which way it faces. Replicated.
-#[derive(Debug, Clone, Copy, PartialEq)]
+// `Component` lets the bevy_world example store it in a bevy `World`; hecs and the `Vec` need no
+// trait.
+#[derive(Debug, Clone, Copy, PartialEq, Component)]
 pub struct Transform {
     /// Metres east of the arena's centre.
     pub x: f32,
@@ -67,7 +70,7 @@ impl Replicate for Transform {
 }
 
 /// Hit points. Replicated; entities without it are invulnerable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Component)]
 pub struct Health {
     /// Remaining hit points, `0..=100`.
     pub hp: i32,

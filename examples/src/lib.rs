@@ -3,9 +3,10 @@
 //! | example | world storage | link | run it |
 //! |---------|---------------|------|--------|
 //! | [`hecs_world`] | a [`hecs::World`] per peer | loopback wrapped in netsim, profile `poor` | `cargo run -p statewire-examples --example hecs_world [-- SEED]` |
+//! | [`bevy_world`] | a [`bevy_ecs::world::World`] per peer | loopback wrapped in netsim, profile `poor` | `cargo run -p statewire-examples --example bevy_world [-- SEED]` |
 //! | [`plain_vec`] | a `Vec` of structs per peer | none: bytes handed over directly, every third packet dropped | `cargo run -p statewire-examples --example plain_vec [-- SEED]` |
 //!
-//! Both run the same small [`game`]: a server with one player per client and a few dozen NPCs
+//! All run the same small [`game`]: a server with one player per client and a few dozen NPCs
 //! that wander, take damage and die, spawn in waves, lose and regain their [`game::Health`] and
 //! change owner; two clients follow it. After the active ticks comes a quiet period with no
 //! changes, and each run then checks that every client's world equals the server's: the
@@ -14,7 +15,8 @@
 //! [`RunError::Diverged`] naming the seed, and the example binaries panic with it.
 //!
 //! The examples' binaries are thin: the whole loop lives in this library as
-//! [`hecs_world::run`] and [`plain_vec::run`], which the crate's tests also call.
+//! [`hecs_world::run`], [`bevy_world::run`] and [`plain_vec::run`], which the crate's tests also
+//! call.
 //!
 //! ```
 //! // The core alone, no transport: 60 active ticks with every third packet lost.
@@ -28,6 +30,7 @@ use std::fmt;
 use statewire_core::{BuildError, ClientId, ReplicationError, SchemaError};
 use statewire_transport::TransportError;
 
+pub mod bevy_world;
 pub mod game;
 pub mod hecs_world;
 pub mod plain_vec;

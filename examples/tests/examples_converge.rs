@@ -1,6 +1,6 @@
-//! Runs both examples' loops, as `cargo run --example` does, for a few seeds.
+//! Runs every example's loop, as `cargo run --example` does, for a few seeds.
 
-use statewire_examples::{Summary, hecs_world, plain_vec};
+use statewire_examples::{Summary, bevy_world, hecs_world, plain_vec};
 
 fn check(s: &Summary) {
     assert_eq!(s.clients.len(), 2, "{s}");
@@ -47,4 +47,20 @@ fn plain_vec_converges_for_two_seeds() {
         );
         assert_eq!(s.acks_lost, s.acks_sent / plain_vec::DROP_EVERY, "{s}");
     }
+}
+
+#[test]
+fn bevy_world_converges_for_two_seeds() {
+    for seed in [1, 0xdead_beef] {
+        let s = bevy_world::run(seed, 300).unwrap_or_else(|e| panic!("{e}"));
+        check(&s);
+        assert!(s.packets_lost > 0, "the poor profile loses packets: {s}");
+    }
+}
+
+#[test]
+fn bevy_world_same_seed_same_run() {
+    let a = bevy_world::run(5, 120).unwrap_or_else(|e| panic!("{e}"));
+    let b = bevy_world::run(5, 120).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a, b);
 }

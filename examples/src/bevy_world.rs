@@ -1,0 +1,778 @@
+//! statewire over [bevy_ecs](https://docs.rs/bevy_ecs) (bevy's ECS alone, without the engine): a
+//! server `bevy_ecs::world::World` feeds snapshots through [`WorldSource`], and each client's
+//! own `World` receives them through [`WorldSink`], over loopback wrapped in netsim with the
+//! `poor` profile. The game, the loop and the checks are the same as in
+//! [`hecs_world`](crate::hecs_world); only the storage differs.
+//!
+//! # Mapping entities
+//!
+//! As in the hecs example, each replicated entity carries a [`NetId`] from a server-side
+//! counter, and entities without one (the [`SpawnPoint`]) are not replicated. bevy's `Entity`
+//! is an index plus a generation and bevy reuses indices after a despawn, so it is not used as
+//! the wire id. Clients keep an `EntityId → Entity` map in their [`BevyClient`] sink and store
+//! the [`NetId`] on the entity too.
+//!
+//! # Components
+//!
+//! [`Transform`] and [`Health`] (from [`game`], which derives bevy's `Component` for them) are
+//! replicated; [`Velocity`] and the [`Npc`] marker exist only on the server. statewire's
+//! [`Owner`] is a foreign type, so the orphan rule forbids making it a bevy `Component` here:
+//! both sides store it wrapped in [`NetOwner`].
+//!
+//! # Reading the server's world
+//!
+//! `WorldSource::build` takes `&self`, but bevy's `World::query` needs `&mut World` (it may
+//! register components and it fills the new `QueryState`'s archetype cache), and so does
+//! `QueryState::iter` (it refreshes that cache). [`BevyServer`] therefore keeps one
+//! `QueryState` for the replicated data, and [`BevyServer::source`] takes `&mut self`, refreshes
+//! the cache and lends a read-only [`BevySource`] whose `build` iterates without touching it.
+//! The `&mut` borrow is what guarantees the cache is current: no structural change can happen
+//! while the source is alive. The alternatives were worse: `World::try_query` works from
+//! `&World` but rebuilds the state (walking every archetype) on every snapshot, and a `RefCell`
+//! or `Mutex` around the state hides a mutation behind `&self` for no benefit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bevy_ecs::component::Component;
+use bevy_ecs::entity::Entity;
+use bevy_ecs::query::{QueryFilter, QueryState, With, Without};
+use bevy_ecs::world::World;
+use statewire_core::{
+    Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink, WorldSource,
+};
+use statewire_transport::Transport;
+use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
+use statewire_transport::netsim::{LinkConfig, NetSim};
+
+use crate::game::{
+    self, ANGLE_STEP, GameEvents, GameRng, Health, INITIAL_NPCS, POSITION_STEP, TICK_HZ, TickPlan,
+    Transform,
+};
+use crate::{ClientSummary, RunError, Summary};
+
+/// Ticks without changes after the active ones. Three seconds: the `poor` profile's round trip
+/// is about 400 ms, and a few lost packets in a row only cost a tick each.
+pub const QUIET_TICKS: u32 = 90;
+/// Clients in a run.
+pub const CLIENTS: u64 = 2;
+/// The netsim profile both directions use.
+pub const PROFILE: &str = "poor";
+
+/// The wire name of a replicated entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Component)]
+pub struct NetId(pub EntityId);
+
+/// Who may change the entity, stored as a component on both sides (statewire's [`Owner`] cannot
+/// derive bevy's `Component` from this crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Component)]
+pub struct NetOwner(pub Owner);
+
+/// Server-only: how an entity moves, in m/s and rad/s.
+#[derive(Debug, Clone, Copy, PartialEq, Component)]
+pub struct Velocity {
+    /// Forward speed.
+    pub speed: f32,
+    /// Turn rate.
+    pub turn: f32,
+}
+
+/// Server-only marker: an NPC, moved by the server's wandering AI (players are not NPCs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Component)]
+pub struct Npc;
+
+/// Server-only marker of the entity NPC waves spawn around. It has a [`Transform`] but no
+/// [`NetId`], so it is never replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Component)]
+pub struct SpawnPoint;
+
+/// What a snapshot reads from each replicated entity.
+type Replicated = (
+    &'static NetId,
+    &'static NetOwner,
+    &'static Transform,
+    Option<&'static Health>,
+);
+
+/// The server's game: a bevy world, the counter [`NetId`]s come from and the cached query the
+/// snapshots read through.
+#[derive(Debug)]
+pub struct BevyServer {
+    /// The authoritative world.
+    pub world: World,
+    replicated: QueryState<Replicated>,
+    clients: Vec<ClientId>,
+    next_id: u32,
+    /// What changed so far.
+    pub events: GameEvents,
+}
+
+impl BevyServer {
+    /// A world with a spawn point, one player per client and [`INITIAL_NPCS`] NPCs.
+    pub fn new(clients: &[ClientId], rng: &mut GameRng) -> Self {
+        let mut world = World::new();
+        let replicated = world.query::<Replicated>();
+        let mut s = BevyServer {
+            world,
+            replicated,
+            clients: clients.to_vec(),
+            next_id: 0,
+            events: GameEvents::default(),
+        };
+        s.world.spawn((
+            SpawnPoint,
+            Transform {
+                x: 100.0,
+                y: -60.0,
+                angle: 0.0,
+            },
+        ));
+        for (i, &c) in clients.iter().enumerate() {
+            let id = s.allocate();
+            let t = Transform {
+                x: i as f32 * 20.0 - 10.0,
+                y: 0.0,
+                angle: 0.0,
+            };
+            let v = Velocity {
+                speed: 4.0,
+                turn: 0.5,
+            };
+            s.world
+                .spawn((id, NetOwner(Owner::Client(c)), t, v, Health { hp: 100 }));
+        }
+        for _ in 0..INITIAL_NPCS {
+            s.spawn_npc(rng);
+        }
+        s
+    }
+
+    fn allocate(&mut self) -> NetId {
+        let id = NetId(EntityId(self.next_id));
+        self.next_id += 1;
+        id
+    }
+
+    fn spawn_npc(&mut self, rng: &mut GameRng) {
+        let (x, y) = self
+            .world
+            .query_filtered::<&Transform, With<SpawnPoint>>()
+            .iter(&self.world)
+            .next()
+            .map_or((0.0, 0.0), |t| (t.x, t.y));
+        let (t, speed, turn) = game::npc_motion(rng, x, y);
+        let id = self.allocate();
+        self.world.spawn((
+            id,
+            NetOwner(Owner::Server),
+            t,
+            Velocity { speed, turn },
+            Health { hp: 100 },
+            Npc,
+        ));
+    }
+
+    /// NPCs matching filter `F` (`()`, `With<Health>`, `Without<Health>`), sorted by [`NetId`]
+    /// so random picks do not depend on bevy's storage order.
+    fn npcs<F: QueryFilter>(&mut self) -> Vec<(NetId, Entity)> {
+        let mut v: Vec<_> = self
+            .world
+            .query_filtered::<(Entity, &NetId), (With<Npc>, F)>()
+            .iter(&self.world)
+            .map(|(e, id)| (*id, e))
+            .collect();
+        v.sort_unstable_by_key(|&(id, _)| id);
+        v
+    }
+
+    fn despawn(&mut self, e: Entity) {
+        if self.world.despawn(e) {
+            self.events.despawned += 1;
+        }
+    }
+
+    /// Advances one active tick (0-based `tick`): movement, then the tick's [`TickPlan`].
+    pub fn step(&mut self, tick: u32, rng: &mut GameRng) {
+        let dt = 1.0 / TICK_HZ as f32;
+        // The NPCs' random turns are drawn in NetId order, then everything with a velocity
+        // moves; the movement itself draws nothing, so its storage order does not matter.
+        for (_, e) in self.npcs::<()>() {
+            if rng.chance(0.02) {
+                if let Some(mut v) = self.world.get_mut::<Velocity>(e) {
+                    v.turn = rng.range(-1.0, 1.0);
+                }
+            }
+        }
+        for (mut t, v) in self
+            .world
+            .query::<(&mut Transform, &Velocity)>()
+            .iter_mut(&mut self.world)
+        {
+            game::advance(&mut t, v.speed, v.turn, dt);
+        }
+
+        let plan = TickPlan::draw(tick, rng);
+        for _ in 0..plan.spawn {
+            self.spawn_npc(rng);
+            self.events.spawned += 1;
+        }
+        for _ in 0..plan.despawn {
+            let npcs = self.npcs::<()>();
+            if let Some(&(_, e)) = npcs.get(rng.below(npcs.len())) {
+                self.despawn(e);
+            }
+        }
+        if plan.damage > 0 {
+            let hurt = self.npcs::<With<Health>>();
+            if let Some(&(_, e)) = hurt.get(rng.below(hurt.len())) {
+                let dead = self.world.get_mut::<Health>(e).is_some_and(|mut h| {
+                    h.hp -= plan.damage;
+                    h.hp <= 0
+                });
+                if dead {
+                    self.despawn(e);
+                }
+            }
+        }
+        if plan.remove_health {
+            let with = self.npcs::<With<Health>>();
+            if let Some(&(_, e)) = with.get(rng.below(with.len())) {
+                // `take` reports whether the component was there; `remove` does not.
+                let removed = self
+                    .world
+                    .get_entity_mut(e)
+                    .is_ok_and(|mut em| em.take::<Health>().is_some());
+                if removed {
+                    self.events.health_removed += 1;
+                }
+            }
+        }
+        if plan.restore_health {
+            let without = self.npcs::<Without<Health>>();
+            if let Some(&(_, e)) = without.get(rng.below(without.len())) {
+                if let Ok(mut em) = self.world.get_entity_mut(e) {
+                    em.insert(Health { hp: 100 });
+                    self.events.health_restored += 1;
+                }
+            }
+        }
+        if plan.hand_over {
+            if let Some(&(_, e)) = self.npcs::<()>().first() {
+                if let Some(mut owner) = self.world.get_mut::<NetOwner>(e) {
+                    owner.0 = game::next_owner(owner.0, &self.clients);
+                    self.events.owner_changes += 1;
+                }
+            }
+        }
+    }
+
+    /// The world as a [`WorldSource`], with the snapshot query's archetype cache brought up to
+    /// date (see the [module docs](self)).
+    pub fn source(&mut self) -> BevySource<'_> {
+        self.replicated.update_archetypes(&self.world);
+        BevySource {
+            world: &self.world,
+            replicated: &self.replicated,
+        }
+    }
+
+    /// Number of replicated entities (those [`BevySource`] reads).
+    #[must_use]
+    pub fn replicated_len(&mut self) -> usize {
+        self.replicated.iter(&self.world).count()
+    }
+}
+
+/// A read-only view of a [`BevyServer`]'s world whose query cache is current; made by
+/// [`BevyServer::source`].
+#[derive(Debug, Clone, Copy)]
+pub struct BevySource<'a> {
+    world: &'a World,
+    replicated: &'a QueryState<Replicated>,
+}
+
+impl WorldSource for BevySource<'_> {
+    fn build(&self, builder: &mut SnapshotBuilder<'_>) {
+        // `iter_manual` reads through the cache `BevyServer::source` just refreshed. The builder
+        // sorts, so bevy's table order does not matter. `Velocity`, `Npc` and entities without a
+        // `NetId` are left out.
+        for (id, owner, t, health) in self.replicated.iter_manual(self.world) {
+            let mut e = builder.entity(id.0, owner.0);
+            e.component(t);
+            if let Some(h) = health {
+                e.component(h);
+            }
+        }
+    }
+}
+
+/// A client's world: a bevy world kept up to date through [`WorldSink`].
+///
+/// The sink changes the world directly rather than through bevy's deferred `Commands`: it holds
+/// the world exclusively, and applying each change at once tells it whether the entity or
+/// component was there, which is how it counts [`errors`](Self::errors). In a bevy app the
+/// same code runs in an exclusive system (one taking `&mut World`).
+#[derive(Debug)]
+pub struct BevyClient {
+    /// The client's own world. Each replicated entity has a [`NetId`], a [`NetOwner`] and the
+    /// replicated components it has on the server.
+    pub world: World,
+    entities: HashMap<EntityId, Entity>,
+    /// Changes that could not be applied (unknown entity or component); always 0 when the
+    /// replicator and the sink agree.
+    pub errors: u64,
+}
+
+impl Default for BevyClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BevyClient {
+    /// An empty world, with the replicated components registered so that [`verify`]'s
+    /// `&World` queries work before the first snapshot.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut world = World::new();
+        world.register_component::<NetId>();
+        world.register_component::<NetOwner>();
+        world.register_component::<Transform>();
+        world.register_component::<Health>();
+        BevyClient {
+            world,
+            entities: HashMap::new(),
+            errors: 0,
+        }
+    }
+
+    /// The bevy entity replicating `id`, if it exists.
+    #[must_use]
+    pub fn entity(&self, id: EntityId) -> Option<Entity> {
+        self.entities.get(&id).copied()
+    }
+}
+
+impl WorldSink for BevyClient {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        let e = self.world.spawn((NetId(id), NetOwner(owner))).id();
+        if let Some(old) = self.entities.insert(id, e) {
+            // The protocol never spawns a live id twice; keep the newer entity.
+            self.world.despawn(old);
+            self.errors += 1;
+        }
+    }
+
+    fn despawn(&mut self, id: EntityId) {
+        let gone = self
+            .entities
+            .remove(&id)
+            .is_some_and(|e| self.world.despawn(e));
+        if !gone {
+            self.errors += 1;
+        }
+    }
+
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        let set = self.entity(id).is_some_and(|e| {
+            self.world
+                .get_mut::<NetOwner>(e)
+                .map(|mut o| o.0 = owner)
+                .is_some()
+        });
+        if !set {
+            self.errors += 1;
+        }
+    }
+
+    fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
+        let Some(mut em) = self
+            .entity(id)
+            .and_then(|e| self.world.get_entity_mut(e).ok())
+        else {
+            self.errors += 1;
+            return;
+        };
+        // bevy's `insert` adds or replaces, which is exactly "added or changed".
+        if let Some(t) = component.get::<Transform>() {
+            em.insert(t);
+        } else if let Some(h) = component.get::<Health>() {
+            em.insert(h);
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
+        let Some(mut em) = self
+            .entity(id)
+            .and_then(|e| self.world.get_entity_mut(e).ok())
+        else {
+            self.errors += 1;
+            return;
+        };
+        // `take` rather than `remove`: it says whether the component was there.
+        let done = if component.is::<Transform>() {
+            em.take::<Transform>().is_some()
+        } else if component.is::<Health>() {
+            em.take::<Health>().is_some()
+        } else {
+            false
+        };
+        if !done {
+            self.errors += 1;
+        }
+    }
+}
+
+/// Checks that `client` holds exactly what `snapshot` (the server's quantized state) says, by
+/// walking the client's bevy world, and that each replicated [`Transform`] is within half a
+/// quantization step of the server's own unquantized one. Returns the first difference.
+///
+/// It runs once per run, so it builds its queries with `World::try_query` from `&World` instead
+/// of caching them.
+pub fn verify(
+    registry: &Registry,
+    snapshot: &Snapshot,
+    server: &BevyServer,
+    client: &BevyClient,
+) -> Result<(), String> {
+    type Seen = (Entity, Owner, Option<Transform>, Option<Health>);
+    let mut seen: BTreeMap<EntityId, Seen> = BTreeMap::new();
+    let mut query = client
+        .world
+        .try_query::<(
+            Entity,
+            &NetId,
+            &NetOwner,
+            Option<&Transform>,
+            Option<&Health>,
+        )>()
+        .ok_or("the client's bevy world has not registered the replicated components")?;
+    for (e, id, owner, t, h) in query.iter(&client.world) {
+        if seen
+            .insert(id.0, (e, owner.0, t.copied(), h.copied()))
+            .is_some()
+        {
+            return Err(format!("{} appears twice in the client's bevy world", id.0));
+        }
+    }
+    let total = client.world.iter_entities().count();
+    if total != seen.len() {
+        return Err(format!(
+            "the client's bevy world has {} entities without a NetId or NetOwner",
+            total - seen.len()
+        ));
+    }
+    let expected: Vec<EntityId> = snapshot.entity_ids().collect();
+    if !seen.keys().eq(expected.iter()) {
+        let only_client: Vec<_> = seen.keys().filter(|id| !snapshot.contains(**id)).collect();
+        let only_server: Vec<_> = expected
+            .iter()
+            .filter(|id| !seen.contains_key(id))
+            .collect();
+        return Err(format!(
+            "entity sets differ: only on the client {only_client:?}, only on the server \
+             {only_server:?}"
+        ));
+    }
+    for (&id, &(e, owner, t, h)) in &seen {
+        if client.entity(id) != Some(e) {
+            return Err(format!("{id}: the client's id map points elsewhere"));
+        }
+        let server_owner = snapshot.owner(id);
+        if server_owner != Some(owner) {
+            return Err(format!(
+                "{id}: owner {owner} on the client, {server_owner:?} on the server"
+            ));
+        }
+        let st = snapshot.component::<Transform>(registry, id);
+        if st != t {
+            return Err(format!(
+                "{id}: transform {t:?} on the client, {st:?} in the server's snapshot"
+            ));
+        }
+        let sh = snapshot.component::<Health>(registry, id);
+        if sh != h {
+            return Err(format!(
+                "{id}: health {h:?} on the client, {sh:?} in the server's snapshot"
+            ));
+        }
+    }
+    // Half a step, plus the rounding of converting the dequantized f64 back to f32.
+    let near = |a: f32, b: f32, step: f32| (a - b).abs() <= step * 0.5 + 1e-4;
+    let mut server_query = server
+        .world
+        .try_query::<(&NetId, &Transform)>()
+        .ok_or("the server's bevy world has not registered NetId and Transform")?;
+    for (id, t) in server_query.iter(&server.world) {
+        let Some(c) = seen.get(&id.0).and_then(|s| s.2) else {
+            return Err(format!("{}: no transform on the client", id.0));
+        };
+        if !(near(c.x, t.x, POSITION_STEP)
+            && near(c.y, t.y, POSITION_STEP)
+            && near(c.angle, t.angle, ANGLE_STEP))
+        {
+            return Err(format!(
+                "{}: client transform {c:?} is not within half a step of the server's {t:?}",
+                id.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One client: its link, replicator and world.
+struct Peer {
+    id: ClientId,
+    addr: SocketAddr,
+    net: NetSim<LoopbackEndpoint>,
+    repl: ClientReplicator,
+    world: BevyClient,
+    summary: ClientSummary,
+}
+
+/// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over
+/// loopback + netsim ([`PROFILE`]), all randomness drawn from `seed`, then checks every client
+/// against the server (see [`verify`]).
+///
+/// Snapshots travel server → client as the replicator's packets, unframed; acks travel back as
+/// the acknowledged tick in 4 little-endian bytes. Both directions are impaired.
+pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
+    let registry = game::registry()?;
+    let link = LinkConfig::profile(PROFILE).expect("a built-in netsim profile");
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let mut server_net = NetSim::new(net.endpoint(), link.clone(), seed);
+    let server_addr = server_net.local_addr();
+
+    let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    let mut peers = Vec::new();
+    let mut by_addr = HashMap::new();
+    for (i, &id) in ids.iter().enumerate() {
+        server.add_client(id)?;
+        let endpoint = net.endpoint();
+        let addr = endpoint.local_addr();
+        by_addr.insert(addr, id);
+        // Each link gets its own stream of randomness derived from the seed.
+        let link_seed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        peers.push(Peer {
+            id,
+            addr,
+            net: NetSim::new(endpoint, link.clone(), link_seed),
+            repl: ClientReplicator::new(ClientConfig::default()),
+            world: BevyClient::new(),
+            summary: ClientSummary {
+                client: id,
+                applied: 0,
+                stale: 0,
+                decode_errors: 0,
+                sink_errors: 0,
+                bytes_received: 0,
+                matched_after: None,
+            },
+        });
+    }
+
+    let mut rng = GameRng::new(seed);
+    let mut game = BevyServer::new(&ids, &mut rng);
+    // The builder borrows the registry, so both live here rather than in one struct.
+    let mut builder = SnapshotBuilder::new(&registry);
+    let mut snapshot = Snapshot::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut packet = Vec::new();
+    let (mut acks_sent, mut bad_acks) = (0u64, 0u64);
+
+    for t in 0..ticks + QUIET_TICKS {
+        let active = t < ticks;
+        let now = Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
+        let tick = Tick(t + 1);
+        // The drain rule: advance every simulator, then read until empty, then send.
+        server_net.advance_to(now)?;
+        for p in &mut peers {
+            p.net.advance_to(now)?;
+        }
+
+        while let Some(got) = server_net.recv(&mut buf)? {
+            let from = by_addr.get(&got.from);
+            let ack = <[u8; 4]>::try_from(&buf[..got.len]);
+            let (Some(&from), Ok(ack)) = (from, ack) else {
+                bad_acks += 1;
+                continue;
+            };
+            server.handle_ack(from, Tick(u32::from_le_bytes(ack)))?;
+        }
+
+        if active {
+            game.step(t, &mut rng);
+        }
+        game.source().build(&mut builder);
+        builder.finish_into(&mut snapshot)?;
+        for p in &peers {
+            packet.clear();
+            server.encode_for(&registry, p.id, tick, &snapshot, &mut packet)?;
+            server_net.send(p.addr, &packet)?;
+        }
+
+        for p in &mut peers {
+            while let Some(got) = p.net.recv(&mut buf)? {
+                p.summary.bytes_received += got.len as u64;
+                match p
+                    .repl
+                    .handle_packet(&registry, &buf[..got.len], &mut p.world)
+                {
+                    Ok(Applied::Applied(_)) => p.summary.applied += 1,
+                    Ok(_) => p.summary.stale += 1,
+                    Err(_) => p.summary.decode_errors += 1,
+                }
+            }
+            if let Some(ack) = p.repl.ack() {
+                p.net.send(server_addr, &ack.0.to_le_bytes())?;
+                acks_sent += 1;
+            }
+            if !active && p.summary.matched_after.is_none() && p.repl.state() == &snapshot {
+                p.summary.matched_after = Some(t - ticks + 1);
+            }
+        }
+    }
+
+    for p in &mut peers {
+        p.summary.sink_errors = p.world.errors;
+        let diverged = |detail: String| RunError::Diverged {
+            seed,
+            client: p.id,
+            detail,
+        };
+        if p.repl.state() != &snapshot {
+            return Err(diverged(format!(
+                "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
+                 ({:016x})",
+                p.repl.state().len(),
+                p.repl.state().state_hash(),
+                snapshot.len(),
+                snapshot.state_hash()
+            )));
+        }
+        if p.world.errors != 0 {
+            return Err(diverged(format!(
+                "its bevy world rejected {} changes",
+                p.world.errors
+            )));
+        }
+        verify(&registry, &snapshot, &game, &p.world).map_err(diverged)?;
+    }
+
+    let down = server_net.stats();
+    let lost = |s: statewire_transport::netsim::NetSimStats| {
+        s.dropped_loss + s.dropped_burst + s.dropped_mtu + s.dropped_bandwidth + s.dropped_overflow
+    };
+    Ok(Summary {
+        example: "bevy_world",
+        seed,
+        link: format!(
+            "loopback + netsim profile {PROFILE:?} both ways ({bad_acks} malformed acks)"
+        ),
+        ticks,
+        quiet_ticks: QUIET_TICKS,
+        entities: game.replicated_len(),
+        events: game.events,
+        packets_sent: down.sent,
+        packets_lost: lost(down),
+        acks_sent,
+        acks_lost: peers.iter().map(|p| lost(p.net.stats())).sum(),
+        clients: peers.into_iter().map(|p| p.summary).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicate_once(game: &mut BevyServer, registry: &Registry) -> (Snapshot, BevyClient) {
+        let mut b = SnapshotBuilder::new(registry);
+        game.source().build(&mut b);
+        let snapshot = b.finish().unwrap();
+        let mut server = ServerReplicator::new(ServerConfig::default());
+        server.add_client(ClientId(1)).unwrap();
+        let mut packet = Vec::new();
+        server
+            .encode_for(registry, ClientId(1), Tick(1), &snapshot, &mut packet)
+            .unwrap();
+        let mut repl = ClientReplicator::new(ClientConfig::default());
+        let mut client = BevyClient::new();
+        repl.handle_packet(registry, &packet, &mut client).unwrap();
+        assert_eq!(repl.state(), &snapshot);
+        (snapshot, client)
+    }
+
+    fn count<T: Component>(world: &mut World) -> usize {
+        world.query::<&T>().iter(world).count()
+    }
+
+    #[test]
+    fn one_packet_fills_the_client_world_and_skips_server_only_state() {
+        let registry = game::registry().unwrap();
+        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
+        verify(&registry, &snapshot, &game, &client).unwrap();
+        // The spawn point has no NetId; NPC markers and velocities stay on the server.
+        assert_eq!(
+            client.world.iter_entities().count(),
+            game.world.iter_entities().count() - 1
+        );
+        assert_eq!(count::<Npc>(&mut client.world), 0);
+        assert_eq!(count::<Velocity>(&mut client.world), 0);
+        assert_eq!(client.errors, 0);
+    }
+
+    #[test]
+    fn the_snapshot_sees_archetypes_created_after_the_server_started() {
+        // Removing Health moves an NPC to an archetype the cached query has never seen; a stale
+        // cache would leave it out of the snapshot.
+        let registry = game::registry().unwrap();
+        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
+        let before = game.replicated_len();
+        let (_, e) = game.npcs::<()>()[0];
+        game.world.entity_mut(e).remove::<Health>();
+        game.world.spawn((
+            NetId(EntityId(500)),
+            NetOwner(Owner::Server),
+            Transform {
+                x: 0.0,
+                y: 0.0,
+                angle: 0.0,
+            },
+            Npc,
+        ));
+        let (snapshot, client) = replicate_once(&mut game, &registry);
+        assert_eq!(snapshot.len(), before + 1);
+        verify(&registry, &snapshot, &game, &client).unwrap();
+    }
+
+    #[test]
+    fn verify_reports_a_tampered_client() {
+        let registry = game::registry().unwrap();
+        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
+
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
+        let e = client.entity(EntityId(5)).unwrap();
+        client.world.get_mut::<Transform>(e).unwrap().x += 1.0;
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.starts_with("e5: transform"), "{err}");
+
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
+        let e = client.entity(EntityId(7)).unwrap();
+        client.world.entity_mut(e).remove::<Health>();
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.starts_with("e7: health"), "{err}");
+
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
+        client
+            .world
+            .spawn((NetId(EntityId(999)), NetOwner(Owner::Server)));
+        let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
+        assert!(err.contains("only on the client [EntityId(999)]"), "{err}");
+    }
+}

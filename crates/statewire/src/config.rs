@@ -64,6 +64,9 @@ pub enum DisconnectReason {
     ProtocolError,
     /// The transport's connection to the peer closed (connection-oriented transports).
     ConnectionClosed,
+    /// Server only: the client completed a new handshake from the same address (it
+    /// restarted), which replaced this session.
+    Replaced,
     /// Client only: the server refused the connection.
     Rejected {
         /// Why.
@@ -84,6 +87,9 @@ impl std::fmt::Display for DisconnectReason {
             DisconnectReason::ServerShutdown => f.write_str("server shut down"),
             DisconnectReason::ProtocolError => f.write_str("protocol error"),
             DisconnectReason::ConnectionClosed => f.write_str("connection closed"),
+            DisconnectReason::Replaced => {
+                f.write_str("replaced by a new session from the same address")
+            }
             DisconnectReason::Rejected {
                 reason: RejectReason::VersionMismatch,
                 server_version,

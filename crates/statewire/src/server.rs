@@ -430,7 +430,10 @@ impl<T: Transport, U> Server<T, U> {
                 let _ = self.transport.send(peer.addr, &self.out);
             }
         }
-        self.transport.close_peer(addr);
+        // A replaced session's address now belongs to the new one: keep its connection.
+        if reason != DisconnectReason::Replaced {
+            self.transport.close_peer(addr);
+        }
         self.events
             .push_back(ServerEvent::Disconnected(client, reason));
         true
@@ -528,7 +531,12 @@ impl<T: Transport, U> Server<T, U> {
             }
         };
         let known = self.by_addr.get(&from).copied();
-        if known.is_none() {
+        // Handshake packets count as unvalidated even from a known address: their replies do.
+        let handshake = matches!(
+            packet,
+            Packet::ConnectRequest { .. } | Packet::ChallengeResponse { .. }
+        );
+        if known.is_none() || handshake {
             self.stats.unvalidated_bytes_received += data.len() as u64;
         }
         let now_ms = self.now.as_millis() as u64;
@@ -539,9 +547,9 @@ impl<T: Transport, U> Server<T, U> {
                 salt,
                 channels,
             } => {
-                if known.is_some() {
-                    return; // an established session; the client will time out its retry
-                }
+                // A request from an address with a live session is answered like any other: a
+                // client that restarted on the same port completes a new handshake, which then
+                // replaces its old session (see ChallengeResponse). Challenges are stateless.
                 let reason = if protocol != self.config.protocol_id {
                     Some(RejectReason::ProtocolMismatch)
                 } else if version != self.config.version {
@@ -577,9 +585,9 @@ impl<T: Transport, U> Server<T, U> {
             }
             Packet::ChallengeResponse { salt, cookie } => {
                 if let Some(id) = known {
-                    // Our Accepted was lost: say it again.
                     if let Some(p) = self.peers.get(&id) {
                         if p.salt == salt {
+                            // Our Accepted was lost: say it again.
                             let token = p.token;
                             self.out.clear();
                             Packet::Accepted {
@@ -589,9 +597,9 @@ impl<T: Transport, U> Server<T, U> {
                             }
                             .encode(&mut self.out);
                             let _ = self.transport.send(from, &self.out);
+                            return;
                         }
                     }
-                    return;
                 }
                 let server_version = self.config.version;
                 if cookie.expires_ms < now_ms
@@ -607,6 +615,11 @@ impl<T: Transport, U> Server<T, U> {
                         },
                     );
                     return;
+                }
+                if let Some(old) = known {
+                    // A new attempt (new salt) that proved it receives at this address: the
+                    // client restarted; its old session is over.
+                    self.drop_peer(old, DisconnectReason::Replaced, None);
                 }
                 if self.peers.len() >= self.config.max_clients {
                     self.stats.rejected_full += 1;

@@ -548,3 +548,46 @@ fn corrupted_data_packets_are_dropped_by_the_mac() {
     assert_eq!(got, sent, "corruption must be dropped, then resent intact");
     assert!(server.stats().unknown_peer > 20, "{:?}", server.stats());
 }
+
+/// A client that restarts on the same address (new salt) replaces its old session at once
+/// instead of waiting for the idle timeout; a stranger cannot, since the challenge goes to the
+/// address.
+#[test]
+fn restarted_client_on_the_same_address_replaces_its_session() {
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let mut server: Server<_> = Server::new(net.endpoint(), SessionConfig::default(), KEY).unwrap();
+    let addr = server.local_addr();
+    let first = net.endpoint();
+    let client_addr = first.local_addr();
+    let mut a = Client::new(first, addr, SessionConfig::default(), Duration::ZERO, 1).unwrap();
+    let mut now = Duration::ZERO;
+    for _ in 0..10 {
+        now += STEP;
+        a.update(now).unwrap();
+        server.update(now).unwrap();
+    }
+    let old_id = a.id().expect("connected");
+    while server.poll_event().is_some() {}
+    drop(a); // the process dies; its address is free again
+    let again = net.bind(client_addr).unwrap();
+    let mut b = Client::new(again, addr, SessionConfig::default(), now, 2).unwrap();
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        now += STEP;
+        b.update(now).unwrap();
+        server.update(now).unwrap();
+        while let Some(ev) = server.poll_event() {
+            events.push(ev);
+        }
+    }
+    let new_id = b.id().expect("reconnected");
+    assert_ne!(new_id, old_id);
+    assert_eq!(
+        events,
+        vec![
+            ServerEvent::Disconnected(old_id, DisconnectReason::Replaced),
+            ServerEvent::Connected(new_id)
+        ]
+    );
+    assert_eq!(server.client_count(), 1);
+}

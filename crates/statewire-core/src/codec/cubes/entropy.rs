@@ -1,5 +1,5 @@
-//! Entropy-coded codec: physics prediction from two baselines, adaptive binary range coding
-//! with context models, and optionally model state carried from packet to packet.
+//! Entropy-coded codec: physics prediction from two baselines, adaptive range coding with
+//! context models, and optionally model state carried from packet to packet.
 //!
 //! # What both sides know
 //!
@@ -23,21 +23,27 @@
 //! - position: if the cube moved from `p` to `b`, constant velocity `b + (b − p)`, plus an
 //!   adaptive bias per context (motion class × off-the-floor × axis; the LOCO-I / JPEG-LS
 //!   correction scheme), which learns gravity for falling cubes (starting from `g·T²` = 50
-//!   units down) and drag for sliding ones; never below the lowest `z` of the baseline frame
-//!   (the floor). A cube that did not move is predicted to stay.
+//!   units down) and drag for sliding ones (horizontal residuals are coded relative to the
+//!   direction of motion, so slowing down has one sign whichever way the cube goes); never
+//!   below the lowest `z` of the baseline frame (the floor). A cube that did not move is
+//!   predicted to stay.
 //! - orientation: the rotation from `p` to `b` applied once more to `b`, in `f64` with only
 //!   `+ − × ÷` and `sqrt` (correctly rounded everywhere, never fused by rustc), re-quantized in
 //!   the smallest-three form of the coded largest index, so encoder and decoder agree bit for
-//!   bit. A cube at rest is predicted exactly as it was.
+//!   bit. A cube that did not turn from `p` to `b` is predicted exactly as it was.
 //!
 //! # Coding
 //!
-//! Every value is a binary decision or an adaptive Elias-gamma integer
-//! ([`crate::codec::range::IntModel`]) coded with [`crate::codec::range`]. Contexts:
+//! Flags are binary decisions; each residual is one multi-symbol decision for its magnitude
+//! bucket (zero, one, or bit length and the bit under the leading one), a modelled sign and
+//! raw low bits ([`crate::codec::range::ResidualModel`]), all with [`crate::codec::range`].
+//! Contexts:
 //!
-//! - changed flag: how much the cube moved from `p` to `b` (four classes), whether it was
+//! - changed flag: how much the cube moved from `p` to `b` (six classes), whether it was
 //!   interacting, whether the previous cube changed in this packet, and its distance from the
-//!   player's new position (cube 0 is coded first);
+//!   player's new position (cube 0 is coded first). Quiet cubes (at rest, not interacting,
+//!   more than 10 m from the player) are coded after the others, 32 at a time behind one
+//!   "any changed" flag;
 //! - residuals: the motion class, and the magnitude of the residual coded just before (the
 //!   previous axis of this cube, or the previous changed cube for the first one), so a collision
 //!   that breaks one prediction widens the distributions of the others.

@@ -118,10 +118,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-#[inline]
-fn fits(v: i32, width: u32) -> bool {
-    let half = 1i32 << (width - 1);
-    (-half..half).contains(&v)
+/// The first class of `widths` whose two's complement holds all of `d` (3 if none), without
+/// branches: `v ^ (v >> 31)` maps −2^(w−1)..2^(w−1) onto 0..2^(w−1).
+#[inline(always)]
+fn width_class(d: [i32; 3], widths: [u32; 3]) -> usize {
+    let m = d.iter().map(|&v| (v ^ (v >> 31)) as u32).max().unwrap_or(0);
+    widths.iter().map(|&w| usize::from(m >= 1 << (w - 1))).sum()
 }
 
 #[inline]
@@ -166,9 +168,11 @@ pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usi
     // A branch-free comparison pass into a bitmap (no loop-carried dependency but the word),
     // then the changed indices from its set bits.
     let mut words = [0u64; NUM_CUBES.div_ceil(64)];
+    let (bc, tc) = (baseline.cubes(), target.cubes());
+    // Whole 64-cube chunks have a fixed trip count (unrolled), then the rest.
     for (word, (bs, ts)) in words
         .iter_mut()
-        .zip(baseline.cubes().chunks(64).zip(target.cubes().chunks(64)))
+        .zip(bc.chunks_exact(64).zip(tc.chunks_exact(64)))
     {
         let mut bits = 0u64;
         for (k, (b, t)) in bs.iter().zip(ts).enumerate() {
@@ -176,6 +180,12 @@ pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usi
         }
         *word = bits;
     }
+    let full = NUM_CUBES / 64 * 64;
+    let mut bits = 0u64;
+    for (k, (b, t)) in bc[full..].iter().zip(&tc[full..]).enumerate() {
+        bits |= u64::from(b != t) << k;
+    }
+    words[NUM_CUBES / 64] = bits;
     let mut changed = [0u16; NUM_CUBES];
     let mut n = 0;
     for (k, &word) in words.iter().enumerate() {
@@ -241,10 +251,7 @@ fn write_cube(w: &mut Writer<'_>, head: u64, head_len: u32, b: &CubeState, t: &C
             i32::from(t.b) - i32::from(b.b),
             i32::from(t.c) - i32::from(b.c),
         ];
-        let class = ORIENT_WIDTHS
-            .iter()
-            .position(|&wd| d.iter().all(|&x| fits(x, wd)))
-            .unwrap_or(3);
+        let class = width_class(d, ORIENT_WIDTHS);
         // '1' '0' class
         v |= (0b01 | (class as u64) << 2) << len;
         len += 4;
@@ -264,11 +271,8 @@ fn write_cube(w: &mut Writer<'_>, head: u64, head_len: u32, b: &CubeState, t: &C
     }
     w.put(v, len);
     let d = [t.x - b.x, t.y - b.y, t.z - b.z];
-    match POS_WIDTHS
-        .iter()
-        .position(|&wd| d.iter().all(|&x| fits(x, wd)))
-    {
-        Some(class) => {
+    match width_class(d, POS_WIDTHS) {
+        class @ 0..3 => {
             let wd = POS_WIDTHS[class];
             let v = class as u64
                 | mask(d[0], wd) << 2
@@ -276,7 +280,7 @@ fn write_cube(w: &mut Writer<'_>, head: u64, head_len: u32, b: &CubeState, t: &C
                 | mask(d[2], wd) << (2 + 2 * wd);
             w.put(v, 2 + 3 * wd);
         }
-        None => {
+        _ => {
             let v = 3
                 | ((t.x + XY_LIMIT) as u64) << 2
                 | ((t.y + XY_LIMIT) as u64) << 17

@@ -427,32 +427,47 @@ fn code_frame<I: Io>(
     }
     let (px, py) = (i64::from(c.x), i64::from(c.y));
 
-    // Classify every cube first (branch-free). Quiet cubes (at rest, not interacting, far from
+    // Classify every cube first. Quiet cubes (at rest, not interacting, far from
     // the player) almost never change: their flags go in groups behind one "any changed" flag,
     // so a packet spends about one binary decision per group on them instead of one per cube.
+    // Which cubes moved from `p` to `b`, one branch-free comparison pass into a bitmap; the
+    // motion class itself is computed for active cubes only.
+    let mut moved = [0u64; NUM_CUBES.div_ceil(64)];
+    for (word, (ps, bs)) in moved.iter_mut().zip(pf.chunks(64).zip(bf.chunks(64))) {
+        let mut bits = 0u64;
+        for (k, (p, b)) in ps.iter().zip(bs).enumerate() {
+            bits |= u64::from(p != b) << k;
+        }
+        *word = bits;
+    }
     let mut active = [0u16; NUM_CUBES];
     let mut active_ctx = [0u8; NUM_CUBES];
     let mut quiet = [0u16; NUM_CUBES];
     let (mut na, mut nq) = (0, 0);
-    for (i, (p, b)) in pf.iter().zip(bf).enumerate().skip(1) {
-        let motion = motion_class(p, b);
+    for (i, b) in bf.iter().enumerate().skip(1) {
+        let still = (moved[i / 64] >> (i % 64)) & 1 == 0;
         let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
         let d2 = dx * dx + dy * dy;
         let near =
             usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512));
-        let ctx = (motion * NEAR_CLASSES + near) * 2 + usize::from(b.interacting);
-        let is_quiet = motion == 0 && near >= QUIET_NEAR && !b.interacting;
+        let is_quiet = still && near >= QUIET_NEAR && !b.interacting;
         active[na] = i as u16;
-        active_ctx[na] = ctx as u8;
+        active_ctx[na] = (near * 2 + usize::from(b.interacting)) as u8;
         quiet[nq] = i as u16;
         na += usize::from(!is_quiet);
         nq += usize::from(is_quiet);
     }
 
     let mut prev_changed = true;
-    for (&i, &ctx) in active[..na].iter().zip(&active_ctx[..na]) {
-        let (i, ctx) = (usize::from(i), usize::from(ctx));
+    for (&i, &near_ctx) in active[..na].iter().zip(&active_ctx[..na]) {
+        let i = usize::from(i);
         let b = &bf[i];
+        let motion = if (moved[i / 64] >> (i % 64)) & 1 == 1 {
+            motion_class(&pf[i], b)
+        } else {
+            0
+        };
+        let ctx = motion * NEAR_CLASSES * 2 + usize::from(near_ctx);
         let changed = io.bit(
             &mut m.changed[ctx * 2 + usize::from(prev_changed)],
             I::ENCODING && input[i] != *b,
@@ -460,7 +475,6 @@ fn code_frame<I: Io>(
         prev_changed = changed;
         if changed {
             let mut c = input[i];
-            let motion = ctx / (NEAR_CLASSES * 2);
             last_mag =
                 code_cube(io, m, motion, &pf[i], b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
             out[i] = c;

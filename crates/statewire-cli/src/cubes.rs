@@ -6,7 +6,6 @@
 //!   [--json]` codes every packet (frame `i` against frame `i − 6`), decodes it, checks the
 //!   result equals frame `i` exactly, and reports size, bandwidth and speed.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -207,25 +206,13 @@ pub(crate) fn main(args: CubesArgs) -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", report.render());
-            if a.json {
-                match serde_json::to_string(&report) {
-                    Ok(line) => {
-                        let _ = writeln!(out, "{line}");
-                    }
-                    Err(e) => {
-                        eprintln!("statewire: cannot serialize report: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if report.lossless {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("statewire: the codec was not lossless");
-                ExitCode::from(2)
-            }
+            crate::print_report(
+                &report.render(),
+                &report,
+                a.json,
+                report.lossless,
+                "the codec was not lossless",
+            )
         }
     }
 }

@@ -117,31 +117,47 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
     match result {
-        Ok(report) => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", report.render());
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(line) => {
-                        let _ = writeln!(out, "{line}");
-                    }
-                    Err(e) => {
-                        eprintln!("statewire: cannot serialize report: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if report.converged {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("statewire: clients did not converge (seed {})", cfg.seed);
-                ExitCode::from(2)
-            }
-        }
+        Ok(report) => print_report(
+            &report.render(),
+            &report,
+            args.json,
+            report.converged,
+            &format!("clients did not converge (seed {})", cfg.seed),
+        ),
         Err(e) => {
             eprintln!("statewire: {e} (seed {})", cfg.seed);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a run's readable report and, with `json`, the report as the last line. The exit code
+/// is 0 when `ok`, 2 (after `failure` on stderr) when not, 1 if the JSON cannot be written.
+fn print_report(
+    text: &str,
+    report: &impl serde::Serialize,
+    json: bool,
+    ok: bool,
+    failure: &str,
+) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => {
+                let _ = writeln!(out, "{line}");
+            }
+            Err(e) => {
+                eprintln!("statewire: cannot serialize report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("statewire: {failure}");
+        ExitCode::from(2)
     }
 }
 

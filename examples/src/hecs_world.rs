@@ -20,30 +20,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner, Registry,
-    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink, WorldSource,
+    ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, WorldSink,
+    WorldSource,
 };
-use statewire_transport::Transport;
-use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
-use statewire_transport::netsim::{LinkConfig, NetSim};
 
 use crate::game::{
     self, ANGLE_STEP, GameEvents, GameRng, Health, INITIAL_NPCS, POSITION_STEP, TICK_HZ, TickPlan,
     Transform,
 };
-use crate::{ClientSummary, RunError, Summary};
+use crate::{RunError, Summary};
 
-/// Ticks without changes after the active ones. Three seconds: the `poor` profile's round trip
-/// is about 400 ms, and a few lost packets in a row only cost a tick each.
-pub const QUIET_TICKS: u32 = 90;
-/// Clients in a run.
-pub const CLIENTS: u64 = 2;
-/// The netsim profile both directions use.
-pub const PROFILE: &str = "poor";
+use crate::netsim_run::{self, Engine};
+pub use crate::netsim_run::{CLIENTS, PROFILE, QUIET_TICKS};
 
 /// The wire name of a replicated entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -481,16 +471,6 @@ pub fn verify(
     Ok(())
 }
 
-/// One client: its link, replicator and world.
-struct Peer {
-    id: ClientId,
-    addr: SocketAddr,
-    net: NetSim<LoopbackEndpoint>,
-    repl: ClientReplicator,
-    world: HecsClient,
-    summary: ClientSummary,
-}
-
 /// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over
 /// loopback + netsim ([`PROFILE`]), all randomness drawn from `seed`, then checks every client
 /// against the server (see [`verify`]).
@@ -498,154 +478,48 @@ struct Peer {
 /// Snapshots travel server → client as the replicator's packets, unframed; acks travel back as
 /// the acknowledged tick in 4 little-endian bytes. Both directions are impaired.
 pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
-    let registry = game::registry()?;
-    let link = LinkConfig::profile(PROFILE).expect("a built-in netsim profile");
-    let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut server_net = NetSim::new(net.endpoint(), link.clone(), seed);
-    let server_addr = server_net.local_addr();
+    netsim_run::run::<HecsServer>(seed, ticks)
+}
 
-    let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
-    let mut server = ServerReplicator::new(ServerConfig::default());
-    let mut peers = Vec::new();
-    let mut by_addr = HashMap::new();
-    for (i, &id) in ids.iter().enumerate() {
-        server.add_client(id)?;
-        let endpoint = net.endpoint();
-        let addr = endpoint.local_addr();
-        by_addr.insert(addr, id);
-        // Each link gets its own stream of randomness derived from the seed.
-        let link_seed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        peers.push(Peer {
-            id,
-            addr,
-            net: NetSim::new(endpoint, link.clone(), link_seed),
-            repl: ClientReplicator::new(ClientConfig::default()),
-            world: HecsClient::new(),
-            summary: ClientSummary {
-                client: id,
-                applied: 0,
-                stale: 0,
-                decode_errors: 0,
-                sink_errors: 0,
-                bytes_received: 0,
-                matched_after: None,
-            },
-        });
+impl Engine for HecsServer {
+    type Client = HecsClient;
+    const EXAMPLE: &'static str = "hecs_world";
+    const WORLD: &'static str = "hecs";
+    fn new(clients: &[ClientId], rng: &mut GameRng) -> Self {
+        HecsServer::new(clients, rng)
     }
-
-    let mut rng = GameRng::new(seed);
-    let mut game = HecsServer::new(&ids, &mut rng);
-    // The builder borrows the registry, so both live here rather than in one struct.
-    let mut builder = SnapshotBuilder::new(&registry);
-    let mut snapshot = Snapshot::new();
-    let mut buf = vec![0u8; 65_536];
-    let mut packet = Vec::new();
-    let (mut acks_sent, mut bad_acks) = (0u64, 0u64);
-
-    for t in 0..ticks + QUIET_TICKS {
-        let active = t < ticks;
-        let now = Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
-        let tick = Tick(t + 1);
-        // The drain rule: advance every simulator, then read until empty, then send.
-        server_net.advance_to(now)?;
-        for p in &mut peers {
-            p.net.advance_to(now)?;
-        }
-
-        while let Some(got) = server_net.recv(&mut buf)? {
-            let from = by_addr.get(&got.from);
-            let ack = <[u8; 4]>::try_from(&buf[..got.len]);
-            let (Some(&from), Ok(ack)) = (from, ack) else {
-                bad_acks += 1;
-                continue;
-            };
-            server.handle_ack(from, Tick(u32::from_le_bytes(ack)))?;
-        }
-
-        if active {
-            game.step(t, &mut rng);
-        }
-        game.build(&mut builder);
-        builder.finish_into(&mut snapshot)?;
-        for p in &peers {
-            packet.clear();
-            server.encode_for(&registry, p.id, tick, &snapshot, &mut packet)?;
-            server_net.send(p.addr, &packet)?;
-        }
-
-        for p in &mut peers {
-            while let Some(got) = p.net.recv(&mut buf)? {
-                p.summary.bytes_received += got.len as u64;
-                match p
-                    .repl
-                    .handle_packet(&registry, &buf[..got.len], &mut p.world)
-                {
-                    Ok(Applied::Applied(_)) => p.summary.applied += 1,
-                    Ok(_) => p.summary.stale += 1,
-                    Err(_) => p.summary.decode_errors += 1,
-                }
-            }
-            if let Some(ack) = p.repl.ack() {
-                p.net.send(server_addr, &ack.0.to_le_bytes())?;
-                acks_sent += 1;
-            }
-            if !active && p.summary.matched_after.is_none() && p.repl.state() == &snapshot {
-                p.summary.matched_after = Some(t - ticks + 1);
-            }
-        }
+    fn step(&mut self, tick: u32, rng: &mut GameRng) {
+        HecsServer::step(self, tick, rng);
     }
-
-    for p in &mut peers {
-        p.summary.sink_errors = p.world.errors;
-        let diverged = |detail: String| RunError::Diverged {
-            seed,
-            client: p.id,
-            detail,
-        };
-        if p.repl.state() != &snapshot {
-            return Err(diverged(format!(
-                "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
-                 ({:016x})",
-                p.repl.state().len(),
-                p.repl.state().state_hash(),
-                snapshot.len(),
-                snapshot.state_hash()
-            )));
-        }
-        if p.world.errors != 0 {
-            return Err(diverged(format!(
-                "its hecs world rejected {} changes",
-                p.world.errors
-            )));
-        }
-        verify(&registry, &snapshot, &game, &p.world).map_err(diverged)?;
+    fn build(&mut self, builder: &mut SnapshotBuilder<'_>) {
+        WorldSource::build(self, builder);
     }
-
-    let down = server_net.stats();
-    let lost = |s: statewire_transport::netsim::NetSimStats| {
-        s.dropped_loss + s.dropped_burst + s.dropped_mtu + s.dropped_bandwidth + s.dropped_overflow
-    };
-    Ok(Summary {
-        example: "hecs_world",
-        seed,
-        link: format!(
-            "loopback + netsim profile {PROFILE:?} both ways ({bad_acks} malformed acks)"
-        ),
-        ticks,
-        quiet_ticks: QUIET_TICKS,
-        entities: game.replicated_len(),
-        events: game.events,
-        packets_sent: down.sent,
-        packets_lost: lost(down),
-        acks_sent,
-        acks_lost: peers.iter().map(|p| lost(p.net.stats())).sum(),
-        clients: peers.into_iter().map(|p| p.summary).collect(),
-    })
+    fn replicated_len(&mut self) -> usize {
+        HecsServer::replicated_len(self)
+    }
+    fn events(&self) -> GameEvents {
+        self.events
+    }
+    fn client() -> HecsClient {
+        HecsClient::new()
+    }
+    fn client_errors(client: &HecsClient) -> u64 {
+        client.errors
+    }
+    fn verify(
+        &self,
+        registry: &Registry,
+        snapshot: &Snapshot,
+        client: &HecsClient,
+    ) -> Result<(), String> {
+        verify(registry, snapshot, self, client)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use statewire_core::{ClientConfig, ClientReplicator, ServerConfig, ServerReplicator, Tick};
 
     fn replicate_once(game: &HecsServer, registry: &Registry) -> (Snapshot, HecsClient) {
         let mut b = SnapshotBuilder::new(registry);

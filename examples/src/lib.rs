@@ -33,6 +33,7 @@ use statewire_transport::TransportError;
 pub mod bevy_world;
 pub mod game;
 pub mod hecs_world;
+mod netsim_run;
 pub mod plain_vec;
 
 /// Why a run stopped.

@@ -336,9 +336,7 @@ pub fn encode_delta(
             enc.encode_int(&mut models[v.field], v.delta);
         }
         enc.finish();
-        let at = out.len();
-        crate::events::put_varint(out, bits_buf.len() as u64);
-        out[at..].reverse();
+        crate::bits::put_trailer(out, bits_buf.len());
     }
     scratch.bits = bits_buf;
     stats.bytes = out.len() - start_len;
@@ -743,19 +741,7 @@ struct TailDecoder<'a> {
 
 /// Reads the backwards varint at the end of an entropy-framed packet: (value, its length).
 fn read_trailer(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
-    let mut v: u64 = 0;
-    for (i, &b) in bytes.iter().rev().take(5).enumerate() {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if i > 0 && b == 0 {
-                break; // non-canonical
-            }
-            return usize::try_from(v)
-                .map(|v| (v, i + 1))
-                .map_err(|_| crate::events::EventDecodeError::Malformed.into());
-        }
-    }
-    Err(crate::events::EventDecodeError::Malformed.into())
+    crate::bits::read_trailer(bytes).ok_or_else(|| crate::events::EventDecodeError::Malformed.into())
 }
 
 /// Fresh models, one per registered field (only entropy-coded fields use theirs).

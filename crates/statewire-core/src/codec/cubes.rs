@@ -401,6 +401,10 @@ pub enum DecodeError {
     /// The changed-cube list is malformed (indices out of order or past the last cube).
     #[error("bad cube index")]
     BadIndex,
+    /// The length of an entropy-coded packet's raw-bit stream is missing or larger than the
+    /// packet.
+    #[error("bad stream length in entropy-coded packet")]
+    Framing,
     /// A decoded value is outside its field's range.
     #[error("cube {cube}: decoded {field} out of range")]
     OutOfRange {

@@ -348,6 +348,21 @@ impl<'a> RangeEncoder<'a> {
     /// that need losslessness check ranges).
     #[inline(always)]
     pub fn encode_residual<const N: usize>(&mut self, model: &mut ResidualModel<N>, value: i32) {
+        let (low, bits) = self.encode_residual_head(model, value);
+        self.encode_bits(low, bits);
+    }
+
+    /// Codes the magnitude bucket and the sign of `value` like
+    /// [`RangeEncoder::encode_residual`], but returns its low mantissa bits as `(bits, count)`
+    /// instead of coding them: they are uniformly distributed, so a caller can store them in a
+    /// plain bit stream (cheaper than halving the range once per bit) and hand them back to
+    /// [`ResidualHead::value`] when decoding.
+    #[inline(always)]
+    pub fn encode_residual_head<const N: usize>(
+        &mut self,
+        model: &mut ResidualModel<N>,
+        value: i32,
+    ) -> (u32, u32) {
         let m = value.unsigned_abs().min(ResidualModel::<N>::MAX_MAGNITUDE);
         let len = 32 - m.leading_zeros();
         if len <= 1 {
@@ -355,13 +370,13 @@ impl<'a> RangeEncoder<'a> {
             if m == 1 {
                 self.encode_bit(&mut model.sign[0], value < 0);
             }
-            return;
+            return (0, 0);
         }
         let below = len - 2;
         let top = (m >> below) & 1;
         self.encode_symbol(&mut model.sym, (2 * (len - 1) + top) as usize);
         self.encode_bit(&mut model.sign[Self::sign_class(len)], value < 0);
-        self.encode_bits(m & ((1 << below) - 1), below);
+        (m & ((1 << below) - 1), below)
     }
 
     /// Information coded so far, in bits: bytes output (and held back for carries) plus the
@@ -547,19 +562,36 @@ impl<'a> RangeDecoder<'a> {
     /// Decodes an integer coded with [`RangeEncoder::encode_residual`].
     #[inline(always)]
     pub fn decode_residual<const N: usize>(&mut self, model: &mut ResidualModel<N>) -> i32 {
+        let head = self.decode_residual_head(model);
+        let low = self.decode_bits(head.low_bits());
+        head.value(low)
+    }
+
+    /// Decodes what [`RangeEncoder::encode_residual_head`] coded: complete it with the low
+    /// bits from wherever the encoder's caller stored them.
+    #[inline(always)]
+    pub fn decode_residual_head<const N: usize>(
+        &mut self,
+        model: &mut ResidualModel<N>,
+    ) -> ResidualHead {
         let b = self.decode_symbol(&mut model.sym) as u32;
-        let (m, negative) = if b <= 1 {
-            (b, b == 1 && self.decode_bit(&mut model.sign[0]))
+        if b <= 1 {
+            let negative = b == 1 && self.decode_bit(&mut model.sign[0]);
+            ResidualHead {
+                high: b,
+                low_bits: 0,
+                negative,
+            }
         } else {
             let len = b / 2 + 1;
             let below = len - 2;
             let negative = self.decode_bit(&mut model.sign[RangeEncoder::sign_class(len)]);
-            let raw = self.decode_bits(below);
-            (1 << (len - 1) | (b & 1) << below | raw, negative)
-        };
-        // m < 2^31 because N ≤ 62 for a ResidualModel.
-        let m = m as i32;
-        if negative { -m } else { m }
+            ResidualHead {
+                high: 1 << (len - 1) | (b & 1) << below,
+                low_bits: below,
+                negative,
+            }
+        }
     }
 
     /// Fails with [`RangeError::Truncated`] if the decoder has already read past the end of
@@ -699,6 +731,30 @@ impl<const N: usize> SymbolModel<N> {
             let t = i + (lift & -i16::from(i > s));
             *c += (t - *c) >> rate;
         }
+    }
+}
+
+/// A residual decoded up to its low mantissa bits ([`RangeDecoder::decode_residual_head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidualHead {
+    high: u32,
+    low_bits: u32,
+    negative: bool,
+}
+
+impl ResidualHead {
+    /// How many low bits the value still needs (below 31).
+    #[must_use]
+    pub const fn low_bits(&self) -> u32 {
+        self.low_bits
+    }
+
+    /// The residual, given its low bits (higher bits of `low` are ignored).
+    #[must_use]
+    pub const fn value(self, low: u32) -> i32 {
+        // `high` < 2^31 because N ≤ 62 for a ResidualModel.
+        let m = (self.high | (low & ((1u32 << self.low_bits) - 1))) as i32;
+        if self.negative { -m } else { m }
     }
 }
 

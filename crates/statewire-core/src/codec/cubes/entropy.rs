@@ -51,6 +51,7 @@
 use super::{
     Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT,
 };
+use crate::bits::{BitReader, BitWriter};
 use crate::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
 
 /// Gravity over one baseline interval in position units: 9.81 m/s² × (0.1 s)² × 512 ≈ 50. The
@@ -175,6 +176,8 @@ pub struct EntropyCodec {
     fresh: Box<Models>,
     models: Box<Models>,
     scratch: Frame,
+    /// The raw bit stream of the packet being encoded.
+    raw: Vec<u8>,
 }
 
 impl Default for EntropyCodec {
@@ -196,38 +199,62 @@ trait Io {
     fn tree4(&mut self, m: &mut BitTree<4>, v: u32) -> u32;
 }
 
-impl Io for RangeEncoder<'_> {
+/// The encoder: modelled decisions into the range coder, the uniformly distributed low bits
+/// of residuals into a plain bit stream beside it (see [`EntropyCodec::encode`]).
+struct Enc<'a, 'b> {
+    rc: RangeEncoder<'a>,
+    raw: BitWriter<'b>,
+}
+
+impl Io for Enc<'_, '_> {
     const ENCODING: bool = true;
     #[inline(always)]
     fn bit(&mut self, m: &mut BitModel, bit: bool) -> bool {
-        self.encode_bit(m, bit);
+        self.rc.encode_bit(m, bit);
         bit
     }
     #[inline(always)]
     fn int<const N: usize>(&mut self, m: &mut ResidualModel<N>, v: i32) -> i32 {
-        self.encode_residual(m, v);
+        let (low, bits) = self.rc.encode_residual_head(m, v);
+        self.raw.write(low, bits);
         v
     }
     #[inline(always)]
     fn tree4(&mut self, m: &mut BitTree<4>, v: u32) -> u32 {
-        self.encode_tree(m, v);
+        self.rc.encode_tree(m, v);
         v
     }
 }
 
-impl Io for RangeDecoder<'_> {
+/// The decoder; a read past the end of the raw bit stream yields zeros and is reported after
+/// the frame (`overrun`), like the range decoder's.
+struct Dec<'a> {
+    rc: RangeDecoder<'a>,
+    raw: BitReader<'a>,
+    overrun: bool,
+}
+
+impl Io for Dec<'_> {
     const ENCODING: bool = false;
     #[inline(always)]
     fn bit(&mut self, m: &mut BitModel, _: bool) -> bool {
-        self.decode_bit(m)
+        self.rc.decode_bit(m)
     }
     #[inline(always)]
     fn int<const N: usize>(&mut self, m: &mut ResidualModel<N>, _: i32) -> i32 {
-        self.decode_residual(m)
+        let head = self.rc.decode_residual_head(m);
+        let low = match self.raw.read(head.low_bits()) {
+            Ok(v) => v,
+            Err(_) => {
+                self.overrun = true;
+                0
+            }
+        };
+        head.value(low)
     }
     #[inline(always)]
     fn tree4(&mut self, m: &mut BitTree<4>, _: u32) -> u32 {
-        self.decode_tree(m)
+        self.rc.decode_tree(m)
     }
 }
 
@@ -239,6 +266,7 @@ impl EntropyCodec {
             fresh: Box::new(Models::new()),
             models: Box::new(Models::new()),
             scratch: Frame::default(),
+            raw: Vec::new(),
         }
     }
 
@@ -250,6 +278,10 @@ impl EntropyCodec {
     }
 
     /// Encodes `target` against `base`, appending to `out`; returns the bytes appended.
+    ///
+    /// The packet is the range-coded stream, then the raw low bits of the residuals (a plain
+    /// LSB-first bit stream, zero-padded to a byte), then the raw stream's length in bytes as
+    /// a varint written backwards.
     pub fn encode(
         &mut self,
         base: Baselines<'_>,
@@ -258,16 +290,25 @@ impl EntropyCodec {
     ) -> Result<usize, EncodeError> {
         // Out-of-range values of changed cubes fail the range checks of `code_cube`.
         self.start(&base);
-        let mut enc = RangeEncoder::new(out);
+        let start = out.len();
+        self.raw.clear();
+        let mut io = Enc {
+            rc: RangeEncoder::new(out),
+            raw: BitWriter::new(&mut self.raw),
+        };
         code_frame(
-            &mut enc,
+            &mut io,
             &mut self.models,
             base,
             target.cubes(),
             self.scratch.cubes_mut(),
         )
         .map_err(|(cube, field)| EncodeError::OutOfRange { cube, field })?;
-        Ok(enc.finish())
+        io.rc.finish();
+        let raw_len = io.raw.finish();
+        out.extend_from_slice(&self.raw);
+        crate::bits::put_trailer(out, raw_len);
+        Ok(out.len() - start)
     }
 
     /// Decodes a packet made by [`EntropyCodec::encode`] with the same baselines (and state)
@@ -278,17 +319,36 @@ impl EntropyCodec {
         data: &[u8],
         out: &mut Frame,
     ) -> Result<(), DecodeError> {
+        let (raw_len, trailer) = crate::bits::read_trailer(data).ok_or(DecodeError::Framing)?;
+        let coded_len = data
+            .len()
+            .checked_sub(trailer)
+            .and_then(|n| n.checked_sub(raw_len))
+            .ok_or(DecodeError::Framing)?;
+        let (coded, raw) = data[..data.len() - trailer].split_at(coded_len);
         self.start(&base);
-        let mut dec = RangeDecoder::new(data);
+        let mut io = Dec {
+            rc: RangeDecoder::new(coded),
+            raw: BitReader::new(raw),
+            overrun: false,
+        };
         code_frame(
-            &mut dec,
+            &mut io,
             &mut self.models,
             base,
             base.base.cubes(),
             out.cubes_mut(),
         )
         .map_err(|(cube, field)| DecodeError::OutOfRange { cube, field })?;
-        dec.finish()?;
+        io.rc.finish()?;
+        if io.overrun {
+            return Err(crate::bits::BitError::Eof {
+                wanted: 1,
+                remaining: 0,
+            }
+            .into());
+        }
+        io.raw.finish()?;
         Ok(())
     }
 

@@ -14,9 +14,27 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use statewire_core::codec::cubes::entropy::{EntropyCodec, EntropyState};
 use statewire_core::codec::cubes::{
-    BASELINE_DISTANCE, Baselines, FRAME_RATE, Frame, Generator, NUM_CUBES, packed, read_frames,
-    write_frames,
+    BASELINE_DISTANCE, Baselines, FRAME_RATE, Frame, Generator, NUM_CUBES, Scene, packed,
+    read_frames, write_frames,
 };
+
+/// Which scene the generator plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SceneArg {
+    /// As specified: the player drives and jumps around, pushing cubes.
+    Spec,
+    /// Adds ground pounds and pulls that keep many cubes tumbling at once.
+    Stress,
+}
+
+impl From<SceneArg> for Scene {
+    fn from(s: SceneArg) -> Scene {
+        match s {
+            SceneArg::Spec => Scene::Spec,
+            SceneArg::Stress => Scene::Stress,
+        }
+    }
+}
 
 /// Flags of `statewire cubes`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +59,9 @@ struct GenerateArgs {
     /// Seed of the generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// What the player does.
+    #[arg(long, value_enum, default_value_t = SceneArg::Spec)]
+    scene: SceneArg,
     /// Output file.
     #[arg(long)]
     out: PathBuf,
@@ -74,6 +95,9 @@ struct RunArgs {
     /// Seed of the generator.
     #[arg(long, default_value_t = 1, requires = "generate")]
     seed: u64,
+    /// What the generated player does.
+    #[arg(long, value_enum, default_value_t = SceneArg::Spec, requires = "generate")]
+    scene: SceneArg,
     /// Codec.
     #[arg(long, value_enum, default_value_t = CodecMode::Entropy)]
     mode: CodecMode,
@@ -195,7 +219,14 @@ pub(crate) fn main(args: CubesArgs) -> ExitCode {
             };
             let source = match &a.file {
                 Some(p) => p.display().to_string(),
-                None => format!("generated, seed {}", a.seed),
+                None => format!(
+                    "generated, seed {}, scene {}",
+                    a.seed,
+                    match a.scene {
+                        SceneArg::Spec => "spec",
+                        SceneArg::Stress => "stress",
+                    }
+                ),
             };
             let bar = bar(frames.len().saturating_sub(BASELINE_DISTANCE), "packets");
             let result = run(&frames, a.mode, !a.fresh_models, source, &mut |done| {
@@ -231,9 +262,9 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-fn generate_frames(frames: usize, seed: u64) -> Vec<Frame> {
+fn generate_frames(frames: usize, seed: u64, scene: SceneArg) -> Vec<Frame> {
     let bar = bar(frames, "frames");
-    let mut g = Generator::new(seed);
+    let mut g = Generator::with_scene(seed, scene.into());
     let out = (0..frames)
         .map(|i| {
             if i % 16 == 0 {
@@ -247,7 +278,7 @@ fn generate_frames(frames: usize, seed: u64) -> Vec<Frame> {
 }
 
 fn generate_file(a: &GenerateArgs) -> Result<(), CubesError> {
-    let frames = generate_frames(a.frames, a.seed);
+    let frames = generate_frames(a.frames, a.seed, a.scene);
     let mut bytes = Vec::new();
     write_frames(&frames, &mut bytes);
     std::fs::write(&a.out, &bytes).map_err(|source| CubesError::Write {
@@ -255,10 +286,11 @@ fn generate_file(a: &GenerateArgs) -> Result<(), CubesError> {
         source,
     })?;
     println!(
-        "wrote {} frames ({} bytes, seed {}) to {}",
+        "wrote {} frames ({} bytes, seed {}, scene {:?}) to {}",
         frames.len(),
         bytes.len(),
         a.seed,
+        a.scene,
         a.out.display()
     );
     Ok(())
@@ -276,7 +308,7 @@ fn load(a: &RunArgs) -> Result<Vec<Frame>, CubesError> {
                 source,
             })
         }
-        None => Ok(generate_frames(a.frames, a.seed)),
+        None => Ok(generate_frames(a.frames, a.seed, a.scene)),
     }
 }
 

@@ -329,7 +329,13 @@ impl Generator {
     /// A generator for `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        let world = physics::World::new(seed);
+        Self::with_scene(seed, Scene::Spec)
+    }
+
+    /// A generator for `seed` playing `scene`.
+    #[must_use]
+    pub fn with_scene(seed: u64, scene: Scene) -> Self {
+        let world = physics::World::new(seed, scene);
         let initial = world.frame();
         Generator {
             world,
@@ -352,8 +358,30 @@ impl Generator {
 /// `frames` frames of the generator for `seed`.
 #[must_use]
 pub fn generate(frames: usize, seed: u64) -> Vec<Frame> {
-    let mut g = Generator::new(seed);
+    generate_scene(frames, seed, Scene::Spec)
+}
+
+/// `frames` frames of `scene` from `seed` (see [`Generator::with_scene`]).
+#[must_use]
+pub fn generate_scene(frames: usize, seed: u64, scene: Scene) -> Vec<Frame> {
+    let mut g = Generator::with_scene(seed, scene);
     (0..frames).map(|_| g.next_frame()).collect()
+}
+
+/// What the generated player does (see `benches/RESULTS.md` for what each scene looks like
+/// next to a real capture).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Scene {
+    /// The scenario as specified: the player cube drives towards random points over the grid,
+    /// pauses, and jumps now and then, pushing the cubes it meets (and those push others).
+    #[default]
+    Spec,
+    /// The same player, plus a ground pound at the end of every jump (cubes within 7 m thrown
+    /// outwards and up) and, about every 6 s, a 2–3 s pull that gathers the cubes within 8 m
+    /// into a ring hovering around the player: many cubes move at once, tumbling and colliding,
+    /// much more than in the specified scene.
+    Stress,
 }
 
 /// What a packet is coded against: the baseline and what both peers derived from it.

@@ -29,7 +29,7 @@
 //!
 //! 60 frames per second, two substeps per frame.
 
-use super::{CubeState, Frame, NUM_CUBES, POSITION_SCALE, XY_LIMIT, Z_LIMIT};
+use super::{CubeState, Frame, NUM_CUBES, POSITION_SCALE, Scene, XY_LIMIT, Z_LIMIT};
 
 const SUBSTEPS: usize = 2;
 const H: f64 = 1.0 / 60.0 / SUBSTEPS as f64;
@@ -264,10 +264,12 @@ pub(super) struct World {
     pull_left: u32,
     /// Frames since the player jumped, 0 when it is not in a jump.
     jump_frames: u32,
+    /// Whether the player also pounds and pulls ([`Scene::Stress`]).
+    stress: bool,
 }
 
 impl World {
-    pub(super) fn new(seed: u64) -> World {
+    pub(super) fn new(seed: u64, scene: Scene) -> World {
         let mut rng = Rng(seed ^ 0x5745_4952_4543_5542);
         let mut bodies = Vec::with_capacity(NUM_CUBES);
         let small_inertia = SMALL_MASS * SMALL_EDGE * SMALL_EDGE / 6.0;
@@ -331,6 +333,7 @@ impl World {
             pairs: Vec::new(),
             jump_frames: 0,
             pull_left: 0,
+            stress: scene == Scene::Stress,
         };
         w.target = w.bodies[0].pos;
         w
@@ -407,6 +410,9 @@ impl World {
         p.awake = true;
 
         // The pull: for a while the player gathers nearby cubes into a ring hovering around it.
+        if !self.stress {
+            return;
+        }
         if self.pull_left > 0 {
             self.pull_left -= 1;
         } else if self.rng.unit() < PULL_CHANCE {

@@ -65,6 +65,8 @@ const MAG_CLASSES: usize = 4;
 const QUIET_NEAR: usize = 2;
 /// Quiet cubes per "any changed" flag.
 const QUIET_GROUP: usize = 32;
+/// 64-bit words of a bitmap with one bit per cube.
+const WORDS: usize = NUM_CUBES.div_ceil(64);
 const CHANGED_CTX: usize = MOTION_CLASSES * NEAR_CLASSES * 2 * 2;
 const RESIDUAL_CTX: usize = MOTION_CLASSES * MAG_CLASSES;
 const BIAS_CTX: usize = MOTION_CLASSES * 2 * 3;
@@ -487,25 +489,24 @@ fn code_frame<I: Io>(
     }
     let (px, py) = (i64::from(c.x), i64::from(c.y));
 
-    // Classify every cube first. Quiet cubes (at rest, not interacting, far from
-    // the player) almost never change: their flags go in groups behind one "any changed" flag,
-    // so a packet spends about one binary decision per group on them instead of one per cube.
-    // Which cubes moved from `p` to `b`, one branch-free comparison pass into a bitmap; the
-    // motion class itself is computed for active cubes only.
-    let mut moved = [0u64; NUM_CUBES.div_ceil(64)];
-    for (word, (ps, bs)) in moved.iter_mut().zip(pf.chunks(64).zip(bf.chunks(64))) {
-        let mut bits = 0u64;
-        for (k, (p, b)) in ps.iter().zip(bs).enumerate() {
-            bits |= u64::from(p != b) << k;
-        }
-        *word = bits;
-    }
+    // Classify every cube first, in one branch-free pass over the frames. Quiet cubes (at
+    // rest, not interacting, far from the player) almost never change: their flags go in
+    // groups behind one "any changed" flag, so a packet spends about one binary decision per
+    // group on them instead of one per cube. The pass also records which cubes moved from `p`
+    // to `b` and, when encoding, which changed from `b` to the target, as bitmaps; the motion
+    // class itself is computed for active cubes only.
+    let mut moved = [0u64; WORDS];
+    let mut changed_map = [0u64; WORDS];
     let mut active = [0u16; NUM_CUBES];
     let mut active_ctx = [0u8; NUM_CUBES];
     let mut quiet = [0u16; NUM_CUBES];
     let (mut na, mut nq) = (0, 0);
-    for (i, b) in bf.iter().enumerate().skip(1) {
-        let still = (moved[i / 64] >> (i % 64)) & 1 == 0;
+    for (i, ((b, p), t)) in bf.iter().zip(pf).zip(input).enumerate().skip(1) {
+        let still = p == b;
+        moved[i / 64] |= u64::from(!still) << (i % 64);
+        if I::ENCODING {
+            changed_map[i / 64] |= u64::from(t != b) << (i % 64);
+        }
         let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
         let d2 = dx * dx + dy * dy;
         let near =
@@ -517,6 +518,7 @@ fn code_frame<I: Io>(
         na += usize::from(!is_quiet);
         nq += usize::from(is_quiet);
     }
+    let is_changed = |i: usize| (changed_map[i / 64] >> (i % 64)) & 1 == 1;
 
     let mut prev_changed = true;
     for (&i, &near_ctx) in active[..na].iter().zip(&active_ctx[..na]) {
@@ -530,7 +532,7 @@ fn code_frame<I: Io>(
         let ctx = motion * NEAR_CLASSES * 2 + usize::from(near_ctx);
         let changed = io.bit(
             &mut m.changed[ctx * 2 + usize::from(prev_changed)],
-            I::ENCODING && input[i] != *b,
+            is_changed(i),
         );
         prev_changed = changed;
         if changed {
@@ -545,10 +547,7 @@ fn code_frame<I: Io>(
     for group in quiet[..nq].chunks(QUIET_GROUP) {
         let any = io.bit(
             &mut m.quiet_any[usize::from(prev_any)],
-            I::ENCODING
-                && group
-                    .iter()
-                    .any(|&i| input[usize::from(i)] != bf[usize::from(i)]),
+            group.iter().any(|&i| is_changed(usize::from(i))),
         );
         prev_any = any;
         if !any {
@@ -562,10 +561,7 @@ fn code_frame<I: Io>(
             let changed = if k + 1 == group.len() && !seen {
                 true
             } else {
-                io.bit(
-                    &mut m.quiet_changed[usize::from(seen)],
-                    I::ENCODING && input[i] != *b,
-                )
+                io.bit(&mut m.quiet_changed[usize::from(seen)], is_changed(i))
             };
             seen |= changed;
             if changed {

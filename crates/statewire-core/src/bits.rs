@@ -256,6 +256,31 @@ impl<'a> BitReader<'a> {
     }
 }
 
+/// Appends `v` as a varint written backwards (7 bits a byte, the high bit set on all but the
+/// last byte *read*), to be read from the end of a packet by [`read_trailer`]: a packet made of
+/// two streams ends with the length of one of them.
+pub(crate) fn put_trailer(out: &mut Vec<u8>, v: usize) {
+    let at = out.len();
+    crate::events::put_varint(out, v as u64);
+    out[at..].reverse();
+}
+
+/// Reads the backwards varint [`put_trailer`] wrote at the end of `bytes`: `(value, its length
+/// in bytes)`, or `None` if it is missing, longer than five bytes or not canonical.
+pub(crate) fn read_trailer(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().rev().take(5).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return None; // non-canonical
+            }
+            return usize::try_from(v).ok().map(|v| (v, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,29 +376,4 @@ mod tests {
             let _ = r.finish();
         }
     }
-}
-
-/// Appends `v` as a varint written backwards (7 bits a byte, the high bit set on all but the
-/// last byte *read*), to be read from the end of a packet by [`read_trailer`]: a packet made of
-/// two streams ends with the length of one of them.
-pub(crate) fn put_trailer(out: &mut Vec<u8>, v: usize) {
-    let at = out.len();
-    crate::events::put_varint(out, v as u64);
-    out[at..].reverse();
-}
-
-/// Reads the backwards varint [`put_trailer`] wrote at the end of `bytes`: `(value, its length
-/// in bytes)`, or `None` if it is missing, longer than five bytes or not canonical.
-pub(crate) fn read_trailer(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut v: u64 = 0;
-    for (i, &b) in bytes.iter().rev().take(5).enumerate() {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if i > 0 && b == 0 {
-                return None; // non-canonical
-            }
-            return usize::try_from(v).ok().map(|v| (v, i + 1));
-        }
-    }
-    None
 }

@@ -741,7 +741,8 @@ struct TailDecoder<'a> {
 
 /// Reads the backwards varint at the end of an entropy-framed packet: (value, its length).
 fn read_trailer(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
-    crate::bits::read_trailer(bytes).ok_or_else(|| crate::events::EventDecodeError::Malformed.into())
+    crate::bits::read_trailer(bytes)
+        .ok_or_else(|| crate::events::EventDecodeError::Malformed.into())
 }
 
 /// Fresh models, one per registered field (only entropy-coded fields use theirs).

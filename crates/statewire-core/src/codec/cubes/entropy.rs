@@ -12,8 +12,11 @@
 //! The adaptive models can likewise travel with the baseline: after coding packet `i − 6` both
 //! sides hold the same final model state ([`EntropyCodec::save_state`]); starting packet `i`
 //! from it ([`Baselines::state`]) saves the cost of re-learning the statistics in every
-//! packet. With `state: None` the models start fresh, and a packet depends on nothing but the
-//! two frames. Either way a lost packet never desynchronises later ones, because everything a
+//! packet. The state also records which cubes that packet changed, which are exactly the cubes
+//! that moved from `prev` to `base`, so a packet with a state skips comparing those two frames.
+//! With `state: None` the models start fresh, and a packet depends on nothing but the two
+//! frames. (A state saved after a packet that was not coded against `prev` costs compression,
+//! never correctness: both sides use the same state.) Either way a lost packet never desynchronises later ones, because everything a
 //! packet depends on was acknowledged.
 //!
 //! # Prediction (deterministic)
@@ -42,8 +45,8 @@
 //! - changed flag: how much the cube moved from `p` to `b` (six classes), whether it was
 //!   interacting, whether the previous cube changed in this packet, and its distance from the
 //!   player's new position (cube 0 is coded first). Quiet cubes (at rest, not interacting,
-//!   more than 10 m from the player) are coded after the others, 32 at a time behind one
-//!   "any changed" flag;
+//!   more than 10 m from the player) are coded after the others, those of each 64 consecutive
+//!   cubes behind one "any changed" flag;
 //! - residuals: the motion class, and the magnitude of the residual coded just before (the
 //!   previous axis of this cube, or the previous changed cube for the first one), so a collision
 //!   that breaks one prediction widens the distributions of the others.
@@ -61,10 +64,6 @@ pub const GRAVITY_UNITS: i32 = 50;
 const MOTION_CLASSES: usize = 6;
 const NEAR_CLASSES: usize = 3;
 const MAG_CLASSES: usize = 4;
-/// Quiet cubes are at rest, not interacting, and at least this near class from the player.
-const QUIET_NEAR: usize = 2;
-/// Quiet cubes per "any changed" flag.
-const QUIET_GROUP: usize = 32;
 /// 64-bit words of a bitmap with one bit per cube.
 const WORDS: usize = NUM_CUBES.div_ceil(64);
 const CHANGED_CTX: usize = MOTION_CLASSES * NEAR_CLASSES * 2 * 2;
@@ -154,6 +153,8 @@ fn mag_class(v: u32) -> usize {
 #[derive(Debug, Clone)]
 pub struct EntropyState {
     models: Box<Models>,
+    /// Which cubes that packet changed, i.e. which moved from its baseline to its frame.
+    changed: Option<Box<[u64; WORDS]>>,
 }
 
 impl Default for EntropyState {
@@ -168,6 +169,7 @@ impl EntropyState {
     pub fn fresh() -> Self {
         EntropyState {
             models: Box::new(Models::new()),
+            changed: None,
         }
     }
 }
@@ -180,6 +182,8 @@ pub struct EntropyCodec {
     scratch: Frame,
     /// The raw bit stream of the packet being encoded.
     raw: Vec<u8>,
+    /// Which cubes the last packet changed.
+    changed: [u64; WORDS],
 }
 
 impl Default for EntropyCodec {
@@ -269,6 +273,7 @@ impl EntropyCodec {
             models: Box::new(Models::new()),
             scratch: Frame::default(),
             raw: Vec::new(),
+            changed: [0; WORDS],
         }
     }
 
@@ -302,8 +307,10 @@ impl EntropyCodec {
             &mut io,
             &mut self.models,
             base,
+            base.state.and_then(|s| s.changed.as_deref()),
             target.cubes(),
             self.scratch.cubes_mut(),
+            &mut self.changed,
         )
         .map_err(|(cube, field)| EncodeError::OutOfRange { cube, field })?;
         io.rc.finish();
@@ -338,8 +345,10 @@ impl EntropyCodec {
             &mut io,
             &mut self.models,
             base,
+            base.state.and_then(|s| s.changed.as_deref()),
             base.base.cubes(),
             out.cubes_mut(),
+            &mut self.changed,
         )
         .map_err(|(cube, field)| DecodeError::OutOfRange { cube, field })?;
         io.rc.finish()?;
@@ -358,6 +367,10 @@ impl EntropyCodec {
     /// [`EntropyCodec::decode`] into `into`, to keep with the frame that packet produced.
     pub fn save_state(&self, into: &mut EntropyState) {
         into.models.clone_from(&self.models);
+        match &mut into.changed {
+            Some(c) => **c = self.changed,
+            None => into.changed = Some(Box::new(self.changed)),
+        }
     }
 }
 
@@ -457,14 +470,17 @@ fn predict_rotation(p: &CubeState, b: &CubeState) -> [f64; 4] {
 }
 
 /// Codes every cube: `input` holds the target when encoding (any frame when decoding, its
-/// values are then ignored); `out` receives the coded frame.
+/// values are then ignored); `out` receives the coded frame and `changed` which cubes the
+/// packet changed. `moved`, if known, says which cubes moved from `p` to `b`.
 #[inline(always)]
 fn code_frame<I: Io>(
     io: &mut I,
     m: &mut Models,
     base: Baselines<'_>,
+    moved: Option<&[u64; WORDS]>,
     input: &[CubeState; NUM_CUBES],
     out: &mut [CubeState; NUM_CUBES],
+    changed: &mut [u64; WORDS],
 ) -> Result<(), (usize, CubeField)> {
     let bf = base.base.cubes();
     let pf = base.prev.unwrap_or(base.base).cubes();
@@ -479,7 +495,8 @@ fn code_frame<I: Io>(
 
     // The player (cube 0) first: its new position is context for everyone else.
     let mut c = input[0];
-    if io.bit(&mut m.player_changed, c != bf[0]) {
+    let player_changed = io.bit(&mut m.player_changed, c != bf[0]);
+    if player_changed {
         let motion = motion_class(&pf[0], &bf[0]);
         last_mag = code_cube(io, m, motion, &pf[0], &bf[0], &mut c, floor, last_mag)
             .map_err(|f| (0, f))?;
@@ -488,90 +505,123 @@ fn code_frame<I: Io>(
         c = bf[0];
     }
     let (px, py) = (i64::from(c.x), i64::from(c.y));
-
-    // Classify every cube first, in one branch-free pass over the frames. Quiet cubes (at
-    // rest, not interacting, far from the player) almost never change: their flags go in
-    // groups behind one "any changed" flag, so a packet spends about one binary decision per
-    // group on them instead of one per cube. The pass also records which cubes moved from `p`
-    // to `b` and, when encoding, which changed from `b` to the target, as bitmaps; the motion
-    // class itself is computed for active cubes only.
-    let mut moved = [0u64; WORDS];
-    let mut changed_map = [0u64; WORDS];
-    let mut active = [0u16; NUM_CUBES];
-    let mut active_ctx = [0u8; NUM_CUBES];
-    let mut quiet = [0u16; NUM_CUBES];
-    let (mut na, mut nq) = (0, 0);
-    for (i, ((b, p), t)) in bf.iter().zip(pf).zip(input).enumerate().skip(1) {
-        let still = p == b;
-        moved[i / 64] |= u64::from(!still) << (i % 64);
-        if I::ENCODING {
-            changed_map[i / 64] |= u64::from(t != b) << (i % 64);
-        }
+    let near_class = |b: &CubeState| {
         let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
         let d2 = dx * dx + dy * dy;
-        let near =
-            usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512));
-        let is_quiet = still && near >= QUIET_NEAR && !b.interacting;
-        active[na] = i as u16;
-        active_ctx[na] = (near * 2 + usize::from(b.interacting)) as u8;
-        quiet[nq] = i as u16;
-        na += usize::from(!is_quiet);
-        nq += usize::from(is_quiet);
+        usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512))
+    };
+
+    // Classify every cube first, in one branch-free pass that only sets bits (in registers,
+    // stored once per 64 cubes). Quiet cubes (at rest, not interacting, far from the player)
+    // almost never change: their flags go behind one "any changed" flag per 64 cubes, so a
+    // packet spends about one binary decision per word on them instead of one per cube. The
+    // pass also finds which cubes moved from `p` to `b` (unless the state says it) and, when
+    // encoding, which changed from `b` to the target; everything else (motion class, distance
+    // class) is computed for active cubes only.
+    let mut moved_map = [0u64; WORDS];
+    let mut quiet = [0u64; WORDS];
+    *changed = [0u64; WORDS];
+    for (w, ((bs, ps), ts)) in bf
+        .chunks(64)
+        .zip(pf.chunks(64))
+        .zip(input.chunks(64))
+        .enumerate()
+    {
+        let (mut mv, mut ch, mut q) = (0u64, 0u64, 0u64);
+        for (k, ((b, p), t)) in bs.iter().zip(ps).zip(ts).enumerate() {
+            let still = match moved {
+                Some(map) => (map[w] >> k) & 1 == 0,
+                None => p == b,
+            };
+            mv |= u64::from(!still) << k;
+            if I::ENCODING {
+                ch |= u64::from(t != b) << k;
+            }
+            let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
+            let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
+            q |= u64::from(still && far && !b.interacting) << k;
+        }
+        moved_map[w] = mv;
+        changed[w] = ch;
+        quiet[w] = q;
     }
-    let is_changed = |i: usize| (changed_map[i / 64] >> (i % 64)) & 1 == 1;
+    // Cube 0, the player, was coded above.
+    quiet[0] &= !1;
+    let active_mask = |w: usize| {
+        let all = if w + 1 == WORDS && NUM_CUBES % 64 != 0 {
+            (1u64 << (NUM_CUBES % 64)) - 1
+        } else {
+            u64::MAX
+        };
+        !quiet[w] & all & if w == 0 { !1 } else { u64::MAX }
+    };
 
     let mut prev_changed = true;
-    for (&i, &near_ctx) in active[..na].iter().zip(&active_ctx[..na]) {
-        let i = usize::from(i);
-        let b = &bf[i];
-        let motion = if (moved[i / 64] >> (i % 64)) & 1 == 1 {
-            motion_class(&pf[i], b)
-        } else {
-            0
-        };
-        let ctx = motion * NEAR_CLASSES * 2 + usize::from(near_ctx);
-        let changed = io.bit(
-            &mut m.changed[ctx * 2 + usize::from(prev_changed)],
-            is_changed(i),
-        );
-        prev_changed = changed;
-        if changed {
-            let mut c = input[i];
-            last_mag =
-                code_cube(io, m, motion, &pf[i], b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
-            out[i] = c;
+    for w in 0..WORDS {
+        let mut bits = active_mask(w);
+        while bits != 0 {
+            let k = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let i = w * 64 + k;
+            let b = &bf[i];
+            let motion = if (moved_map[w] >> k) & 1 == 1 {
+                motion_class(&pf[i], b)
+            } else {
+                0
+            };
+            let ctx = (motion * NEAR_CLASSES + near_class(b)) * 2 + usize::from(b.interacting);
+            let is = io.bit(
+                &mut m.changed[ctx * 2 + usize::from(prev_changed)],
+                (changed[w] >> k) & 1 == 1,
+            );
+            prev_changed = is;
+            if is {
+                changed[w] |= 1 << k;
+                let mut c = input[i];
+                last_mag = code_cube(io, m, motion, &pf[i], b, &mut c, floor, last_mag)
+                    .map_err(|f| (i, f))?;
+                out[i] = c;
+            }
         }
     }
 
     let mut prev_any = false;
-    for group in quiet[..nq].chunks(QUIET_GROUP) {
-        let any = io.bit(
-            &mut m.quiet_any[usize::from(prev_any)],
-            group.iter().any(|&i| is_changed(usize::from(i))),
-        );
+    for w in 0..WORDS {
+        let q = quiet[w];
+        if q == 0 {
+            continue;
+        }
+        let any = io.bit(&mut m.quiet_any[usize::from(prev_any)], changed[w] & q != 0);
         prev_any = any;
         if !any {
             continue;
         }
         let mut seen = false;
-        for (k, &i) in group.iter().enumerate() {
-            let i = usize::from(i);
-            let b = &bf[i];
-            // The last flag of a group that has a change and none so far is implied.
-            let changed = if k + 1 == group.len() && !seen {
+        let mut bits = q;
+        while bits != 0 {
+            let k = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let i = w * 64 + k;
+            // The last flag of a word that has a change and none so far is implied.
+            let is = if bits == 0 && !seen {
                 true
             } else {
-                io.bit(&mut m.quiet_changed[usize::from(seen)], is_changed(i))
+                io.bit(
+                    &mut m.quiet_changed[usize::from(seen)],
+                    (changed[w] >> k) & 1 == 1,
+                )
             };
-            seen |= changed;
-            if changed {
+            seen |= is;
+            if is {
+                changed[w] |= 1 << k;
                 let mut c = input[i];
-                last_mag =
-                    code_cube(io, m, 0, &pf[i], b, &mut c, floor, last_mag).map_err(|f| (i, f))?;
+                last_mag = code_cube(io, m, 0, &pf[i], &bf[i], &mut c, floor, last_mag)
+                    .map_err(|f| (i, f))?;
                 out[i] = c;
             }
         }
     }
+    changed[0] |= u64::from(player_changed);
     Ok(())
 }
 

@@ -625,7 +625,7 @@ impl<'a> RangeDecoder<'a> {
 
 /// Models for a multi-bit symbol coded MSB first: `S` is the number of symbols, a power of two
 /// (`S = 1 << bits`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BitTree<const S: usize> {
     nodes: [BitModel; S],
 }
@@ -664,7 +664,7 @@ impl<const S: usize> BitTree<S> {
 /// of at least 1/2^15: the update aims at a distribution with that floor, and its integer
 /// rounding never closes a gap (each new gap is an integer above a convex combination of two
 /// gaps of at least 1), so any symbol can always be coded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SymbolModel<const N: usize> {
     /// `cdf[i]` = 2^15 × P(symbol < i); `cdf[0]` = 0 and the implied `cdf[N]` = 2^15.
     cdf: [i16; N],
@@ -760,7 +760,7 @@ impl ResidualHead {
 
 /// Adaptive model of a signed integer (a prediction residual) coded with
 /// [`RangeEncoder::encode_residual`]: magnitudes below 2^(`N`/2), `N` even, 4 ≤ `N` ≤ 62.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResidualModel<const N: usize> {
     sym: SymbolModel<N>,
     /// The sign, by magnitude class (1, 2..=7, 8..=63, more).

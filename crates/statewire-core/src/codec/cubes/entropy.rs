@@ -72,8 +72,8 @@ const BIAS_CTX: usize = MOTION_CLASSES * 2 * 3;
 /// Height above the floor (units) from which a cube counts as off the floor.
 const AIRBORNE: i32 = 64;
 
-/// The adaptive models of the entropy codec.
-#[derive(Debug, Clone)]
+/// The adaptive models of the entropy codec (`Copy`: starting a packet is one memcpy).
+#[derive(Debug, Clone, Copy)]
 struct Models {
     player_changed: BitModel,
     quiet_any: [BitModel; 2],
@@ -278,10 +278,10 @@ impl EntropyCodec {
     }
 
     fn start(&mut self, base: &Baselines<'_>) {
-        match base.state {
-            Some(s) => self.models.clone_from(&s.models),
-            None => self.models.clone_from(&self.fresh),
-        }
+        *self.models = match base.state {
+            Some(s) => *s.models,
+            None => *self.fresh,
+        };
     }
 
     /// Encodes `target` against `base`, appending to `out`; returns the bytes appended.
@@ -366,7 +366,7 @@ impl EntropyCodec {
     /// Copies the model state after the last successful [`EntropyCodec::encode`] or
     /// [`EntropyCodec::decode`] into `into`, to keep with the frame that packet produced.
     pub fn save_state(&self, into: &mut EntropyState) {
-        into.models.clone_from(&self.models);
+        *into.models = *self.models;
         match &mut into.changed {
             Some(c) => **c = self.changed,
             None => into.changed = Some(Box::new(self.changed)),
@@ -484,7 +484,48 @@ fn code_frame<I: Io>(
 ) -> Result<(), (usize, CubeField)> {
     let bf = base.base.cubes();
     let pf = base.prev.unwrap_or(base.base).cubes();
-    let floor = bf.iter().map(|c| c.z).min().unwrap_or(0);
+
+    // Classify every cube first, in branch-free passes that only set bits (in registers, stored
+    // once per 64 cubes) and find the floor. Quiet cubes (at rest, not interacting, more than
+    // 10 m from where the player was in the baseline) almost never change: their flags go
+    // behind one "any changed" flag per 64 cubes, so a packet spends about one binary decision
+    // per word on them instead of one per cube. The passes also find which cubes moved from `p`
+    // to `b` (unless the state says it) and, when encoding, which changed from `b` to the
+    // target; everything else (motion class, distance class) is computed for active cubes only.
+    let (bx, by) = (i64::from(bf[0].x), i64::from(bf[0].y));
+    let mut floor = i32::MAX;
+    let mut moved_map = [0u64; WORDS];
+    let mut quiet = [0u64; WORDS];
+    *changed = [0u64; WORDS];
+    for w in 0..WORDS {
+        let (lo, hi) = (w * 64, (w * 64 + 64).min(NUM_CUBES));
+        let (mut ch, mut q) = (0u64, 0u64);
+        let mv = match moved {
+            Some(map) => map[w],
+            None => {
+                let mut mv = 0u64;
+                for (k, (b, p)) in bf[lo..hi].iter().zip(&pf[lo..hi]).enumerate() {
+                    mv |= u64::from(p != b) << k;
+                }
+                mv
+            }
+        };
+        if I::ENCODING {
+            for (k, (b, t)) in bf[lo..hi].iter().zip(&input[lo..hi]).enumerate() {
+                ch |= u64::from(t != b) << k;
+            }
+        }
+        for (k, b) in bf[lo..hi].iter().enumerate() {
+            let (dx, dy) = (i64::from(b.x) - bx, i64::from(b.y) - by);
+            let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
+            // `&`, not `&&`: a branch here mispredicts along the edge of the player's area.
+            q |= (u64::from(far) & u64::from(!b.interacting)) << k;
+            floor = floor.min(b.z);
+        }
+        moved_map[w] = mv;
+        changed[w] = ch;
+        quiet[w] = q & !mv;
+    }
     let mut last_mag = 0;
 
     // Unchanged cubes are the baseline's: the decoder copies the whole frame once and then
@@ -511,40 +552,6 @@ fn code_frame<I: Io>(
         usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512))
     };
 
-    // Classify every cube first, in one branch-free pass that only sets bits (in registers,
-    // stored once per 64 cubes). Quiet cubes (at rest, not interacting, far from the player)
-    // almost never change: their flags go behind one "any changed" flag per 64 cubes, so a
-    // packet spends about one binary decision per word on them instead of one per cube. The
-    // pass also finds which cubes moved from `p` to `b` (unless the state says it) and, when
-    // encoding, which changed from `b` to the target; everything else (motion class, distance
-    // class) is computed for active cubes only.
-    let mut moved_map = [0u64; WORDS];
-    let mut quiet = [0u64; WORDS];
-    *changed = [0u64; WORDS];
-    for (w, ((bs, ps), ts)) in bf
-        .chunks(64)
-        .zip(pf.chunks(64))
-        .zip(input.chunks(64))
-        .enumerate()
-    {
-        let (mut mv, mut ch, mut q) = (0u64, 0u64, 0u64);
-        for (k, ((b, p), t)) in bs.iter().zip(ps).zip(ts).enumerate() {
-            let still = match moved {
-                Some(map) => (map[w] >> k) & 1 == 0,
-                None => p == b,
-            };
-            mv |= u64::from(!still) << k;
-            if I::ENCODING {
-                ch |= u64::from(t != b) << k;
-            }
-            let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
-            let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
-            q |= u64::from(still && far && !b.interacting) << k;
-        }
-        moved_map[w] = mv;
-        changed[w] = ch;
-        quiet[w] = q;
-    }
     // Cube 0, the player, was coded above.
     quiet[0] &= !1;
     let active_mask = |w: usize| {

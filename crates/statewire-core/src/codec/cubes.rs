@@ -552,5 +552,10 @@ pub(crate) mod tests {
         }
         assert_ne!(a[39], a[0], "the player moves");
         assert_ne!(generate(40, 10)[39], a[39]);
+        // The stress scene is its own deterministic sequence.
+        let s = generate_scene(40, 9, Scene::Stress);
+        assert_eq!(s, generate_scene(40, 9, Scene::Stress));
+        assert_eq!(s[0], a[0], "same initial state");
+        assert_ne!(s[39], a[39]);
     }
 }

@@ -759,7 +759,7 @@ fn code_cube<I: Io>(
 #[cfg(test)]
 mod tests {
     use super::super::tests::frames;
-    use super::super::{BASELINE_DISTANCE, generate};
+    use super::super::{BASELINE_DISTANCE, Scene, generate, generate_scene};
     use super::*;
     use proptest::prelude::*;
 
@@ -782,12 +782,14 @@ mod tests {
 
     #[test]
     fn generated_frames_round_trip_with_carried_state() {
-        let frames = generate(40, 5);
+        // The stress scene from its first pound on: many cubes moving, tumbling, waking.
+        let frames = generate_scene(400, 5, Scene::Stress);
         let mut states: Vec<EntropyState> = Vec::new();
         let mut enc = EntropyCodec::new();
         let mut dec = EntropyCodec::new();
         let mut decoded = Frame::default();
-        let mut out = Vec::new();
+        let (mut out, mut again) = (Vec::new(), Vec::new());
+        let mut moving = 0;
         for i in BASELINE_DISTANCE..frames.len() {
             let base = Baselines {
                 base: &frames[i - 6],
@@ -798,6 +800,29 @@ mod tests {
             enc.encode(base, &frames[i], &mut out).unwrap();
             dec.decode(base, &out, &mut decoded).unwrap();
             assert_eq!(decoded, frames[i], "frame {i}");
+            moving += frames[i]
+                .cubes()
+                .iter()
+                .zip(frames[i - 6].cubes())
+                .filter(|(a, b)| a != b)
+                .count();
+            // The state's record of which cubes its packet changed stands for comparing
+            // `prev` with `base`: without it the packet is the same, byte for byte.
+            if let Some(state) = base.state {
+                let mut blind = state.clone();
+                blind.changed = None;
+                again.clear();
+                enc.encode(
+                    Baselines {
+                        state: Some(&blind),
+                        ..base
+                    },
+                    &frames[i],
+                    &mut again,
+                )
+                .unwrap();
+                assert_eq!(again, out, "frame {i}");
+            }
             let mut s = EntropyState::fresh();
             dec.save_state(&mut s);
             states.push(s);
@@ -813,6 +838,8 @@ mod tests {
                 );
             }
         }
+        // The test is only worth something if cubes moved.
+        assert!(moving > 2_000, "{moving} cube changes");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The 901-cube scenario codecs: encode and decode per snapshot, packed and entropy modes.
 //!
-//! Data: `statewire cubes generate --frames 2837 --seed 1` (generated in memory before timing).
+//! Data: `statewire cubes generate --frames 2837 --seed 1 --scene spec|stress` (generated in
+//! memory before timing): the scenario as specified (the targets' data set) and the stress
+//! scene with pounds and pulls, benchmarked as `cubes/spec/...` and `cubes/stress/...`.
 //! Each timed iteration codes the next packet of the run (frame `i` against frame `i − 6`,
 //! cycling through all 2,831 packets), after one untimed pass over the same packet, so caches
 //! are warm as on a server that has just produced the frame; only the codec call is timed.
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use statewire_core::codec::cubes::entropy::{EntropyCodec, EntropyState};
 use statewire_core::codec::cubes::{
-    BASELINE_DISTANCE, Baselines, Frame, NUM_CUBES, generate, packed,
+    BASELINE_DISTANCE, Baselines, Frame, NUM_CUBES, Scene, generate_scene, packed,
 };
 
 const FRAMES: usize = 2837;
@@ -43,8 +45,8 @@ impl Data {
     }
 }
 
-fn data() -> Data {
-    let frames = generate(FRAMES, SEED);
+fn data(scene: Scene, name: &str) -> Data {
+    let frames = generate_scene(FRAMES, SEED, scene);
     let mut states: Vec<EntropyState> = (0..FRAMES).map(|_| EntropyState::fresh()).collect();
     let (mut packed_packets, mut entropy_packets) =
         (vec![Vec::new(); FRAMES], vec![Vec::new(); FRAMES]);
@@ -68,10 +70,11 @@ fn data() -> Data {
         p[BASELINE_DISTANCE..].iter().map(Vec::len).sum::<usize>() as f64
             / (FRAMES - BASELINE_DISTANCE) as f64
     };
+    let scene_name = name;
     for (name, p) in [("packed", &packed_packets), ("entropy", &entropy_packets)] {
         let m = mean(p);
         println!(
-            "cubes/{name}: {m:.1} bytes per packet = {:.3} bits/cube = {:.1} kbps",
+            "cubes/{scene_name}/{name}: {m:.1} bytes per packet = {:.3} bits/cube = {:.1} kbps",
             m * 8.0 / NUM_CUBES as f64,
             m * 8.0 * 60.0 / 1000.0
         );
@@ -96,8 +99,14 @@ fn timed(iters: u64, mut one: impl FnMut(u64, bool)) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let d = data();
-    let mut g = c.benchmark_group("cubes");
+    for (scene, name) in [(Scene::Spec, "spec"), (Scene::Stress, "stress")] {
+        bench_scene(c, scene, name);
+    }
+}
+
+fn bench_scene(c: &mut Criterion, scene: Scene, name: &str) {
+    let d = data(scene, name);
+    let mut g = c.benchmark_group(format!("cubes/{name}"));
     g.throughput(Throughput::Elements(NUM_CUBES as u64));
     let mut out = Vec::with_capacity(64 * 1024);
     let mut frame = Frame::default();

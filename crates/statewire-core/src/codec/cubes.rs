@@ -43,7 +43,7 @@ pub const COMPONENT_LIMIT: u16 = 511;
 /// One quantized cube.
 // `repr(C)` in this field order lays the cube out as 20 bytes without padding, so the three
 // words of `eq` are three adjacent loads per cube (the codecs compare all 901 cubes per packet).
-#[derive(Debug, Clone, Copy, Eq, Default)]
+#[derive(Debug, Clone, Copy, Eq, Default, bytemuck::NoUninit)]
 #[repr(C)]
 pub struct CubeState {
     /// Position x in 1/512 m, -16383..=16383.
@@ -85,6 +85,47 @@ impl std::hash::Hash for CubeState {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         self.to_values().hash(h);
     }
+}
+
+/// 64-bit words of a bitmap with one bit per cube.
+pub(crate) const WORDS: usize = NUM_CUBES.div_ceil(64);
+
+/// 32-bit words per cube in memory (`CubeState` is 20 bytes, `repr(C)`, no padding).
+const CUBE_WORDS: usize = std::mem::size_of::<CubeState>() / 4;
+const _: () = assert!(std::mem::size_of::<CubeState>() == 4 * CUBE_WORDS);
+
+/// Which cubes differ between `a` and `b`, as a bitmap (bit `i % 64` of word `i / 64`).
+///
+/// Both frames are read as plain 32-bit words (a safe cast: the cube has no padding) and
+/// compared four cubes (80 bytes) at a time, a fixed-size XOR/OR reduction the compiler turns
+/// into a few vector operations; only a group that differs is split into its cubes. Most cubes
+/// of a frame are usually unchanged, so this is about twice as fast as comparing cube by cube.
+pub(crate) fn diff_bitmap(a: &[CubeState; NUM_CUBES], b: &[CubeState; NUM_CUBES]) -> [u64; WORDS] {
+    const GROUP: usize = 4;
+    let (aw, bw): (&[u32], &[u32]) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
+    let differs = |x: &[u32], y: &[u32]| x.iter().zip(y).fold(0, |acc, (p, q)| acc | (p ^ q)) != 0;
+    let mut map = [0u64; WORDS];
+    let full = NUM_CUBES / GROUP;
+    for (g, (x, y)) in aw
+        .chunks_exact(GROUP * CUBE_WORDS)
+        .zip(bw.chunks_exact(GROUP * CUBE_WORDS))
+        .enumerate()
+    {
+        if differs(x, y) {
+            for (k, (xc, yc)) in x
+                .chunks_exact(CUBE_WORDS)
+                .zip(y.chunks_exact(CUBE_WORDS))
+                .enumerate()
+            {
+                let i = g * GROUP + k;
+                map[i / 64] |= u64::from(differs(xc, yc)) << (i % 64);
+            }
+        }
+    }
+    for i in full * GROUP..NUM_CUBES {
+        map[i / 64] |= u64::from(a[i] != b[i]) << (i % 64);
+    }
+    map
 }
 
 /// A field of [`CubeState`], for error messages.
@@ -537,6 +578,48 @@ pub(crate) mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn diff_bitmap_sees_every_field_of_every_position() {
+        let base = generate(1, 4).pop().unwrap();
+        let edits: [fn(&mut CubeState); 8] = [
+            |c| c.x ^= 1,
+            |c| c.y ^= 1,
+            |c| c.z ^= 1,
+            |c| c.a ^= 1,
+            |c| c.b ^= 1,
+            |c| c.c ^= 1,
+            |c| c.largest ^= 1,
+            |c| c.interacting = !c.interacting,
+        ];
+        for i in [0, 1, 3, 4, 63, 64, 899, 900] {
+            for edit in edits {
+                let mut t = base.clone();
+                edit(&mut t.cubes_mut()[i]);
+                let map = diff_bitmap(base.cubes(), t.cubes());
+                let mut want = [0u64; WORDS];
+                want[i / 64] = 1 << (i % 64);
+                assert_eq!(map, want, "cube {i}");
+            }
+        }
+        assert_eq!(diff_bitmap(base.cubes(), base.cubes()), [0; WORDS]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// The grouped word comparison finds exactly the cubes that differ.
+        #[test]
+        fn diff_bitmap_is_cube_inequality((p, b, t) in frames()) {
+            for (x, y) in [(&p, &b), (&b, &t), (&t, &t)] {
+                let map = diff_bitmap(x.cubes(), y.cubes());
+                for i in 0..NUM_CUBES {
+                    prop_assert_eq!((map[i / 64] >> (i % 64)) & 1 == 1, x.cubes()[i] != y.cubes()[i], "cube {}", i);
+                }
+                // No bits past the last cube.
+                prop_assert_eq!(map[WORDS - 1] >> (NUM_CUBES % 64), 0);
+            }
+        }
     }
 
     #[test]

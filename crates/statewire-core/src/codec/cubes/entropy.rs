@@ -52,7 +52,8 @@
 //!   that breaks one prediction widens the distributions of the others.
 
 use super::{
-    Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT,
+    Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, WORDS, XY_LIMIT,
+    Z_LIMIT,
 };
 use crate::bits::{BitReader, BitWriter};
 use crate::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
@@ -64,8 +65,6 @@ pub const GRAVITY_UNITS: i32 = 50;
 const MOTION_CLASSES: usize = 6;
 const NEAR_CLASSES: usize = 3;
 const MAG_CLASSES: usize = 4;
-/// 64-bit words of a bitmap with one bit per cube.
-const WORDS: usize = NUM_CUBES.div_ceil(64);
 const CHANGED_CTX: usize = MOTION_CLASSES * NEAR_CLASSES * 2 * 2;
 const RESIDUAL_CTX: usize = MOTION_CLASSES * MAG_CLASSES;
 const BIAS_CTX: usize = MOTION_CLASSES * 2 * 3;
@@ -494,37 +493,26 @@ fn code_frame<I: Io>(
     // target; everything else (motion class, distance class) is computed for active cubes only.
     let (bx, by) = (i64::from(bf[0].x), i64::from(bf[0].y));
     let mut floor = i32::MAX;
-    let mut moved_map = [0u64; WORDS];
+    let moved_map = match moved {
+        Some(map) => *map,
+        None => super::diff_bitmap(pf, bf),
+    };
+    *changed = if I::ENCODING {
+        super::diff_bitmap(bf, input)
+    } else {
+        [0u64; WORDS]
+    };
     let mut quiet = [0u64; WORDS];
-    *changed = [0u64; WORDS];
-    for w in 0..WORDS {
-        let (lo, hi) = (w * 64, (w * 64 + 64).min(NUM_CUBES));
-        let (mut ch, mut q) = (0u64, 0u64);
-        let mv = match moved {
-            Some(map) => map[w],
-            None => {
-                let mut mv = 0u64;
-                for (k, (b, p)) in bf[lo..hi].iter().zip(&pf[lo..hi]).enumerate() {
-                    mv |= u64::from(p != b) << k;
-                }
-                mv
-            }
-        };
-        if I::ENCODING {
-            for (k, (b, t)) in bf[lo..hi].iter().zip(&input[lo..hi]).enumerate() {
-                ch |= u64::from(t != b) << k;
-            }
-        }
-        for (k, b) in bf[lo..hi].iter().enumerate() {
+    for (w, bs) in bf.chunks(64).enumerate() {
+        let mut q = 0u64;
+        for (k, b) in bs.iter().enumerate() {
             let (dx, dy) = (i64::from(b.x) - bx, i64::from(b.y) - by);
             let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
             // `&`, not `&&`: a branch here mispredicts along the edge of the player's area.
             q |= (u64::from(far) & u64::from(!b.interacting)) << k;
             floor = floor.min(b.z);
         }
-        moved_map[w] = mv;
-        changed[w] = ch;
-        quiet[w] = q & !mv;
+        quiet[w] = q & !moved_map[w];
     }
     let mut last_mag = 0;
 

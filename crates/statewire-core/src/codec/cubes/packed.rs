@@ -165,27 +165,7 @@ fn read_gap(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
 
 /// Encodes `target` against `baseline`, appending to `out`; returns the bytes appended.
 pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
-    // A branch-free comparison pass into a bitmap (no loop-carried dependency but the word),
-    // then the changed indices from its set bits.
-    let mut words = [0u64; NUM_CUBES.div_ceil(64)];
-    let (bc, tc) = (baseline.cubes(), target.cubes());
-    // Whole 64-cube chunks have a fixed trip count (unrolled), then the rest.
-    for (word, (bs, ts)) in words
-        .iter_mut()
-        .zip(bc.chunks_exact(64).zip(tc.chunks_exact(64)))
-    {
-        let mut bits = 0u64;
-        for (k, (b, t)) in bs.iter().zip(ts).enumerate() {
-            bits |= u64::from(b != t) << k;
-        }
-        *word = bits;
-    }
-    let full = NUM_CUBES / 64 * 64;
-    let mut bits = 0u64;
-    for (k, (b, t)) in bc[full..].iter().zip(&tc[full..]).enumerate() {
-        bits |= u64::from(b != t) << k;
-    }
-    words[NUM_CUBES / 64] = bits;
+    let words = super::diff_bitmap(baseline.cubes(), target.cubes());
     let mut changed = [0u16; NUM_CUBES];
     let mut n = 0;
     for (k, &word) in words.iter().enumerate() {

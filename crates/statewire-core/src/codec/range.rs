@@ -550,7 +550,10 @@ impl<'a> RangeDecoder<'a> {
         let r = self.range >> PROB_BITS;
         // Corrupt input can put code above the range; clamp (finish reports the corruption).
         let v = (self.code / r).min(PROB_ONE - 1) as i16;
-        let s = model.cdf[1..].iter().filter(|&&c| c <= v).count();
+        // The symbol is the number of cdf entries at or below v, less one for cdf[0] = 0: a
+        // compare-and-add over the whole fixed-size array, which vectorises (a filtered count
+        // over `cdf[1..]` did not).
+        let s = model.cdf.iter().fold(0u16, |n, &c| n + u16::from(c <= v)) as usize - 1;
         let (lo, hi) = model.bounds(s);
         self.code -= r * lo;
         self.range = r * (hi - lo);

@@ -20,12 +20,13 @@
 //! - `interacting`: a cube touching the player, or touching an interacting cube, or caught by
 //!   the pull or the ground pound, is interacting until it falls asleep.
 //! - The player steers towards random waypoints over the grid at up to 10 m/s (30 m/s²
-//!   while supported), pauses now and then, jumps (7 m/s up, random spin) about every 3 s of
-//!   support, and each jump ends in a *ground pound* that throws cubes within 7 m outwards (up
-//!   to 8 m/s) and up (5 m/s). About every 6 s it *pulls* for 2–3 s: cubes within 8 m are
-//!   drawn into a ring 2.5 m around it, hovering 2.5 m up (a katamari-like swirl). The pound
-//!   and the pull are what keep many cubes moving at once; without them the player disturbs
-//!   only a few percent of the cubes (see `benches/RESULTS.md`).
+//!   while supported), pauses now and then, and jumps (7 m/s up, random spin) about every 3 s
+//!   of support ([`Scene::Spec`]: it disturbs a few percent of the cubes at a time).
+//! - [`Scene::Stress`] only: each jump ends in a *ground pound* that throws cubes within 7 m
+//!   outwards (up to 8 m/s) and up (5 m/s), and about every 6 s the player *pulls* for 2–3 s:
+//!   cubes within 8 m are drawn into a ring 2.5 m around it, hovering 2.5 m up (a
+//!   katamari-like swirl). The pound and the pull keep many cubes moving at once (see
+//!   `benches/RESULTS.md`).
 //!
 //! 60 frames per second, two substeps per frame.
 

@@ -503,9 +503,15 @@ fn code_frame<I: Io>(
         [0u64; WORDS]
     };
     let mut quiet = [0u64; WORDS];
-    for (w, bs) in bf.chunks(64).enumerate() {
+    // Unchanged cubes are the baseline's: the decoder copies the frame in this same pass (one
+    // read of the baseline instead of two) and then writes only changed cubes; the encoder
+    // does not need its output at all.
+    for (w, (bs, os)) in bf.chunks(64).zip(out.chunks_mut(64)).enumerate() {
         let mut q = 0u64;
-        for (k, b) in bs.iter().enumerate() {
+        for (k, (b, o)) in bs.iter().zip(os).enumerate() {
+            if !I::ENCODING {
+                *o = *b;
+            }
             let (dx, dy) = (i64::from(b.x) - bx, i64::from(b.y) - by);
             let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
             // `&`, not `&&`: a branch here mispredicts along the edge of the player's area.
@@ -515,12 +521,6 @@ fn code_frame<I: Io>(
         quiet[w] = q & !moved_map[w];
     }
     let mut last_mag = 0;
-
-    // Unchanged cubes are the baseline's: the decoder copies the whole frame once and then
-    // writes only changed cubes; the encoder does not need its output at all.
-    if !I::ENCODING {
-        out.copy_from_slice(bf);
-    }
 
     // The player (cube 0) first: its new position is context for everyone else.
     let mut c = input[0];

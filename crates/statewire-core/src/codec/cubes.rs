@@ -94,6 +94,18 @@ pub(crate) const WORDS: usize = NUM_CUBES.div_ceil(64);
 const CUBE_WORDS: usize = std::mem::size_of::<CubeState>() / 4;
 const _: () = assert!(std::mem::size_of::<CubeState>() == 4 * CUBE_WORDS);
 
+/// The indices of the set bits of `word`, lowest first.
+#[inline(always)]
+pub(crate) fn set_bits(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (word != 0).then(|| {
+            let k = word.trailing_zeros() as usize;
+            word &= word - 1;
+            k
+        })
+    })
+}
+
 /// Which cubes differ between `a` and `b`, as a bitmap (bit `i % 64` of word `i / 64`).
 ///
 /// Both frames are read as plain 32-bit words (a safe cast: the cube has no padding) and

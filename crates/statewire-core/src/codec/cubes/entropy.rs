@@ -16,8 +16,8 @@
 //! that moved from `prev` to `base`, so a packet with a state skips comparing those two frames.
 //! With `state: None` the models start fresh, and a packet depends on nothing but the two
 //! frames. (A state saved after a packet that was not coded against `prev` costs compression,
-//! never correctness: both sides use the same state.) Either way a lost packet never desynchronises later ones, because everything a
-//! packet depends on was acknowledged.
+//! never correctness: both sides use the same state.) Either way a lost packet never
+//! desynchronises later ones, because everything a packet depends on was acknowledged.
 //!
 //! # Prediction (deterministic)
 //!
@@ -45,17 +45,17 @@
 //! - changed flag: how much the cube moved from `p` to `b` (six classes), whether it was
 //!   interacting, whether the previous cube changed in this packet, and its distance from the
 //!   player's new position (cube 0 is coded first). Quiet cubes (at rest, not interacting,
-//!   more than 10 m from the player) are coded after the others, those of each 64 consecutive
-//!   cubes behind one "any changed" flag;
+//!   more than 10 m from where the player was in the baseline) are coded after the others,
+//!   those of each 64 consecutive cubes behind one "any changed" flag;
 //! - residuals: the motion class, and the magnitude of the residual coded just before (the
 //!   previous axis of this cube, or the previous changed cube for the first one), so a collision
 //!   that breaks one prediction widens the distributions of the others.
 
 use super::{
     Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, WORDS, XY_LIMIT,
-    Z_LIMIT,
+    Z_LIMIT, set_bits,
 };
-use crate::bits::{BitReader, BitWriter};
+use crate::bits::{BitError, BitReader, BitWriter};
 use crate::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
 
 /// Gravity over one baseline interval in position units: 9.81 m/s² × (0.1 s)² × 512 ≈ 50. The
@@ -232,11 +232,11 @@ impl Io for Enc<'_, '_> {
 }
 
 /// The decoder; a read past the end of the raw bit stream yields zeros and is reported after
-/// the frame (`overrun`), like the range decoder's.
+/// the frame (`overrun`, the first such error), like the range decoder's.
 struct Dec<'a> {
     rc: RangeDecoder<'a>,
     raw: BitReader<'a>,
-    overrun: bool,
+    overrun: Option<BitError>,
 }
 
 impl Io for Dec<'_> {
@@ -250,8 +250,8 @@ impl Io for Dec<'_> {
         let head = self.rc.decode_residual_head(m);
         let low = match self.raw.read(head.low_bits()) {
             Ok(v) => v,
-            Err(_) => {
-                self.overrun = true;
+            Err(e) => {
+                self.overrun.get_or_insert(e);
                 0
             }
         };
@@ -338,7 +338,7 @@ impl EntropyCodec {
         let mut io = Dec {
             rc: RangeDecoder::new(coded),
             raw: BitReader::new(raw),
-            overrun: false,
+            overrun: None,
         };
         code_frame(
             &mut io,
@@ -351,12 +351,8 @@ impl EntropyCodec {
         )
         .map_err(|(cube, field)| DecodeError::OutOfRange { cube, field })?;
         io.rc.finish()?;
-        if io.overrun {
-            return Err(crate::bits::BitError::Eof {
-                wanted: 1,
-                remaining: 0,
-            }
-            .into());
+        if let Some(e) = io.overrun {
+            return Err(e.into());
         }
         io.raw.finish()?;
         Ok(())
@@ -468,6 +464,17 @@ fn predict_rotation(p: &CubeState, b: &CubeState) -> [f64; 4] {
     mul(&dq, &qb)
 }
 
+/// Squared horizontal distance from `(x, y)` to `b`. Wrapping: baselines come from the caller
+/// and need not be in range (only then can the square overflow).
+#[inline(always)]
+fn dist2(b: &CubeState, x: i64, y: i64) -> i64 {
+    let (dx, dy) = (
+        i64::from(b.x).wrapping_sub(x),
+        i64::from(b.y).wrapping_sub(y),
+    );
+    dx.wrapping_mul(dx).wrapping_add(dy.wrapping_mul(dy))
+}
+
 /// Codes every cube: `input` holds the target when encoding (any frame when decoding, its
 /// values are then ignored); `out` receives the coded frame and `changed` which cubes the
 /// packet changed. `moved`, if known, says which cubes moved from `p` to `b`.
@@ -512,8 +519,7 @@ fn code_frame<I: Io>(
             if !I::ENCODING {
                 *o = *b;
             }
-            let (dx, dy) = (i64::from(b.x) - bx, i64::from(b.y) - by);
-            let far = dx * dx + dy * dy >= (10 * 512) * (10 * 512);
+            let far = dist2(b, bx, by) >= (10 * 512) * (10 * 512);
             // `&`, not `&&`: a branch here mispredicts along the edge of the player's area.
             q |= (u64::from(far) & u64::from(!b.interacting)) << k;
             floor = floor.min(b.z);
@@ -535,8 +541,7 @@ fn code_frame<I: Io>(
     }
     let (px, py) = (i64::from(c.x), i64::from(c.y));
     let near_class = |b: &CubeState| {
-        let (dx, dy) = (i64::from(b.x) - px, i64::from(b.y) - py);
-        let d2 = dx * dx + dy * dy;
+        let d2 = dist2(b, px, py);
         usize::from(d2 >= (4 * 512) * (4 * 512)) + usize::from(d2 >= (10 * 512) * (10 * 512))
     };
 
@@ -553,10 +558,7 @@ fn code_frame<I: Io>(
 
     let mut prev_changed = true;
     for w in 0..WORDS {
-        let mut bits = active_mask(w);
-        while bits != 0 {
-            let k = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
+        for k in set_bits(active_mask(w)) {
             let i = w * 64 + k;
             let b = &bf[i];
             let motion = if (moved_map[w] >> k) & 1 == 1 {
@@ -592,13 +594,11 @@ fn code_frame<I: Io>(
             continue;
         }
         let mut seen = false;
-        let mut bits = q;
-        while bits != 0 {
-            let k = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
+        let last = 63 - q.leading_zeros() as usize;
+        for k in set_bits(q) {
             let i = w * 64 + k;
             // The last flag of a word that has a change and none so far is implied.
-            let is = if bits == 0 && !seen {
+            let is = if k == last && !seen {
                 true
             } else {
                 io.bit(
@@ -770,7 +770,7 @@ mod tests {
 
     #[test]
     fn generated_frames_round_trip_with_carried_state() {
-        // The stress scene from its first pound on: many cubes moving, tumbling, waking.
+        // The stress scene: after the first pounds and pulls many cubes move, tumble and wake.
         let frames = generate_scene(400, 5, Scene::Stress);
         let mut states: Vec<EntropyState> = Vec::new();
         let mut enc = EntropyCodec::new();

@@ -168,12 +168,10 @@ pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usi
     let words = super::diff_bitmap(baseline.cubes(), target.cubes());
     let mut changed = [0u16; NUM_CUBES];
     let mut n = 0;
-    for (k, &word) in words.iter().enumerate() {
-        let mut bits = word;
-        while bits != 0 {
-            changed[n] = (k * 64 + bits.trailing_zeros() as usize) as u16;
+    for (w, &word) in words.iter().enumerate() {
+        for k in super::set_bits(word) {
+            changed[n] = (w * 64 + k) as u16;
             n += 1;
-            bits &= bits - 1;
         }
     }
     let mut gap_cost = 0;

@@ -284,6 +284,21 @@ pub(crate) fn read_trailer(bytes: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailer_round_trips_and_rejects_bad_ends() {
+        for v in [0usize, 1, 127, 128, 300, 16_383, 16_384, 1 << 28] {
+            let mut out = vec![0xAB, 0xCD];
+            put_trailer(&mut out, v);
+            let (got, len) = read_trailer(&out).expect("a trailer");
+            assert_eq!((got, len), (v, out.len() - 2), "value {v}");
+        }
+        assert_eq!(read_trailer(&[]), None);
+        // Every byte has the continuation bit: no end within five bytes.
+        assert_eq!(read_trailer(&[0x80; 6]), None);
+        // A leading zero group is not canonical.
+        assert_eq!(read_trailer(&[0x00, 0x85]), None);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -27,6 +27,16 @@ enum SceneArg {
     Stress,
 }
 
+impl SceneArg {
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            SceneArg::Spec => "spec",
+            SceneArg::Stress => "stress",
+        }
+    }
+}
+
 impl From<SceneArg> for Scene {
     fn from(s: SceneArg) -> Scene {
         match s {
@@ -219,14 +229,7 @@ pub(crate) fn main(args: CubesArgs) -> ExitCode {
             };
             let source = match &a.file {
                 Some(p) => p.display().to_string(),
-                None => format!(
-                    "generated, seed {}, scene {}",
-                    a.seed,
-                    match a.scene {
-                        SceneArg::Spec => "spec",
-                        SceneArg::Stress => "stress",
-                    }
-                ),
+                None => format!("generated, seed {}, scene {}", a.seed, a.scene.name()),
             };
             let bar = bar(frames.len().saturating_sub(BASELINE_DISTANCE), "packets");
             let result = run(&frames, a.mode, !a.fresh_models, source, &mut |done| {
@@ -286,11 +289,11 @@ fn generate_file(a: &GenerateArgs) -> Result<(), CubesError> {
         source,
     })?;
     println!(
-        "wrote {} frames ({} bytes, seed {}, scene {:?}) to {}",
+        "wrote {} frames ({} bytes, seed {}, scene {}) to {}",
         frames.len(),
         bytes.len(),
         a.seed,
-        a.scene,
+        a.scene.name(),
         a.out.display()
     );
     Ok(())

@@ -31,7 +31,7 @@
 //! `&World` but rebuilds the state (walking every archetype) on every snapshot, and a `RefCell`
 //! or `Mutex` around the state hides a mutation behind `&self` for no benefit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bevy_ecs::component::Component;
 use bevy_ecs::entity::Entity;
@@ -42,10 +42,7 @@ use statewire_core::{
     WorldSource,
 };
 
-use crate::game::{
-    self, ANGLE_STEP, GameEvents, GameRng, Health, INITIAL_NPCS, POSITION_STEP, TICK_HZ, TickPlan,
-    Transform,
-};
+use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
 use crate::{RunError, Summary};
 
 use crate::netsim_run::{self, Engine};
@@ -429,8 +426,6 @@ pub fn verify(
     server: &BevyServer,
     client: &BevyClient,
 ) -> Result<(), String> {
-    type Seen = (Entity, Owner, Option<Transform>, Option<Health>);
-    let mut seen: BTreeMap<EntityId, Seen> = BTreeMap::new();
     let mut query = client
         .world
         .try_query::<(
@@ -441,77 +436,23 @@ pub fn verify(
             Option<&Health>,
         )>()
         .ok_or("the client's bevy world has not registered the replicated components")?;
-    for (e, id, owner, t, h) in query.iter(&client.world) {
-        if seen
-            .insert(id.0, (e, owner.0, t.copied(), h.copied()))
-            .is_some()
-        {
-            return Err(format!("{} appears twice in the client's bevy world", id.0));
-        }
-    }
-    let total = client.world.iter_entities().count();
-    if total != seen.len() {
-        return Err(format!(
-            "the client's bevy world has {} entities without a NetId or NetOwner",
-            total - seen.len()
-        ));
-    }
-    let expected: Vec<EntityId> = snapshot.entity_ids().collect();
-    if !seen.keys().eq(expected.iter()) {
-        let only_client: Vec<_> = seen.keys().filter(|id| !snapshot.contains(**id)).collect();
-        let only_server: Vec<_> = expected
-            .iter()
-            .filter(|id| !seen.contains_key(id))
-            .collect();
-        return Err(format!(
-            "entity sets differ: only on the client {only_client:?}, only on the server \
-             {only_server:?}"
-        ));
-    }
-    for (&id, &(e, owner, t, h)) in &seen {
-        if client.entity(id) != Some(e) {
-            return Err(format!("{id}: the client's id map points elsewhere"));
-        }
-        let server_owner = snapshot.owner(id);
-        if server_owner != Some(owner) {
-            return Err(format!(
-                "{id}: owner {owner} on the client, {server_owner:?} on the server"
-            ));
-        }
-        let st = snapshot.component::<Transform>(registry, id);
-        if st != t {
-            return Err(format!(
-                "{id}: transform {t:?} on the client, {st:?} in the server's snapshot"
-            ));
-        }
-        let sh = snapshot.component::<Health>(registry, id);
-        if sh != h {
-            return Err(format!(
-                "{id}: health {h:?} on the client, {sh:?} in the server's snapshot"
-            ));
-        }
-    }
-    // Half a step, plus the rounding of converting the dequantized f64 back to f32.
-    let near = |a: f32, b: f32, step: f32| (a - b).abs() <= step * 0.5 + 1e-4;
+    let entries = query
+        .iter(&client.world)
+        .map(|(e, id, owner, t, h)| (id.0, (e, owner.0, t.copied(), h.copied())));
     let mut server_query = server
         .world
         .try_query::<(&NetId, &Transform)>()
         .ok_or("the server's bevy world has not registered NetId and Transform")?;
-    for (id, t) in server_query.iter(&server.world) {
-        let Some(c) = seen.get(&id.0).and_then(|s| s.2) else {
-            return Err(format!("{}: no transform on the client", id.0));
-        };
-        if !(near(c.x, t.x, POSITION_STEP)
-            && near(c.y, t.y, POSITION_STEP)
-            && near(c.angle, t.angle, ANGLE_STEP))
-        {
-            return Err(format!(
-                "{}: client transform {c:?} is not within half a step of the server's {t:?}",
-                id.0
-            ));
-        }
-    }
-    Ok(())
+    netsim_run::verify_client_world(
+        "bevy",
+        "NetOwner",
+        registry,
+        snapshot,
+        entries,
+        client.world.iter_entities().count(),
+        |id| client.entity(id),
+        server_query.iter(&server.world).map(|(id, t)| (id.0, *t)),
+    )
 }
 
 /// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over

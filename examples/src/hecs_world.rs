@@ -18,7 +18,7 @@
 //! the [`Npc`] marker exist only on the server; the [`Owner`] is stored as a component on both
 //! sides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use statewire_core::{
@@ -26,10 +26,7 @@ use statewire_core::{
     WorldSource,
 };
 
-use crate::game::{
-    self, ANGLE_STEP, GameEvents, GameRng, Health, INITIAL_NPCS, POSITION_STEP, TICK_HZ, TickPlan,
-    Transform,
-};
+use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
 use crate::{RunError, Summary};
 
 use crate::netsim_run::{self, Engine};
@@ -390,85 +387,27 @@ pub fn verify(
     server: &HecsServer,
     client: &HecsClient,
 ) -> Result<(), String> {
-    type Seen = (hecs::Entity, Owner, Option<Transform>, Option<Health>);
-    let mut seen: BTreeMap<EntityId, Seen> = BTreeMap::new();
-    for (e, id, owner, t, h) in client
-        .world
-        .query::<(
-            hecs::Entity,
-            &NetId,
-            &Owner,
-            Option<&Transform>,
-            Option<&Health>,
-        )>()
+    let mut query = client.world.query::<(
+        hecs::Entity,
+        &NetId,
+        &Owner,
+        Option<&Transform>,
+        Option<&Health>,
+    )>();
+    let entries = query
         .iter()
-    {
-        if seen
-            .insert(id.0, (e, *owner, t.copied(), h.copied()))
-            .is_some()
-        {
-            return Err(format!("{} appears twice in the client's hecs world", id.0));
-        }
-    }
-    let total = client.world.len() as usize;
-    if total != seen.len() {
-        return Err(format!(
-            "the client's hecs world has {} entities without a NetId or Owner",
-            total - seen.len()
-        ));
-    }
-    let expected: Vec<EntityId> = snapshot.entity_ids().collect();
-    if !seen.keys().eq(expected.iter()) {
-        let only_client: Vec<_> = seen.keys().filter(|id| !snapshot.contains(**id)).collect();
-        let only_server: Vec<_> = expected
-            .iter()
-            .filter(|id| !seen.contains_key(id))
-            .collect();
-        return Err(format!(
-            "entity sets differ: only on the client {only_client:?}, only on the server \
-             {only_server:?}"
-        ));
-    }
-    for (&id, &(e, owner, t, h)) in &seen {
-        if client.entity(id) != Some(e) {
-            return Err(format!("{id}: the client's id map points elsewhere"));
-        }
-        let server_owner = snapshot.owner(id);
-        if server_owner != Some(owner) {
-            return Err(format!(
-                "{id}: owner {owner} on the client, {server_owner:?} on the server"
-            ));
-        }
-        let st = snapshot.component::<Transform>(registry, id);
-        if st != t {
-            return Err(format!(
-                "{id}: transform {t:?} on the client, {st:?} in the server's snapshot"
-            ));
-        }
-        let sh = snapshot.component::<Health>(registry, id);
-        if sh != h {
-            return Err(format!(
-                "{id}: health {h:?} on the client, {sh:?} in the server's snapshot"
-            ));
-        }
-    }
-    // Half a step, plus the rounding of converting the dequantized f64 back to f32.
-    let near = |a: f32, b: f32, step: f32| (a - b).abs() <= step * 0.5 + 1e-4;
-    for (id, t) in server.world.query::<(&NetId, &Transform)>().iter() {
-        let Some(c) = seen.get(&id.0).and_then(|s| s.2) else {
-            return Err(format!("{}: no transform on the client", id.0));
-        };
-        if !(near(c.x, t.x, POSITION_STEP)
-            && near(c.y, t.y, POSITION_STEP)
-            && near(c.angle, t.angle, ANGLE_STEP))
-        {
-            return Err(format!(
-                "{}: client transform {c:?} is not within half a step of the server's {t:?}",
-                id.0
-            ));
-        }
-    }
-    Ok(())
+        .map(|(e, id, owner, t, h)| (id.0, (e, *owner, t.copied(), h.copied())));
+    let mut server_query = server.world.query::<(&NetId, &Transform)>();
+    netsim_run::verify_client_world(
+        "hecs",
+        "Owner",
+        registry,
+        snapshot,
+        entries,
+        client.world.len() as usize,
+        |id| client.entity(id),
+        server_query.iter().map(|(id, t)| (id.0, *t)),
+    )
 }
 
 /// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over

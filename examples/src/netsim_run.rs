@@ -2,19 +2,21 @@
 //! of one ECS, over loopback wrapped in netsim ([`PROFILE`] both ways), driven tick by tick.
 //! Each example supplies its ECS through [`Engine`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, Registry, ServerConfig, ServerReplicator,
-    Snapshot, SnapshotBuilder, Tick, WorldSink,
+    Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry, ServerConfig,
+    ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
 };
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
 use statewire_transport::netsim::{LinkConfig, NetSim};
 
-use crate::game::{self, GameEvents, GameRng, TICK_HZ};
+use crate::game::{
+    self, ANGLE_STEP, GameEvents, GameRng, Health, POSITION_STEP, TICK_HZ, Transform,
+};
 use crate::{ClientSummary, RunError, Summary};
 
 /// Ticks without changes after the active ones. Three seconds: the `poor` profile's round trip
@@ -54,6 +56,95 @@ pub(crate) trait Engine: Sized {
         snapshot: &Snapshot,
         client: &Self::Client,
     ) -> Result<(), String>;
+}
+
+/// What a client's ECS world holds for one replicated entity: the ECS's entity handle, the
+/// owner and the replicated components.
+pub(crate) type ClientEntity<H> = (H, Owner, Option<Transform>, Option<Health>);
+
+/// The ECS-independent part of the hecs and bevy examples' `verify`: checks a client world
+/// against `snapshot` (the server's quantized state) and the server's unquantized transforms.
+///
+/// - `world`: the ECS's name, `owner`: its owner component's name (for messages);
+/// - `entries`: every entity of the client world with a net id and an owner, as (id, what it
+///   holds); `total`: all entities of the client world;
+/// - `handle`: the client's id map; `server`: the server's (id, transform) pairs.
+///
+/// Returns the first difference.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn verify_client_world<H: Copy + PartialEq>(
+    world: &str,
+    owner: &str,
+    registry: &Registry,
+    snapshot: &Snapshot,
+    entries: impl IntoIterator<Item = (EntityId, ClientEntity<H>)>,
+    total: usize,
+    handle: impl Fn(EntityId) -> Option<H>,
+    server: impl IntoIterator<Item = (EntityId, Transform)>,
+) -> Result<(), String> {
+    let mut seen: BTreeMap<EntityId, ClientEntity<H>> = BTreeMap::new();
+    for (id, entry) in entries {
+        if seen.insert(id, entry).is_some() {
+            return Err(format!("{id} appears twice in the client's {world} world"));
+        }
+    }
+    if total != seen.len() {
+        return Err(format!(
+            "the client's {world} world has {} entities without a NetId or {owner}",
+            total - seen.len()
+        ));
+    }
+    let expected: Vec<EntityId> = snapshot.entity_ids().collect();
+    if !seen.keys().eq(expected.iter()) {
+        let only_client: Vec<_> = seen.keys().filter(|id| !snapshot.contains(**id)).collect();
+        let only_server: Vec<_> = expected
+            .iter()
+            .filter(|id| !seen.contains_key(id))
+            .collect();
+        return Err(format!(
+            "entity sets differ: only on the client {only_client:?}, only on the server \
+             {only_server:?}"
+        ));
+    }
+    for (&id, &(e, owner, t, h)) in &seen {
+        if handle(id) != Some(e) {
+            return Err(format!("{id}: the client's id map points elsewhere"));
+        }
+        let server_owner = snapshot.owner(id);
+        if server_owner != Some(owner) {
+            return Err(format!(
+                "{id}: owner {owner} on the client, {server_owner:?} on the server"
+            ));
+        }
+        let st = snapshot.component::<Transform>(registry, id);
+        if st != t {
+            return Err(format!(
+                "{id}: transform {t:?} on the client, {st:?} in the server's snapshot"
+            ));
+        }
+        let sh = snapshot.component::<Health>(registry, id);
+        if sh != h {
+            return Err(format!(
+                "{id}: health {h:?} on the client, {sh:?} in the server's snapshot"
+            ));
+        }
+    }
+    // Half a step, plus the rounding of converting the dequantized f64 back to f32.
+    let near = |a: f32, b: f32, step: f32| (a - b).abs() <= step * 0.5 + 1e-4;
+    for (id, t) in server {
+        let Some(c) = seen.get(&id).and_then(|s| s.2) else {
+            return Err(format!("{id}: no transform on the client"));
+        };
+        if !(near(c.x, t.x, POSITION_STEP)
+            && near(c.y, t.y, POSITION_STEP)
+            && near(c.angle, t.angle, ANGLE_STEP))
+        {
+            return Err(format!(
+                "{id}: client transform {c:?} is not within half a step of the server's {t:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One client: its link, replicator and world.

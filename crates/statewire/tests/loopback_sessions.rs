@@ -1,4 +1,5 @@
-//! Session tests over the in-memory loopback network on a virtual clock.
+//! Session tests over the in-memory loopback network on a virtual clock. (Many clients
+//! exchanging reliable messages is in `transports.rs`, over loopback, UDP and TCP.)
 
 use std::time::Duration;
 
@@ -17,105 +18,6 @@ fn message(client: usize, seq: usize) -> Vec<u8> {
     // Sizes vary from a few bytes to several packets, so fragmentation is exercised.
     let len = 4 + (client * 131 + seq * 977) % 3000;
     (0..len).map(|i| (i ^ client ^ (seq << 3)) as u8).collect()
-}
-
-#[test]
-fn sixty_four_clients_exchange_reliable_messages_exactly_once_in_order() {
-    let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut server: Server<_, String> =
-        Server::new(net.endpoint(), SessionConfig::default(), KEY).unwrap();
-    let addr = server.local_addr();
-    let n = 64;
-    let per_client = 20;
-    let mut clients: Vec<Client<LoopbackEndpoint>> = (0..n)
-        .map(|i| {
-            Client::new(
-                net.endpoint(),
-                addr,
-                SessionConfig::default(),
-                Duration::ZERO,
-                i as u64 + 1,
-            )
-            .unwrap()
-        })
-        .collect();
-    let mut ids = vec![None; n];
-    let mut got_at_server: hashbrown::HashMap<ClientId, Vec<Vec<u8>>> = Default::default();
-    let mut echoes: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
-    let mut sent = vec![false; n];
-    let mut now = Duration::ZERO;
-    for _ in 0..3000 {
-        now += STEP;
-        server.update(now).unwrap();
-        while let Some(ev) = server.poll_event() {
-            match ev {
-                ServerEvent::Connected(id) => {
-                    assert!(
-                        server
-                            .set_user_data(id, format!("player{}", id.0))
-                            .is_some()
-                    );
-                }
-                ServerEvent::Message(id, ch, msg) => {
-                    assert_eq!(ch, RELIABLE);
-                    server.send(id, RELIABLE, &msg).unwrap();
-                    got_at_server.entry(id).or_default().push(msg);
-                }
-                ServerEvent::Disconnected(id, r) => panic!("{id} disconnected early: {r}"),
-                _ => {}
-            }
-        }
-        for (i, c) in clients.iter_mut().enumerate() {
-            c.update(now).unwrap();
-            while let Some(ev) = c.poll_event() {
-                match ev {
-                    ClientEvent::Connected(id) => ids[i] = Some(id),
-                    ClientEvent::Message(_, m) => echoes[i].push(m),
-                    ClientEvent::Disconnected(r) => panic!("client {i} disconnected: {r}"),
-                    _ => {}
-                }
-            }
-            if c.is_connected() && !sent[i] {
-                for s in 0..per_client {
-                    c.send(RELIABLE, &message(i, s)).unwrap();
-                }
-                sent[i] = true;
-            }
-        }
-        if echoes.iter().all(|e| e.len() == per_client) {
-            break;
-        }
-    }
-    assert_eq!(server.client_count(), n);
-    for i in 0..n {
-        let id = ids[i].expect("connected");
-        let expect: Vec<Vec<u8>> = (0..per_client).map(|s| message(i, s)).collect();
-        assert_eq!(
-            got_at_server.get(&id),
-            Some(&expect),
-            "server side of client {i}"
-        );
-        assert_eq!(echoes[i], expect, "client {i} echoes");
-        assert_eq!(server.user_data(id), Some(&format!("player{}", id.0)));
-    }
-    // Disconnect everyone; the server hears each leave once.
-    for c in &mut clients {
-        c.disconnect();
-        assert_eq!(
-            c.poll_event(),
-            Some(ClientEvent::Disconnected(DisconnectReason::Left))
-        );
-    }
-    now += STEP;
-    server.update(now).unwrap();
-    let mut left = 0;
-    while let Some(ev) = server.poll_event() {
-        if let ServerEvent::Disconnected(_, DisconnectReason::Left) = ev {
-            left += 1;
-        }
-    }
-    assert_eq!(left, n);
-    assert_eq!(server.client_count(), 0);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The run loop the hecs and bevy examples share: a server world and [`CLIENTS`] client worlds
 //! of one ECS, over loopback wrapped in netsim ([`PROFILE`] both ways), driven tick by tick.
-//! Each example supplies its ECS through [`Engine`].
+//! Each example supplies its ECS through [`Engine`]. The end-of-run client checks
+//! ([`check_client`], [`verify_client_world`]) are here too; the plain-`Vec` example uses the
+//! first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -56,6 +58,30 @@ pub(crate) trait Engine: Sized {
         snapshot: &Snapshot,
         client: &Self::Client,
     ) -> Result<(), String>;
+}
+
+/// The end-of-run checks every example makes of a client before comparing its world: its
+/// replicator holds the server's `snapshot`, and its `world` sink rejected nothing.
+pub(crate) fn check_client(
+    state: &Snapshot,
+    snapshot: &Snapshot,
+    world: &str,
+    sink_errors: u64,
+) -> Result<(), String> {
+    if state != snapshot {
+        return Err(format!(
+            "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
+             ({:016x})",
+            state.len(),
+            state.state_hash(),
+            snapshot.len(),
+            snapshot.state_hash()
+        ));
+    }
+    if sink_errors != 0 {
+        return Err(format!("its {world} world rejected {sink_errors} changes"));
+    }
+    Ok(())
 }
 
 /// What a client's ECS world holds for one replicated entity: the ECS's entity handle, the
@@ -268,23 +294,8 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
             client: p.id,
             detail,
         };
-        if p.repl.state() != &snapshot {
-            return Err(diverged(format!(
-                "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
-                 ({:016x})",
-                p.repl.state().len(),
-                p.repl.state().state_hash(),
-                snapshot.len(),
-                snapshot.state_hash()
-            )));
-        }
-        if p.summary.sink_errors != 0 {
-            return Err(diverged(format!(
-                "its {} world rejected {} changes",
-                E::WORLD,
-                p.summary.sink_errors
-            )));
-        }
+        check_client(p.repl.state(), &snapshot, E::WORLD, p.summary.sink_errors)
+            .map_err(diverged)?;
         game.verify(&registry, &snapshot, &p.world)
             .map_err(diverged)?;
     }

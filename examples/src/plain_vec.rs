@@ -12,6 +12,7 @@ use statewire_core::{
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
+use crate::netsim_run;
 use crate::{ClientSummary, RunError, Summary};
 
 /// Ticks without changes after the active ones. With no latency, two lost packets in a row
@@ -404,22 +405,8 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
             client: p.id,
             detail,
         };
-        if p.repl.state() != &snapshot {
-            return Err(diverged(format!(
-                "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
-                 ({:016x})",
-                p.repl.state().len(),
-                p.repl.state().state_hash(),
-                snapshot.len(),
-                snapshot.state_hash()
-            )));
-        }
-        if p.world.errors != 0 {
-            return Err(diverged(format!(
-                "its Vec world rejected {} changes",
-                p.world.errors
-            )));
-        }
+        netsim_run::check_client(p.repl.state(), &snapshot, "Vec", p.world.errors)
+            .map_err(diverged)?;
         verify(&registry, &snapshot, &p.world).map_err(diverged)?;
     }
 

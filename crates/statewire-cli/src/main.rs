@@ -5,9 +5,11 @@
 //!   every endpoint wrapped in the seeded network simulator, and reports bandwidth, lag and
 //!   whether every client converged to the server's exact quantized state.
 //! - `statewire serve` / `statewire join` run the same game across processes on real sockets.
+//! - `statewire keygen` / `statewire token` make a token backend's key and connect tokens.
 
 mod cubes;
 mod game;
+mod keys;
 mod netgame;
 mod realtime;
 mod sim;
@@ -41,6 +43,10 @@ enum Command {
     Lan(realtime::LanArgs),
     /// The 901-cube snapshot-compression benchmark: generate data, run the codecs.
     Cubes(cubes::CubesArgs),
+    /// Write a new random key file for a token backend and its servers.
+    Keygen(keys::KeygenArgs),
+    /// Print a connect token (base64) for a client, sealed with a backend key file.
+    Token(keys::TokenArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +95,8 @@ fn main() -> ExitCode {
         Command::Join(args) => realtime::join(args),
         Command::Lan(args) => realtime::lan(args),
         Command::Cubes(args) => cubes::main(args),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Token(args) => keys::token(args),
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use statewire::{
-    ChannelId, Client, ClientEvent, ClientState, DisconnectReason, Server, ServerEvent,
+    ChannelId, Client, ClientEvent, ClientState, ConnectToken, DisconnectReason, Fault, Key,
+    Server, ServerEvent, TokenConfig,
 };
 use statewire_core::authority::{decode_writes, encode_writes};
 use statewire_core::events::{EntityRefs, EventData, decode_proposal, encode_proposal};
@@ -48,6 +49,8 @@ pub(crate) enum NetGameError {
     Transport(#[from] TransportError),
     #[error("session configuration: {0}")]
     Config(#[from] statewire::connection::ConfigError),
+    #[error("connect token: {0}")]
+    Token(#[from] statewire::ClientTokenError),
 }
 
 /// Counters the server side keeps.
@@ -64,6 +67,16 @@ pub(crate) struct ServerCounters {
     pub(crate) accepted_writes: u64,
     pub(crate) bad_proposals: u64,
     pub(crate) rejected_proposals: u64,
+    /// Clients disconnected for a fault of their own (fell behind the event log, ...).
+    pub(crate) fault_disconnects: u64,
+}
+
+/// How the server admits clients.
+pub(crate) struct Security {
+    /// Seeds cookies, client ids and development-mode session keys.
+    pub(crate) secret: Key,
+    /// Token mode, if given.
+    pub(crate) tokens: Option<TokenConfig>,
 }
 
 /// Server half.
@@ -94,6 +107,7 @@ impl<T: Transport> GameServer<T> {
         max_packet_bytes: usize,
         seed: u64,
         coding: ComponentCoding,
+        security: Security,
     ) -> Result<Self, NetGameError> {
         let registry = game::registry(coding)?;
         let session_cfg = statewire::SessionConfig {
@@ -102,14 +116,16 @@ impl<T: Transport> GameServer<T> {
             protocol_id: registry.fingerprint(),
             ..statewire::SessionConfig::default()
         };
-        let key = (seed ^ 0x7365_7276, seed.rotate_left(17) ^ 0x006b_6579);
         let game = Game::new(enemies, seed);
         let mut authority = Authority::new(AuthorityConfig::default());
         for (id, owner) in game.owners() {
             authority.insert(id, owner);
         }
         Ok(GameServer {
-            session: Server::new(transport, session_cfg, key)?,
+            session: match security.tokens {
+                Some(t) => Server::with_tokens(transport, session_cfg, security.secret, t)?,
+                None => Server::new(transport, session_cfg, security.secret)?,
+            },
             repl: ServerReplicator::new(ServerConfig {
                 max_packet_bytes,
                 max_clients,
@@ -207,16 +223,7 @@ impl<T: Transport> GameServer<T> {
                     }
                     self.connected.push(id);
                 }
-                ServerEvent::Disconnected(id, _) => {
-                    if let Some(p) = self.game.player_of(id) {
-                        self.authority.remove(p);
-                    }
-                    self.repl.remove_client(id);
-                    self.game.remove_player(id);
-                    self.inputs.remove_client(id);
-                    self.last_input.remove(&id);
-                    self.connected.retain(|&c| c != id);
-                }
+                ServerEvent::Disconnected(id, _) => self.forget_client(id),
                 ServerEvent::Message(id, ch, bytes) => self.handle_message(id, ch, &bytes),
                 _ => {}
             }
@@ -257,16 +264,24 @@ impl<T: Transport> GameServer<T> {
         let mut builder = SnapshotBuilder::new(&self.registry);
         self.game.build(&mut builder);
         builder.finish_into(&mut self.snapshot)?;
+        let mut behind = Vec::new();
         for &id in &self.connected {
             wire::begin_snapshot(&mut self.pkt);
-            let stats = self.repl.encode_for_with_events(
+            // A client's own failure (it fell behind the event log) costs only that client.
+            let stats = match self.repl.encode_for_with_events(
                 &self.registry,
                 id,
                 self.tick,
                 &self.snapshot,
                 &self.events,
                 &mut self.pkt,
-            )?;
+            ) {
+                Ok(stats) => stats,
+                Err(_) => {
+                    behind.push(id);
+                    continue;
+                }
+            };
             if self.session.send(id, SNAPSHOTS, &self.pkt).is_err() {
                 self.counters.send_refused += 1;
             }
@@ -277,11 +292,28 @@ impl<T: Transport> GameServer<T> {
             }
             self.counters.max_packet = self.counters.max_packet.max(self.pkt.len());
         }
+        for id in behind {
+            self.counters.fault_disconnects += 1;
+            self.session.disconnect_for_fault(id, Fault::FellBehind);
+            self.forget_client(id);
+        }
         if let Some(min) = self.repl.min_acked_event() {
             self.events.trim_through(min);
         }
         self.session.flush(now)?;
         Ok(())
+    }
+
+    /// Frees everything the game keeps for a client that left or was disconnected.
+    fn forget_client(&mut self, id: ClientId) {
+        if let Some(p) = self.game.player_of(id) {
+            self.authority.remove(p);
+        }
+        self.repl.remove_client(id);
+        self.game.remove_player(id);
+        self.inputs.remove_client(id);
+        self.last_input.remove(&id);
+        self.connected.retain(|&c| c != id);
     }
 
     /// The server's current tick.
@@ -333,14 +365,19 @@ impl<T: Transport> GameClient<T> {
         seed: u64,
         behaviour: Behaviour,
         coding: ComponentCoding,
+        token: Option<&ConnectToken>,
     ) -> Result<Self, NetGameError> {
         let registry = game::registry(coding)?;
         let session_cfg = statewire::SessionConfig {
             protocol_id: registry.fingerprint(),
             ..statewire::SessionConfig::default()
         };
+        let session = match token {
+            Some(t) => Client::with_token(transport, server, session_cfg, now, t)?,
+            None => Client::new(transport, server, session_cfg, now, seed ^ 0x0073_616c)?,
+        };
         Ok(GameClient {
-            session: Client::new(transport, server, session_cfg, now, seed ^ 0x0073_616c)?,
+            session,
             repl: ClientReplicator::new(ClientConfig::default()),
             world: ClientWorld::default(),
             bot: Bot::new(seed ^ 0xb07),

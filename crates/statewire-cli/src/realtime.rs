@@ -53,6 +53,14 @@ pub(crate) struct ServeArgs {
     /// Name announced in the beacon.
     #[arg(long, default_value = "statewire sim")]
     name: String,
+    /// Require connect tokens sealed with this key file (from `statewire keygen`); without it
+    /// the server runs in development mode (anyone on the network may join).
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// With --key-file: the address clients use to reach this server, as named in their
+    /// tokens (default: the bound address). May be given up to 4 times.
+    #[arg(long = "public-addr", value_parser = parse_addr)]
+    public_addrs: Vec<SocketAddr>,
 }
 
 /// Flags of `statewire lan`.
@@ -87,6 +95,9 @@ pub(crate) struct JoinArgs {
     /// Coding of positions and facings (as the server).
     #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
     codec: crate::sim::CodecKind,
+    /// A connect token from `statewire token` (base64), for a server run with --key-file.
+    #[arg(long, value_parser = crate::keys::parse_token)]
+    token: Option<statewire::ConnectToken>,
 }
 
 fn tick_len() -> Duration {
@@ -105,6 +116,33 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => return fail("give --udp ADDR or --tcp ADDR"),
     };
+    let tokens = match &args.key_file {
+        None => None,
+        Some(path) => {
+            let key = match crate::keys::read_key(path) {
+                Ok(k) => k,
+                Err(e) => return fail(&e),
+            };
+            let bound = transport.local_addr();
+            let public_addrs = if args.public_addrs.is_empty() {
+                vec![bound]
+            } else {
+                args.public_addrs.clone()
+            };
+            let unix_time_at_zero = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Some(statewire::TokenConfig {
+                key,
+                public_addrs,
+                unix_time_at_zero,
+            })
+        }
+    };
+    let secret = match statewire::Key::try_random() {
+        Ok(k) => k,
+        Err(e) => return fail(&format!("no random source for the server key: {e}")),
+    };
     let mut server = match GameServer::new(
         transport,
         args.entities,
@@ -112,6 +150,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         args.max_packet,
         args.seed,
         args.codec.coding(),
+        crate::netgame::Security { secret, tokens },
     ) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
@@ -171,9 +210,15 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
                 server.snapshot.state_hash()
             );
         }
+        // Drain the socket while waiting for the next tick, so that a flood of junk cannot
+        // fill the kernel's buffer and crowd out real clients' packets.
         let next = tick_len() * (t + 1);
-        if let Some(wait) = next.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
+        while let Some(wait) = next.checked_sub(start.elapsed()) {
+            match server.session.receive(start.elapsed()) {
+                Ok(0) => std::thread::sleep(wait.min(Duration::from_millis(1))),
+                Ok(_) => {}
+                Err(e) => return fail(&format!("the server's transport failed: {e}")),
+            }
         }
     }
     server.session.shutdown();
@@ -213,6 +258,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         args.seed,
         Behaviour::Honest,
         args.codec.coding(),
+        args.token.as_ref(),
     ) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),

@@ -13,7 +13,7 @@ use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 use crate::game::TICK_HZ;
-use crate::netgame::{Behaviour, GameClient, GameServer, NetGameError};
+use crate::netgame::{Behaviour, GameClient, GameServer, NetGameError, Security};
 
 /// Which transport carries the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -233,6 +233,12 @@ pub(crate) fn run(
         cfg.max_packet_bytes,
         cfg.seed,
         cfg.coding.coding(),
+        // The simulation is a closed world run for reproducible figures, so its server key
+        // comes from the seed; `serve` takes its key from the operating system's CSPRNG.
+        Security {
+            secret: sim_secret(cfg.seed),
+            tokens: None,
+        },
     )?;
     let server_addr = server.session.local_addr();
     let mut clients: Vec<GameClient<Link>> = Vec::with_capacity(cfg.clients);
@@ -254,6 +260,7 @@ pub(crate) fn run(
             seed,
             behaviour,
             cfg.coding.coding(),
+            None,
         )?);
     }
     // Real sockets deliver in real time: pace the virtual clock so a datagram sent in one tick
@@ -502,6 +509,14 @@ impl SimReport {
             werr = self.wire_errors,
         )
     }
+}
+
+/// The simulated server's secret: fixed by the seed, so runs are reproducible.
+fn sim_secret(seed: u64) -> statewire::Key {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&seed.to_le_bytes());
+    k[8..16].copy_from_slice(b"sim key\0");
+    statewire::Key::from_bytes(k)
 }
 
 #[cfg(test)]

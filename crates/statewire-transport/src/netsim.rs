@@ -584,6 +584,10 @@ impl<T: Transport> Transport for NetSim<T> {
         self.inner.close_peer(peer)
     }
 
+    fn mark_validated(&mut self, peer: SocketAddr) {
+        self.inner.mark_validated(peer)
+    }
+
     fn max_payload(&self) -> usize {
         self.inner.max_payload()
     }

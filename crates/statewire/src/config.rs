@@ -27,6 +27,22 @@ pub struct SessionConfig {
     pub max_datagrams_per_update: usize,
     /// Most packets one connection may transmit per update. Default 64.
     pub max_packets_per_peer_per_update: usize,
+    /// Handshake packets (connect requests, challenge responses, token packets) handled per
+    /// second from one source IP; more are dropped before any MAC or decryption is computed.
+    /// Default 64.
+    pub handshake_rate_per_ip: u32,
+    /// Handshake packets one source IP may send at once before its rate applies. Default 128.
+    pub handshake_burst_per_ip: u32,
+    /// Most source IPs whose handshake rate is tracked; beyond it new sources share one
+    /// bucket. Default 4,096.
+    pub max_tracked_sources: usize,
+    /// Messages per second a client may send; one over its rate (after a burst of twice
+    /// that) is disconnected with [`Fault::MessageRate`]. Default 1,000.
+    pub max_messages_per_sec: u32,
+    /// Token mode: most tokens remembered as in use (to refuse one replayed from another
+    /// address). Entries leave when their token expires; when the table is full the oldest
+    /// expiry goes first. Default 4,096.
+    pub max_token_entries: usize,
     /// Channels, timeouts and buffer limits of each connection.
     pub connection: ConnectionConfig,
 }
@@ -42,6 +58,11 @@ impl Default for SessionConfig {
             connect_resend: Duration::from_millis(100),
             max_datagrams_per_update: 4096,
             max_packets_per_peer_per_update: 64,
+            handshake_rate_per_ip: 64,
+            handshake_burst_per_ip: 128,
+            max_tracked_sources: 4096,
+            max_messages_per_sec: 1000,
+            max_token_entries: 4096,
             connection: ConnectionConfig::default(),
         }
     }
@@ -76,6 +97,37 @@ pub enum DisconnectReason {
     },
     /// Client only: no answer from the server within the connect timeout.
     ConnectTimeout,
+    /// Server only: the client was disconnected for a fault of its own; the server and its
+    /// other clients go on.
+    Fault(Fault),
+}
+
+/// A per-client fault that disconnects that client, and only it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The transport refused to send to the client's address.
+    SendFailed,
+    /// The client stopped acknowledging for [`crate::ConnectionConfig::unresponsive_timeout`].
+    Unresponsive,
+    /// The client sent messages faster than [`SessionConfig::max_messages_per_sec`].
+    MessageRate,
+    /// The client went over a memory budget (e.g. its reliable send queue is full).
+    OverBudget,
+    /// The client fell too far behind the game's history (e.g. the event log).
+    FellBehind,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::SendFailed => "sending to it failed",
+            Fault::Unresponsive => "it stopped acknowledging",
+            Fault::MessageRate => "it sent messages too fast",
+            Fault::OverBudget => "it went over its memory budget",
+            Fault::FellBehind => "it fell too far behind",
+        })
+    }
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -94,8 +146,9 @@ impl std::fmt::Display for DisconnectReason {
                 reason: RejectReason::VersionMismatch,
                 server_version,
             } => write!(f, "rejected: server runs protocol version {server_version}"),
-            DisconnectReason::Rejected { reason, .. } => write!(f, "rejected: {reason:?}"),
+            DisconnectReason::Rejected { reason, .. } => write!(f, "rejected: {reason}"),
             DisconnectReason::ConnectTimeout => f.write_str("no answer from the server"),
+            DisconnectReason::Fault(fault) => write!(f, "disconnected because {fault}"),
         }
     }
 }

@@ -276,6 +276,20 @@ pub struct ConnectionConfig {
     ///
     /// Default: 1 MiB (1 048 576).
     pub max_reassembly_bytes: usize,
+    /// Send pacing tied to acknowledgements: once packets that need an acknowledgement have
+    /// been in flight this long with no acknowledgement of anything, the connection sends only
+    /// pings (empty packets that ask for an acknowledgement, at the keepalive interval doubling
+    /// up to 4 times it) and drops queued unreliable messages, until the peer acknowledges
+    /// again. A peer that never acknowledges receives a few small packets, not a stream.
+    ///
+    /// Default: 1 s.
+    pub ack_timeout: Duration,
+    /// [`Connection::is_unresponsive`] turns true once packets have waited this long for any
+    /// acknowledgement (even if the peer keeps sending), so the session drops a peer that
+    /// keeps itself alive but never acknowledges. At least `ack_timeout`.
+    ///
+    /// Default: 10 s.
+    pub unresponsive_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -296,6 +310,8 @@ impl Default for ConnectionConfig {
             reliable_window: 1024,
             max_fragments_in_flight: 256,
             max_reassembly_bytes: 1024 * 1024,
+            ack_timeout: Duration::from_secs(1),
+            unresponsive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -318,6 +334,7 @@ impl ConnectionConfig {
             ("idle_timeout", self.idle_timeout),
             ("initial_rtt", self.initial_rtt),
             ("resend_min", self.resend_min),
+            ("ack_timeout", self.ack_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { field });
@@ -336,6 +353,12 @@ impl ConnectionConfig {
         }
         if self.max_fragments_in_flight == 0 {
             return Err(ConfigError::InFlight);
+        }
+        if self.unresponsive_timeout < self.ack_timeout {
+            return Err(ConfigError::Unresponsive {
+                ack: self.ack_timeout,
+                unresponsive: self.unresponsive_timeout,
+            });
         }
         for (i, c) in self.channels.iter().enumerate() {
             let channel = ChannelId(i as u8);
@@ -424,6 +447,14 @@ pub enum ConfigError {
     /// `max_fragments_in_flight` is zero.
     #[error("max_fragments_in_flight must be at least 1")]
     InFlight,
+    /// `unresponsive_timeout` is below `ack_timeout`.
+    #[error("unresponsive_timeout {unresponsive:?} is below ack_timeout {ack:?}")]
+    Unresponsive {
+        /// The configured ack timeout.
+        ack: Duration,
+        /// The configured unresponsive timeout.
+        unresponsive: Duration,
+    },
     /// A channel's `max_send_queue` is zero, or above [`MAX_RELIABLE_WINDOW`] on a reliable
     /// or sequenced channel.
     #[error("{channel}: max_send_queue {size} is out of range")]
@@ -566,6 +597,10 @@ pub struct ConnectionStats {
     pub dropped_over_budget: u64,
     /// Partly reassembled messages discarded because a fragment contradicted them.
     pub reassembly_resets: u64,
+    /// Pings sent while the peer was not acknowledging ([`ConnectionConfig::ack_timeout`]).
+    pub pings_sent: u64,
+    /// Queued unreliable messages dropped while the peer was not acknowledging.
+    pub dropped_unacked: u64,
 }
 
 /// A reliable fragment carried by a sent packet.
@@ -638,6 +673,11 @@ pub struct Connection {
     srtt: Duration,
     rttvar: Duration,
     rtt_sampled: bool,
+    /// When the oldest packet that needs an acknowledgement, sent since the last
+    /// acknowledgement of anything, went out.
+    waiting_since: Option<Duration>,
+    /// Pings sent since the peer last acknowledged.
+    stall_pings: u32,
 
     // Receiving.
     recv: Vec<Option<RecvSlot>>,
@@ -737,6 +777,8 @@ impl Connection {
             srtt,
             rttvar: srtt / 4,
             rtt_sampled: false,
+            waiting_since: None,
+            stall_pings: 0,
             recv: vec![None; RECV_HISTORY],
             newest_seen: None,
             newest_accepted: None,
@@ -841,6 +883,28 @@ impl Connection {
         now.saturating_sub(self.last_received) >= self.config.idle_timeout
     }
 
+    /// True while the peer has acknowledged nothing for [`ConnectionConfig::ack_timeout`]
+    /// although packets that need an acknowledgement are in flight: only pings go out.
+    pub fn is_stalled(&self, now: Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|t| now.saturating_sub(t) >= self.config.ack_timeout)
+    }
+
+    /// True once the peer has acknowledged nothing for
+    /// [`ConnectionConfig::unresponsive_timeout`] while packets waited for it.
+    pub fn is_unresponsive(&self, now: Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|t| now.saturating_sub(t) >= self.config.unresponsive_timeout)
+    }
+
+    /// When the next ping of a stalled connection is due: the keepalive interval, doubled per
+    /// ping already sent, up to 4 times.
+    fn next_ping(&self) -> Duration {
+        let backoff = 1u32 << self.stall_pings.min(2);
+        self.last_sent
+            .saturating_add(self.config.keepalive_interval.saturating_mul(backoff))
+    }
+
     fn rto(&self) -> Duration {
         let srtt = self.srtt;
         let base = (srtt.saturating_mul(5) / 4)
@@ -860,6 +924,12 @@ impl Connection {
             .min(self.last_received.saturating_add(self.config.idle_timeout));
         if let Some(since) = self.ack_pending_since {
             t = t.min(since.saturating_add(self.config.max_ack_delay));
+        }
+        if self.is_stalled(self.now) {
+            return Some(t.min(self.next_ping()));
+        }
+        if let Some(since) = self.waiting_since {
+            t = t.min(since.saturating_add(self.config.ack_timeout));
         }
         let rto = self.rto();
         let may_send_new = self.fragments_in_flight() < self.config.max_fragments_in_flight;
@@ -889,12 +959,19 @@ impl Connection {
         let limit = start + self.config.max_packet_size;
         let ack = self.choose_ack(now);
         let seq = self.next_seq;
-        wire::put_header(out, seq, ack);
+        let stalled = self.is_stalled(now);
+        let ping = stalled && self.next_ping() <= now;
+        wire::put_header(out, seq, ack, ping);
 
         let slot = usize::from(seq) % SENT_HISTORY;
         let mut items = std::mem::take(&mut self.sent[slot].items);
         items.clear();
-        let wrote = self.write_frames(now, out, limit, &mut items);
+        let wrote = if stalled {
+            self.drop_unreliable();
+            false
+        } else {
+            self.write_frames(now, out, limit, &mut items)
+        };
 
         let mut ack_due = self
             .ack_pending_since
@@ -908,11 +985,12 @@ impl Connection {
             self.ack_pending_since = None;
             ack_due = false;
         }
-        let keepalive_due = self
-            .last_sent
-            .saturating_add(self.config.keepalive_interval)
-            <= now;
-        if !wrote && !ack_due && !keepalive_due {
+        let keepalive_due = !stalled
+            && self
+                .last_sent
+                .saturating_add(self.config.keepalive_interval)
+                <= now;
+        if !wrote && !ack_due && !keepalive_due && !ping {
             out.truncate(start);
             self.sent[slot].items = items;
             return false;
@@ -930,10 +1008,17 @@ impl Connection {
             live: true,
             acked: false,
             lost: false,
-            eliciting: wrote,
+            eliciting: wrote || ping,
             sent_at: now,
             items,
         };
+        if wrote || ping {
+            self.waiting_since.get_or_insert(now);
+        }
+        if ping {
+            self.stall_pings = self.stall_pings.saturating_add(1);
+            self.stats.pings_sent += 1;
+        }
         self.next_seq = seq.wrapping_add(1);
         self.sent_any = true;
         self.last_sent = now;
@@ -941,6 +1026,18 @@ impl Connection {
         self.stats.bytes_sent += (out.len() - start) as u64;
         debug_assert!(out.len() <= limit);
         true
+    }
+
+    /// While stalled: unreliable messages would only add to what the peer does not take.
+    fn drop_unreliable(&mut self) {
+        for channel in &mut self.channels {
+            let dropped = match channel {
+                Channel::Unreliable { queue } => std::mem::take(queue).len(),
+                Channel::Sequenced { queue, .. } => std::mem::take(queue).len(),
+                Channel::Reliable { .. } => 0,
+            };
+            self.stats.dropped_unacked += dropped as u64;
+        }
     }
 
     /// Fills the packet with frames: unreliable channels first (latency matters most there),
@@ -1184,7 +1281,7 @@ impl Connection {
             accepted &= self.on_frame(frame, fresh);
         }
         if fresh {
-            self.record_received(header.seq, accepted, !frames.is_empty(), now);
+            self.record_received(header.seq, accepted, !frames.is_empty() || header.ping, now);
         }
         Ok(())
     }
@@ -1309,6 +1406,9 @@ impl Connection {
         }
         record.acked = true;
         stats.packets_acked += 1;
+        // The peer is taking what we send: pacing resumes.
+        self.waiting_since = None;
+        self.stall_pings = 0;
         if record.lost {
             record.lost = false;
             stats.packets_lost -= 1;

@@ -9,6 +9,7 @@ use statewire_transport::{Transport, TransportError};
 use crate::client::{Client, ClientEvent, ClientSendError};
 use crate::config::SessionConfig;
 use crate::connection::{ChannelId, ConfigError};
+use crate::crypto::Key;
 use crate::server::Server;
 
 /// What client-side game code needs from its link to the server. Implemented by a remote
@@ -44,8 +45,8 @@ pub struct Host<T: Transport, U = ()> {
 
 impl<T: Transport, U> Host<T, U> {
     /// Starts serving on `transport` with the host's player already connected.
-    pub fn new(transport: T, config: SessionConfig, key: (u64, u64)) -> Result<Self, ConfigError> {
-        let mut server = Server::new(transport, config, key)?;
+    pub fn new(transport: T, config: SessionConfig, secret: Key) -> Result<Self, ConfigError> {
+        let mut server = Server::new(transport, config, secret)?;
         let local = server.add_local_client();
         Ok(Host { server, local })
     }

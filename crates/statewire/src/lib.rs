@@ -27,13 +27,16 @@
 pub mod client;
 mod config;
 pub mod connection;
+pub mod crypto;
 pub mod discovery;
 mod host;
+mod limiter;
 pub mod packet;
 pub mod server;
 
-pub use client::{Client, ClientEvent, ClientSendError, ClientState};
-pub use config::{DisconnectReason, SessionConfig};
+pub use client::{Client, ClientEvent, ClientSendError, ClientState, ClientTokenError};
+pub use config::{DisconnectReason, Fault, SessionConfig};
 pub use connection::{ChannelId, ConnectionConfig};
+pub use crypto::{ConnectToken, Key, TokenParams};
 pub use host::{Host, LocalClient, PlayerLink};
-pub use server::{Server, ServerEvent, ServerSendError, ServerStats, random_key};
+pub use server::{Server, ServerEvent, ServerSendError, ServerStats, TokenConfig};

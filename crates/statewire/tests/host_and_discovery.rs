@@ -9,7 +9,7 @@ use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackNet};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
-const KEY: (u64, u64) = (1, 2);
+const KEY: statewire::Key = statewire::Key::from_bytes([7; 32]);
 const RELIABLE: ChannelId = ChannelId(0);
 const STEP: Duration = Duration::from_millis(10);
 

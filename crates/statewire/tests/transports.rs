@@ -14,7 +14,7 @@ use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 type Dyn = Box<dyn Transport>;
-const KEY: (u64, u64) = (0xfeed, 0xbeef);
+const KEY: statewire::Key = statewire::Key::from_bytes([7; 32]);
 const RELIABLE: ChannelId = ChannelId(0);
 const WALL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -259,11 +259,12 @@ fn rogue_input(kind: Kind) {
             let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let _ = rogue.send(addr, &junk);
             pkt.clear();
-            Packet::Data {
-                mac: rng.next_u64(),
-                payload: &junk[..len.min(64)],
-            }
-            .encode(&mut pkt);
+            // A sealed data packet under a guessed key: kind, sequence number, body, tag.
+            pkt.push(0x24);
+            pkt.extend_from_slice(&rng.next_u64().to_le_bytes());
+            pkt.extend_from_slice(&junk[..len.min(64)]);
+            pkt.extend_from_slice(&rng.next_u64().to_le_bytes());
+            pkt.extend_from_slice(&rng.next_u64().to_le_bytes());
             let _ = rogue.send(addr, &pkt);
             let _ = rogue.send(addr, &pkt[..pkt.len() / 2]);
             pkt.clear();

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! payload = flags:u8  seq:u16le  [ack:u16le  ack_bits:u32le  ack_delay:u16le]  frame*
-//! flags   = bit 0: the ack fields are present; bits 1..7 must be zero
+//! flags   = bit 0: the ack fields are present; bit 1: ping (the sender asks for an
+//!           acknowledgement of this packet even though it carries no frame); bits 2..7 must
+//!           be zero
 //! ack_delay = time from receiving packet `ack` to sending this one, in units of 100 µs
 //! frame   = channel:u8  body
 //! body    = unreliable:  len:varint  bytes
@@ -21,6 +23,8 @@ use super::{ChannelKind, PayloadError};
 
 /// Flag bit: the ack fields follow the sequence number.
 pub(super) const FLAG_ACK: u8 = 0x01;
+/// Flag bit: acknowledge this packet although it has no frames.
+pub(super) const FLAG_PING: u8 = 0x02;
 /// Longest packet header: flags, seq, ack, ack bits, ack delay.
 pub(super) const MAX_HEADER_LEN: usize = 1 + 2 + 2 + 4 + 2;
 /// Unit of the ack delay field.
@@ -55,6 +59,7 @@ pub(super) struct AckHeader {
 pub(super) struct Header {
     pub(super) seq: u16,
     pub(super) ack: Option<AckHeader>,
+    pub(super) ping: bool,
 }
 
 /// Kind-specific fields of a frame.
@@ -143,7 +148,7 @@ pub(super) fn decode<'a>(
 ) -> Result<(Header, Frames<'a>), PayloadError> {
     let mut r = Reader { rest: payload };
     let flags = r.u8()?;
-    if flags & !FLAG_ACK != 0 {
+    if flags & !(FLAG_ACK | FLAG_PING) != 0 {
         return Err(PayloadError::UnknownFlags { flags });
     }
     let seq = r.u16()?;
@@ -160,7 +165,14 @@ pub(super) fn decode<'a>(
     while !r.rest.is_empty() {
         frames.push(decode_frame(&mut r, channels)?);
     }
-    Ok((Header { seq, ack }, frames))
+    Ok((
+        Header {
+            seq,
+            ack,
+            ping: flags & FLAG_PING != 0,
+        },
+        frames,
+    ))
 }
 
 fn decode_frame<'a>(
@@ -244,17 +256,18 @@ fn put_varint(out: &mut Vec<u8>, value: u32) {
 }
 
 /// Writes a packet header.
-pub(super) fn put_header(out: &mut Vec<u8>, seq: u16, ack: Option<AckHeader>) {
+pub(super) fn put_header(out: &mut Vec<u8>, seq: u16, ack: Option<AckHeader>, ping: bool) {
+    let ping = if ping { FLAG_PING } else { 0 };
     match ack {
         Some(ack) => {
-            out.push(FLAG_ACK);
+            out.push(FLAG_ACK | ping);
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(&ack.base.to_le_bytes());
             out.extend_from_slice(&ack.bits.to_le_bytes());
             out.extend_from_slice(&ack.delay.to_le_bytes());
         }
         None => {
-            out.push(0);
+            out.push(ping);
             out.extend_from_slice(&seq.to_le_bytes());
         }
     }
@@ -350,8 +363,8 @@ mod tests {
         assert_eq!(decode(&[], &l).unwrap_err(), PayloadError::Truncated);
         assert_eq!(decode(&[0, 1], &l).unwrap_err(), PayloadError::Truncated);
         assert_eq!(
-            decode(&[2, 0, 0], &l).unwrap_err(),
-            PayloadError::UnknownFlags { flags: 2 }
+            decode(&[4, 0, 0], &l).unwrap_err(),
+            PayloadError::UnknownFlags { flags: 4 }
         );
         assert_eq!(
             decode(&[1, 0, 0, 0], &l).unwrap_err(),
@@ -437,7 +450,7 @@ mod tests {
         ) {
             let ack = ack.map(|(base, bits, delay)| AckHeader { base, bits, delay });
             let mut out = Vec::new();
-            put_header(&mut out, seq, ack);
+            put_header(&mut out, seq, ack, false);
             let mut expected_len = out.len();
             for (channel, kind, data) in &frames {
                 let f = Frame { channel: *channel, kind: *kind, data };
@@ -446,7 +459,7 @@ mod tests {
             }
             prop_assert_eq!(out.len(), expected_len);
             let (header, decoded) = decode(&out, &limits()).unwrap();
-            prop_assert_eq!(header, Header { seq, ack });
+            prop_assert_eq!(header, Header { seq, ack, ping: false });
             prop_assert_eq!(decoded.len(), frames.len());
             for (d, (channel, kind, data)) in decoded.iter().zip(&frames) {
                 prop_assert_eq!(d.channel, *channel);

@@ -10,7 +10,7 @@ use statewire_transport::Transport;
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
-use statewire::discovery::{Announcer, Beacon, GameTransport, HostList};
+use statewire::discovery::{Announcer, Beacon, GameTransport, HostList, MAX_NAME_LEN};
 
 use crate::game::TICK_HZ;
 use crate::netgame::{Behaviour, GameClient, GameServer};
@@ -164,7 +164,14 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
                 codec: args.codec.coding(),
                 players: known.min(usize::from(u16::MAX)) as u16,
                 max_players: args.max_clients.min(usize::from(u16::MAX)) as u16,
-                name: args.name.chars().take(32).collect(),
+                // At most MAX_NAME_LEN bytes, cut at a character boundary (32 characters of
+                // up to 4 bytes each could exceed it, and the beacon would not encode).
+                name: args
+                    .name
+                    .char_indices()
+                    .take_while(|(i, c)| i + c.len_utf8() <= MAX_NAME_LEN)
+                    .map(|(_, c)| c)
+                    .collect(),
             };
             // A failed beacon is not worth stopping the game for.
             let _ = announcer.poll(now, &b, sock);

@@ -309,6 +309,8 @@ impl<T: Transport> GameServer<T> {
         if let Some(p) = self.game.player_of(id) {
             self.authority.remove(p);
         }
+        self.authority.remove_client(id);
+        self.events.remove_client(id);
         self.repl.remove_client(id);
         self.game.remove_player(id);
         self.inputs.remove_client(id);

@@ -10,7 +10,7 @@ use statewire_transport::Transport;
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
-use statewire::discovery::{Announcer, Beacon, HostList};
+use statewire::discovery::{Announcer, Beacon, GameTransport, HostList, MAX_NAME_LEN};
 
 use crate::game::TICK_HZ;
 use crate::netgame::{Behaviour, GameClient, GameServer};
@@ -72,9 +72,10 @@ pub(crate) struct LanArgs {
     /// How long to listen, in seconds.
     #[arg(long, default_value_t = 3)]
     secs: u64,
-    /// Coding the games must use (part of the game id).
-    #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
-    codec: crate::sim::CodecKind,
+    /// List only games of this coding (default: every coding). A game is listed only if its
+    /// game id is the protocol fingerprint of the coding its beacon announces.
+    #[arg(long, value_enum)]
+    codec: Option<crate::sim::CodecKind>,
 }
 
 /// Flags of `statewire join`.
@@ -194,9 +195,22 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
                 game_id: protocol_id,
                 version: statewire::SessionConfig::default().version,
                 game_port: game_addr.port(),
+                transport: if args.tcp.is_some() {
+                    GameTransport::Tcp
+                } else {
+                    GameTransport::Udp
+                },
+                codec: args.codec.coding(),
                 players: known.min(usize::from(u16::MAX)) as u16,
                 max_players: args.max_clients.min(usize::from(u16::MAX)) as u16,
-                name: args.name.chars().take(32).collect(),
+                // At most MAX_NAME_LEN bytes, cut at a character boundary (32 characters of
+                // up to 4 bytes each could exceed it, and the beacon would not encode).
+                name: args
+                    .name
+                    .char_indices()
+                    .take_while(|(i, c)| i + c.len_utf8() <= MAX_NAME_LEN)
+                    .map(|(_, c)| c)
+                    .collect(),
             };
             // A failed beacon is not worth stopping the game for.
             let _ = announcer.poll(now, &b, sock);
@@ -316,15 +330,27 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
 }
 
 pub(crate) fn lan(args: LanArgs) -> ExitCode {
+    use clap::ValueEnum as _;
     let mut sock = match UdpTransport::bind(args.listen, UdpConfig::default()) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", args.listen)),
     };
-    let protocol_id = match crate::game::registry(args.codec.coding()) {
-        Ok(r) => r.fingerprint(),
-        Err(e) => return fail(&e.to_string()),
+    // Each coding has its own registry fingerprint, hence its own game id.
+    let kinds = match args.codec {
+        Some(k) => vec![k],
+        None => crate::sim::CodecKind::value_variants().to_vec(),
     };
-    let mut list = HostList::new(protocol_id, None, Duration::from_secs(3), 256);
+    let mut games = Vec::with_capacity(kinds.len());
+    for k in kinds {
+        match crate::game::registry(k.coding()) {
+            Ok(r) => games.push((k, r.fingerprint())),
+            Err(e) => return fail(&e.to_string()),
+        }
+    }
+    let mut list = HostList::new(games[0].1, None, Duration::from_secs(3), 256);
+    for &(_, id) in &games[1..] {
+        list = list.with_game_id(id);
+    }
     let start = Instant::now();
     let limit = Duration::from_secs(args.secs);
     while start.elapsed() < limit {
@@ -333,14 +359,34 @@ pub(crate) fn lan(args: LanArgs) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let hosts = list.hosts(start.elapsed());
+    let hosts: Vec<_> = list
+        .hosts(start.elapsed())
+        .into_iter()
+        .filter_map(|h| {
+            let (kind, _) = games
+                .iter()
+                .find(|(k, id)| *id == h.beacon.game_id && k.coding() == h.beacon.codec)?;
+            // A transport `join` cannot use is not listed.
+            let tcp = match h.beacon.transport {
+                GameTransport::Udp => "",
+                GameTransport::Tcp => " --tcp",
+                _ => return None,
+            };
+            Some((*kind, tcp, h))
+        })
+        .collect();
     if hosts.is_empty() {
         println!("no games heard on {}", args.listen);
     }
-    for h in hosts {
+    for (kind, tcp, h) in hosts {
         println!(
-            "{}  {:?}  {}/{} players  (join with: statewire join {})",
-            h.game_addr, h.beacon.name, h.beacon.players, h.beacon.max_players, h.game_addr
+            "{}  {:?}  {}/{} players  (join with: statewire join {}{tcp} --codec {})",
+            h.game_addr,
+            h.beacon.name,
+            h.beacon.players,
+            h.beacon.max_players,
+            h.game_addr,
+            kind.name()
         );
     }
     ExitCode::SUCCESS

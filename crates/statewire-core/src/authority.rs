@@ -193,6 +193,16 @@ impl RejectionCounts {
             + self.invalid
     }
 
+    fn add(&mut self, r: &RejectionCounts) {
+        self.unknown_entity += r.unknown_entity;
+        self.server_owned += r.server_owned;
+        self.other_owner += r.other_owner;
+        self.authority_moved += r.authority_moved;
+        self.rate_limited += r.rate_limited;
+        self.contended += r.contended;
+        self.invalid += r.invalid;
+    }
+
     fn count(&mut self, r: WriteRejection) {
         match r {
             WriteRejection::UnknownEntity => self.unknown_entity += 1,
@@ -252,6 +262,8 @@ pub struct Authority {
     tick: Tick,
     writes: HashMap<ClientId, u32>,
     rejections: HashMap<ClientId, RejectionCounts>,
+    /// Rejections of clients forgotten by [`Authority::remove_client`], kept for the totals.
+    departed_rejections: RejectionCounts,
     /// Who wrote each entity this tick: after a mid-tick transfer the new owner waits.
     written_by: HashMap<EntityId, ClientId>,
 }
@@ -268,8 +280,22 @@ impl Authority {
             tick: Tick(0),
             writes: HashMap::new(),
             rejections: HashMap::new(),
+            departed_rejections: RejectionCounts::default(),
             written_by: HashMap::new(),
         }
+    }
+
+    /// Forgets everything kept for `client` (call it when the client leaves): its rejection
+    /// counts (still included in [`Authority::total_rejections`]), its open transfer requests,
+    /// this tick's write budget and the record of authority it lost. Entities it owns keep
+    /// their owner: [`Authority::revoke`], [`Authority::grant`] or [`Authority::remove`] them.
+    pub fn remove_client(&mut self, client: ClientId) {
+        if let Some(r) = self.rejections.remove(&client) {
+            self.departed_rejections.add(&r);
+        }
+        self.requests.retain(|(_, c), _| *c != client);
+        self.writes.remove(&client);
+        self.moved.retain(|_, (c, _)| *c != client);
     }
 
     /// Records a new entity and its owner.
@@ -409,18 +435,12 @@ impl Authority {
         self.rejections.get(&client).copied().unwrap_or_default()
     }
 
-    /// Rejected writes from everyone.
+    /// Rejected writes from everyone, including clients since removed.
     #[must_use]
     pub fn total_rejections(&self) -> RejectionCounts {
-        let mut t = RejectionCounts::default();
+        let mut t = self.departed_rejections;
         for r in self.rejections.values() {
-            t.unknown_entity += r.unknown_entity;
-            t.server_owned += r.server_owned;
-            t.other_owner += r.other_owner;
-            t.authority_moved += r.authority_moved;
-            t.rate_limited += r.rate_limited;
-            t.contended += r.contended;
-            t.invalid += r.invalid;
+            t.add(r);
         }
         t
     }
@@ -451,6 +471,8 @@ pub struct InputBuffer<I> {
     now: Tick,
     inputs: HashMap<ClientId, BTreeMap<u32, I>>,
     rejected: HashMap<ClientId, u64>,
+    /// Rejections of clients forgotten by [`InputBuffer::remove_client`], for the total.
+    departed_rejected: u64,
 }
 
 impl<I> InputBuffer<I> {
@@ -463,6 +485,7 @@ impl<I> InputBuffer<I> {
             now: Tick(0),
             inputs: HashMap::new(),
             rejected: HashMap::new(),
+            departed_rejected: 0,
         }
     }
 
@@ -522,9 +545,13 @@ impl<I> InputBuffer<I> {
         out
     }
 
-    /// Forgets a client.
+    /// Forgets a client (call it when the client leaves): its buffered inputs and its
+    /// rejection count (still included in [`InputBuffer::total_rejected`]).
     pub fn remove_client(&mut self, client: ClientId) {
         self.inputs.remove(&client);
+        if let Some(n) = self.rejected.remove(&client) {
+            self.departed_rejected += n;
+        }
     }
 
     /// Inputs rejected from `client`.
@@ -533,9 +560,82 @@ impl<I> InputBuffer<I> {
         self.rejected.get(&client).copied().unwrap_or(0)
     }
 
-    /// Inputs rejected from everyone.
+    /// Inputs rejected from everyone, including clients since removed.
     #[must_use]
     pub fn total_rejected(&self) -> u64 {
-        self.rejected.values().sum()
+        self.departed_rejected + self.rejected.values().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(entity: u32) -> StateWrite {
+        StateWrite {
+            entity: EntityId(entity),
+            component: ComponentId(0),
+            values: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn remove_client_forgets_it_but_keeps_the_totals() {
+        let (gone, stays) = (ClientId(1), ClientId(2));
+        let registry = Registry::new();
+        let mut a = Authority::new(AuthorityConfig::default());
+        a.insert(EntityId(10), Owner::Client(gone));
+        a.insert(EntityId(20), Owner::Server);
+        let mut out = Vec::new();
+        for c in [gone, stays] {
+            // Unknown entity, then someone else's entity.
+            assert!(a.accept_write(&registry, c, &write(99), &mut out).is_err());
+            assert!(a.accept_write(&registry, c, &write(20), &mut out).is_err());
+            a.request(c, EntityId(20)).unwrap();
+        }
+        // `gone` loses entity 10 to `stays`, so a `moved` record names it.
+        a.grant(EntityId(10), stays).unwrap();
+        a.request(gone, EntityId(10)).unwrap();
+        a.writes.insert(gone, 1);
+        let before = a.total_rejections();
+        assert_eq!(before.total(), 4);
+
+        a.remove_client(gone);
+        assert!(!a.rejections.contains_key(&gone));
+        assert!(!a.writes.contains_key(&gone));
+        assert!(a.requests().all(|(_, c, _)| c != gone));
+        assert!(a.moved.values().all(|(c, _)| *c != gone));
+        assert_eq!(a.rejections(gone), RejectionCounts::default());
+        assert_eq!(a.rejections(stays).total(), 2);
+        assert_eq!(a.requests().count(), 1);
+        assert_eq!(a.total_rejections(), before);
+        // Removing it again, or a client never seen, changes nothing.
+        a.remove_client(gone);
+        a.remove_client(ClientId(3));
+        assert_eq!(a.total_rejections(), before);
+    }
+
+    #[test]
+    fn input_buffer_remove_client_forgets_inputs_and_rejections() {
+        let (gone, stays) = (ClientId(1), ClientId(2));
+        let mut inputs: InputBuffer<u8> = InputBuffer::new(4, 8);
+        inputs.take(Tick(10));
+        for c in [gone, stays] {
+            inputs.push(c, Tick(12), 1).unwrap();
+            assert_eq!(inputs.push(c, Tick(5), 1), Err(InputRejection::TooOld));
+            assert_eq!(
+                inputs.push(c, Tick(99), 1),
+                Err(InputRejection::TooFarAhead)
+            );
+        }
+        assert_eq!(inputs.total_rejected(), 4);
+
+        inputs.remove_client(gone);
+        assert!(!inputs.inputs.contains_key(&gone));
+        assert!(!inputs.rejected.contains_key(&gone));
+        assert_eq!(inputs.rejected(gone), 0);
+        assert_eq!(inputs.rejected(stays), 2);
+        assert_eq!(inputs.total_rejected(), 4);
+        assert_eq!(inputs.take(Tick(12)), vec![(stays, 1)]);
     }
 }

@@ -242,6 +242,14 @@ impl EventServer {
         std::mem::take(&mut self.rejected)
     }
 
+    /// Forgets `client` (call it when the client leaves): its proposal budget for this tick and
+    /// the rejections queued for it, which nobody is left to receive. Its pending proposals are
+    /// still resolved, like any other (they were made while it was connected).
+    pub fn remove_client(&mut self, client: ClientId) {
+        self.per_client.remove(&client);
+        self.rejected.retain(|(c, _)| *c != client);
+    }
+
     /// The id the next resolved event will get.
     #[must_use]
     pub fn next_id(&self) -> EventId {
@@ -602,6 +610,38 @@ impl Predictions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_client_drops_its_budget_and_queued_rejections() {
+        let (gone, stays) = (ClientId(1), ClientId(2));
+        let config = EventConfig {
+            max_per_client_per_tick: 1,
+            ..EventConfig::default()
+        };
+        let mut server = EventServer::new(config);
+        let proposal = |c: ClientId, seq: u32| Proposal {
+            proposer: Writer::Client(c),
+            seq,
+            tick: Tick(1),
+            kind: 0,
+            entities: EntityRefs::new(),
+            data: EventData::new(),
+        };
+        for c in [gone, stays] {
+            server.propose(proposal(c, 1)).unwrap();
+            assert_eq!(
+                server.propose(proposal(c, 2)),
+                Err(ProposalRejection::RateLimited)
+            );
+        }
+        server.remove_client(gone);
+        assert!(!server.per_client.contains_key(&gone));
+        assert_eq!(server.take_rejections(), vec![(stays, 2)]);
+        // Its budget is gone too: a proposal under its id (a reused id) is not rate limited.
+        server.propose(proposal(gone, 3)).unwrap();
+        // Pending proposals of the departed client are still resolved.
+        assert_eq!(server.resolve(Tick(2), |_| true).len(), 3);
+    }
 
     fn refs(ids: &[u32]) -> EntityRefs {
         ids.iter().map(|&i| EntityId(i)).collect()

@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use statewire::discovery::{Announcer, Beacon, HostList};
+use statewire::discovery::{
+    Announcer, Beacon, DEFAULT_MAX_PER_SOURCE, GameTransport, HostList, LanHost, MAX_BEACON_LEN,
+};
 use statewire::*;
+use statewire_core::ComponentCoding;
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackNet};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
@@ -114,6 +117,8 @@ fn lan_beacon_is_heard_at_its_rate_and_expires() {
         game_id: SessionConfig::default().protocol_id,
         version: 1,
         game_port: 4567,
+        transport: GameTransport::Udp,
+        codec: ComponentCoding::Packed,
         players: 3,
         max_players: 8,
         name: "Friday night".into(),
@@ -146,4 +151,96 @@ fn lan_beacon_is_heard_at_its_rate_and_expires() {
     );
     // Silence: the host expires.
     assert!(list.hosts(now + Duration::from_secs(1)).is_empty());
+}
+
+fn lan_beacon(name: &str, port: u16) -> Beacon {
+    Beacon {
+        game_id: SessionConfig::default().protocol_id,
+        version: 1,
+        game_port: port,
+        transport: GameTransport::Tcp,
+        codec: ComponentCoding::Entropy,
+        players: 1,
+        max_players: 4,
+        name: name.into(),
+    }
+}
+
+fn encode(b: &Beacon) -> Vec<u8> {
+    let mut out = Vec::new();
+    b.encode(&mut out).unwrap();
+    out
+}
+
+/// Polls until a poll adds nothing new (UDP on 127.0.0.1 delivers at once, but not
+/// synchronously).
+fn poll_a_while<T: Transport>(list: &mut HostList, sock: &mut T) {
+    for _ in 0..50 {
+        list.poll(Duration::ZERO, sock, 64).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_oversize_datagram_does_not_hide_the_beacon_behind_it() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut host_sock = UdpTransport::bind(any, UdpConfig::default()).unwrap();
+    let mut listen_sock = UdpTransport::bind(any, UdpConfig::default()).unwrap();
+    let to = listen_sock.local_addr();
+    let beacon = lan_beacon("real", 7777);
+    let mut list = HostList::new(beacon.game_id, None, Duration::from_secs(3), 16);
+    // Junk longer than any beacon, and a malformed beacon-sized datagram, then the real one.
+    host_sock.send(to, &[0x5a; 300]).unwrap();
+    host_sock.send(to, &[0x5a; MAX_BEACON_LEN]).unwrap();
+    host_sock.send(to, &encode(&beacon)).unwrap();
+    poll_a_while(&mut list, &mut listen_sock);
+    let hosts = list.hosts(Duration::ZERO);
+    assert_eq!(hosts.len(), 1, "ignored {}", list.ignored());
+    assert_eq!(hosts[0].beacon, beacon);
+    assert_eq!(list.ignored(), 2);
+
+    // The same over the loopback network, whose queue holds a datagram a buffer cannot take.
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let mut tx = net.endpoint();
+    let mut rx = net.endpoint();
+    let mut list = HostList::new(beacon.game_id, None, Duration::from_secs(3), 16);
+    tx.send(rx.local_addr(), &[0u8; 300]).unwrap();
+    tx.send(rx.local_addr(), &encode(&beacon)).unwrap();
+    list.poll(Duration::ZERO, &mut rx, 64).unwrap();
+    assert_eq!(list.hosts(Duration::ZERO).len(), 1);
+    assert_eq!(rx.pending(), 0);
+}
+
+#[test]
+fn forged_beacons_from_one_source_do_not_hide_a_real_game() {
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let mut rx = net.bind("10.0.0.1:47800".parse().unwrap()).unwrap();
+    let mut forger = net.bind("10.0.0.66:47800".parse().unwrap()).unwrap();
+    let mut real_host = net.bind("10.0.0.2:47800".parse().unwrap()).unwrap();
+    let to = rx.local_addr();
+    // The CLI's list: 256 hosts, the default per-source limit.
+    let real = lan_beacon("real", 7777);
+    let mut list = HostList::new(real.game_id, None, Duration::from_secs(3), 256);
+    for round in 0..3 {
+        for port in 0..256u16 {
+            forger
+                .send(to, &encode(&lan_beacon("forged", 10_000 + port)))
+                .unwrap();
+        }
+        real_host.send(to, &encode(&real)).unwrap();
+        let now = Duration::from_secs(round);
+        list.poll(now, &mut rx, 10_000).unwrap();
+        let hosts = list.hosts(now);
+        let from_forger = hosts
+            .iter()
+            .filter(|h| h.game_addr.ip() == forger.local_addr().ip())
+            .count();
+        assert_eq!(from_forger, DEFAULT_MAX_PER_SOURCE);
+        let listed: Vec<&LanHost> = hosts
+            .iter()
+            .filter(|h| h.game_addr == SocketAddr::new(real_host.local_addr().ip(), 7777))
+            .collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].beacon, real);
+    }
 }

@@ -87,6 +87,13 @@ pub trait Transport {
     fn close_peer(&mut self, peer: SocketAddr) {
         let _ = peer;
     }
+
+    /// The session layer proved that `peer` is a legitimate client (it completed the
+    /// handshake). Connection-oriented transports use it to time out and evict unproven
+    /// connections first; datagram transports ignore it (the default).
+    fn mark_validated(&mut self, peer: SocketAddr) {
+        let _ = peer;
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -108,6 +115,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn close_peer(&mut self, peer: SocketAddr) {
         (**self).close_peer(peer)
     }
+    fn mark_validated(&mut self, peer: SocketAddr) {
+        (**self).mark_validated(peer)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -128,5 +138,8 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn close_peer(&mut self, peer: SocketAddr) {
         (**self).close_peer(peer)
+    }
+    fn mark_validated(&mut self, peer: SocketAddr) {
+        (**self).mark_validated(peer)
     }
 }

@@ -42,11 +42,11 @@
 //! the peers round-robin, starting after the peer that produced the previous frame, and stops at
 //! the first complete frame. Visiting a peer flushes its pending writes and, only if no complete
 //! frame is already buffered, makes one read of at most [`TcpConfig::max_read_per_peer_per_call`]
-//! bytes, unless that peer was already read since the last `recv` that returned `Ok(None)`.
-//! So one flooding peer gets one frame per turn like everyone else, and one drain reads each
-//! connection at most once: its cost is one read per connection plus one call per frame, not one
-//! read per connection per frame. Bytes that arrive at a connection after its read wait for the
-//! next drain.
+//! bytes; a server skips that read if it already read the peer since the last `recv` that
+//! returned `Ok(None)`. So one flooding peer gets one frame per turn like everyone else, and a
+//! server's drain reads each connection at most once: its cost is one read per connection plus
+//! one call per frame, not one read per connection per frame. Bytes that arrive at a connection
+//! after its read wait for the next drain.
 //!
 //! # Timeouts and admission (servers)
 //!
@@ -185,7 +185,9 @@ pub struct TcpConfig {
     /// Default: 262 144 (256 KiB).
     pub max_write_buffer_per_peer: usize,
     /// Most bytes read from one connection in one [`Transport::recv`] call; also the size of the
-    /// transport's one scratch buffer. Must be at least 1.
+    /// transport's one scratch buffer. A server reads each connection at most once per drain
+    /// (see the [module docs](self#drain-rule-and-fairness)), so this also bounds what one
+    /// connection delivers per drain. Must be at least 1.
     ///
     /// Default: 65 536.
     pub max_read_per_peer_per_call: usize,
@@ -472,22 +474,24 @@ impl Peer {
         }
     }
 
-    /// Flushes, then finds a complete frame, reading once if none is buffered yet and the peer
-    /// was not read in drain round `round` yet.
+    /// Flushes, then finds a complete frame, reading once if none is buffered yet and, given a
+    /// drain round, the peer was not read in that round yet.
     fn poll_frame(
         &mut self,
         scratch: &mut [u8],
         config: &TcpConfig,
-        round: u64,
+        round: Option<u64>,
     ) -> Result<Option<usize>, DisconnectReason> {
         self.flush()?;
         if let Some(len) = self.complete_frame(config.max_frame)? {
             return Ok(Some(len));
         }
-        if self.read_round == round {
-            return Ok(None);
+        if let Some(round) = round {
+            if self.read_round == round {
+                return Ok(None);
+            }
+            self.read_round = round;
         }
-        self.read_round = round;
         if self.fill(scratch, config.max_read_buffer_per_peer)? == 0 {
             return Ok(None);
         }
@@ -518,8 +522,8 @@ pub struct TcpTransport {
     next_seq: u64,
     /// Open connections per remote IP; IPs without connections have no entry.
     per_ip: HashMap<IpAddr, usize>,
-    /// Drain round: incremented whenever `recv` returns `Ok(None)`; a peer is read at most once
-    /// per round, so a drain costs one read per connection plus one call per frame.
+    /// Drain round: incremented whenever `recv` returns `Ok(None)`; a server reads a peer at
+    /// most once per round, so a drain costs one read per connection plus one call per frame.
     round: u64,
     last_sweep: Instant,
     /// Time up to which frame tokens have been credited.
@@ -936,7 +940,9 @@ impl Transport for TcpTransport {
             let Some(peer) = self.slots[slot].as_mut() else {
                 continue;
             };
-            let len = match peer.poll_frame(&mut self.scratch, &self.config, self.round) {
+            // A client has one connection, so nothing to save by reading it once per drain.
+            let round = server.then_some(self.round);
+            let len = match peer.poll_frame(&mut self.scratch, &self.config, round) {
                 Ok(Some(len)) => len,
                 Ok(None) => continue,
                 Err(reason) => {

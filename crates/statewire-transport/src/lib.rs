@@ -9,7 +9,8 @@
 //! - [`loopback`]: in-process network with deterministic delivery, for tests and simulations.
 //! - [`udp`]: one non-blocking UDP socket; datagrams over the size limit are dropped and counted.
 //! - [`tcp`]: TCP connections carrying length-prefixed frames, as a server accepting many peers
-//!   or a client with one; every buffer is bounded and misbehaving peers are disconnected.
+//!   or a client with one; every buffer is bounded, misbehaving peers are disconnected, and a
+//!   server times out idle connections and ones the session layer never validated.
 //! - [`netsim`]: seeded impairments (latency, loss, bursts, reordering, ...) around any of them.
 //!
 //! The simulator runs on a virtual clock that the caller advances; given the same seed and the

@@ -22,7 +22,8 @@
 //! than [`TcpConfig::max_frame`] bytes is disconnected as soon as the 4 header bytes are in,
 //! before any of the body is buffered; garbage input almost always looks like such a header.
 //! Other peers are unaffected. Closed connections are reported by
-//! [`TcpTransport::poll_disconnected`] and counted in [`TcpStats`].
+//! [`TcpTransport::poll_disconnected`] (and so by [`Transport::poll_closed_peer`]) and counted in
+//! [`TcpStats`].
 //!
 //! A peer that is slow to read is not disconnected: frames to it queue in its write buffer and,
 //! once [`TcpConfig::max_write_buffer_per_peer`] is reached, further frames to it are dropped and
@@ -41,12 +42,34 @@
 //! the peers round-robin, starting after the peer that produced the previous frame, and stops at
 //! the first complete frame. Visiting a peer flushes its pending writes and, only if no complete
 //! frame is already buffered, makes one read of at most [`TcpConfig::max_read_per_peer_per_call`]
-//! bytes. So one flooding peer gets one frame per turn like everyone else, and a call that finds
-//! nothing reads each connection at most once.
+//! bytes; a server skips that read if it already read the peer since the last `recv` that
+//! returned `Ok(None)`. So one flooding peer gets one frame per turn like everyone else, and a
+//! server's drain reads each connection at most once: its cost is one read per connection plus
+//! one call per frame, not one read per connection per frame. Bytes that arrive at a connection
+//! after its read wait for the next drain.
 //!
-//! There is no clock here: a peer that connects and then says nothing (or half a frame) keeps its
-//! slot until it closes or the session layer times it out and calls
-//! [`TcpTransport::disconnect`].
+//! # Timeouts and admission (servers)
+//!
+//! A server reads the clock ([`Instant::now`], once per `recv`) and, at most every 100 ms, closes
+//! the connections that were not marked validated within [`TcpConfig::handshake_timeout`], and
+//! those from which nothing was read for [`TcpConfig::idle_timeout`]. So a peer that connects
+//! and then says nothing, or drips half a frame, loses its slot. The session layer marks a peer
+//! validated with [`Transport::mark_validated`] once it completed the handshake; until then the
+//! connection is unproven. Timers are checked inside `recv`, so they fire up to 100 ms plus the
+//! gap between two `recv` calls late.
+//!
+//! When [`TcpConfig::max_connections`] are held, a new connection evicts the oldest unproven one
+//! rather than being refused, so idle or half-open connections cannot lock legitimate clients
+//! out; validated connections are never evicted, and if all are validated the newcomer is
+//! refused. One IP address holds at most [`TcpConfig::max_connections_per_ip`] connections.
+//! Every connection's frames pass a token bucket ([`TcpConfig::max_frames_per_sec`],
+//! [`TcpConfig::frame_burst`]; zero-length frames count); a connection that exceeds it is
+//! disconnected, so a flood of tiny frames costs about one `recv` call per frame up to the burst
+//! and then ends. All of these closes are reported by [`TcpTransport::poll_disconnected`] and
+//! counted in [`TcpStats`].
+//!
+//! A client's one connection has none of these timers and limits: its server is trusted to be
+//! what it connected to, and its session layer times the server out.
 //!
 //! ```
 //! use statewire_transport::Transport;
@@ -73,21 +96,30 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use crate::{Received, Transport, TransportError};
 
 /// Bytes of the length prefix in front of every frame.
 pub const FRAME_HEADER_LEN: usize = 4;
 
+/// How often a server checks its timers and refills the frame-rate buckets: often enough that
+/// timeouts fire close to their deadline, rarely enough that a `recv` call that finds a timer
+/// not yet due costs one clock read.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Settings of a [`TcpTransport`].
 ///
 /// The transport buffers at most `max_read_per_peer_per_call` bytes plus, per connection,
 /// `max_read_buffer_per_peer` and `max_write_buffer_per_peer` bytes (allocations may round up),
 /// for at most `max_connections` connections; the kernel's socket buffers come on top.
+///
+/// The admission and timeout fields (`handshake_timeout`, `idle_timeout`,
+/// `max_connections_per_ip`, `max_frames_per_sec`, `frame_burst`) apply to a server's
+/// connections only; see the [module docs](self#timeouts-and-admission-servers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConfig {
     /// Largest frame payload, in bytes, in either direction: larger sends fail with
@@ -96,11 +128,50 @@ pub struct TcpConfig {
     ///
     /// Default: 65 536.
     pub max_frame: usize,
-    /// Most connections a server holds at once; connections beyond it are accepted and closed
-    /// at once, and counted in [`TcpStats::rejected_full`]. Ignored by clients.
+    /// Most connections a server holds at once. A connection beyond it evicts the oldest
+    /// connection not yet marked validated ([`Transport::mark_validated`]), counted in
+    /// [`TcpStats::disconnected_evicted`]; if every connection is validated, the newcomer is
+    /// accepted and closed at once, and counted in [`TcpStats::rejected_full`]. Ignored by
+    /// clients.
     ///
     /// Default: 256.
     pub max_connections: usize,
+    /// Most connections a server holds from one IP address (IPv4-mapped IPv6 addresses count
+    /// as their IPv4 address); further ones are accepted and closed at once, and counted in
+    /// [`TcpStats::rejected_per_ip`]. Bounds how many slots one host can take, while leaving
+    /// room for players behind one NAT. Must be at least 1. Ignored by clients.
+    ///
+    /// Default: 16.
+    pub max_connections_per_ip: usize,
+    /// How long a server keeps a connection that has not been marked validated
+    /// ([`Transport::mark_validated`]) since it was accepted; then it is closed with
+    /// [`DisconnectReason::HandshakeTimeout`]. A session handshake takes a few round trips, so
+    /// this only has to cover slow links and a lost packet or two. Must not be zero. Ignored
+    /// by clients.
+    ///
+    /// Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// How long a server keeps a connection from which no byte has been read; then it is closed
+    /// with [`DisconnectReason::IdleTimeout`]. Sessions send keepalives far more often (every
+    /// 250 ms by default), so this only catches peers that went silent. Must not be zero.
+    /// Ignored by clients.
+    ///
+    /// Default: 15 s.
+    pub idle_timeout: Duration,
+    /// Sustained frames per second a server accepts from one connection, zero-length frames
+    /// included. A connection that has used up its [`frame_burst`](Self::frame_burst) and sends
+    /// faster is closed with [`DisconnectReason::FrameRateExceeded`]. A game session sends a
+    /// few packets per tick; this is far above that and far below a flood. Must be at least 1.
+    /// Ignored by clients.
+    ///
+    /// Default: 1000.
+    pub max_frames_per_sec: u32,
+    /// Frames a server's connection may send at once above
+    /// [`max_frames_per_sec`](Self::max_frames_per_sec): the size of its token bucket, full
+    /// when the connection is accepted. Must be at least 1. Ignored by clients.
+    ///
+    /// Default: 2000.
+    pub frame_burst: u32,
     /// Most received bytes buffered per connection. When it is full nothing more is read from
     /// that connection until frames are taken out, so TCP flow control slows the peer down.
     /// Must be at least `max_frame + FRAME_HEADER_LEN`, so a largest frame fits.
@@ -114,7 +185,9 @@ pub struct TcpConfig {
     /// Default: 262 144 (256 KiB).
     pub max_write_buffer_per_peer: usize,
     /// Most bytes read from one connection in one [`Transport::recv`] call; also the size of the
-    /// transport's one scratch buffer. Must be at least 1.
+    /// transport's one scratch buffer. A server reads each connection at most once per drain
+    /// (see the [module docs](self#drain-rule-and-fairness)), so this also bounds what one
+    /// connection delivers per drain. Must be at least 1.
     ///
     /// Default: 65 536.
     pub max_read_per_peer_per_call: usize,
@@ -147,6 +220,11 @@ impl Default for TcpConfig {
         Self {
             max_frame: 65_536,
             max_connections: 256,
+            max_connections_per_ip: 16,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            max_frames_per_sec: 1000,
+            frame_burst: 2000,
             max_read_buffer_per_peer: 128 * 1024,
             max_write_buffer_per_peer: 256 * 1024,
             max_read_per_peer_per_call: 64 * 1024,
@@ -180,6 +258,15 @@ impl TcpConfig {
         if self.max_read_per_peer_per_call == 0 {
             return invalid("max_read_per_peer_per_call must be at least 1".to_owned());
         }
+        if self.max_connections_per_ip == 0 {
+            return invalid("max_connections_per_ip must be at least 1".to_owned());
+        }
+        if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return invalid("handshake_timeout and idle_timeout must not be zero".to_owned());
+        }
+        if self.max_frames_per_sec == 0 || self.frame_burst == 0 {
+            return invalid("max_frames_per_sec and frame_burst must be at least 1".to_owned());
+        }
         Ok(())
     }
 }
@@ -200,6 +287,16 @@ pub enum DisconnectReason {
         /// The configured limit.
         max: usize,
     },
+    /// The connection was not marked validated within [`TcpConfig::handshake_timeout`].
+    HandshakeTimeout,
+    /// Nothing was read from the connection for [`TcpConfig::idle_timeout`].
+    IdleTimeout,
+    /// The peer sent frames faster than [`TcpConfig::max_frames_per_sec`] allows, beyond
+    /// [`TcpConfig::frame_burst`].
+    FrameRateExceeded,
+    /// The connection was not validated and made room for a newer one while the server held
+    /// [`TcpConfig::max_connections`].
+    Evicted,
 }
 
 /// Counters of a [`TcpTransport`] since it was created.
@@ -211,8 +308,11 @@ pub struct TcpStats {
     /// Connections accepted and kept by a server (a client's one connection is not counted).
     pub accepted: u64,
     /// Connections a server closed right after accepting them, because it held
-    /// [`TcpConfig::max_connections`].
+    /// [`TcpConfig::max_connections`], all of them validated.
     pub rejected_full: u64,
+    /// Connections a server closed right after accepting them, because it held
+    /// [`TcpConfig::max_connections_per_ip`] from that IP address.
+    pub rejected_per_ip: u64,
     /// Failed `accept` calls, and accepted sockets that could not be configured.
     pub accept_errors: u64,
     /// Frames accepted into a write buffer by [`Transport::send`].
@@ -235,6 +335,15 @@ pub struct TcpStats {
     pub disconnected_frame_too_large: u64,
     /// Connections closed by [`TcpTransport::disconnect`].
     pub disconnected_local: u64,
+    /// Connections closed for not being validated in time
+    /// ([`DisconnectReason::HandshakeTimeout`]).
+    pub disconnected_handshake_timeout: u64,
+    /// Connections closed for silence ([`DisconnectReason::IdleTimeout`]).
+    pub disconnected_idle_timeout: u64,
+    /// Connections closed for sending too many frames ([`DisconnectReason::FrameRateExceeded`]).
+    pub disconnected_frame_rate: u64,
+    /// Unvalidated connections closed to make room for a new one ([`DisconnectReason::Evicted`]).
+    pub disconnected_evicted: u64,
     /// Disconnect notices dropped because [`TcpConfig::max_pending_disconnects`] were waiting.
     pub dropped_disconnect_notices: u64,
 }
@@ -249,16 +358,38 @@ struct Peer {
     read_pos: usize,
     /// Queued frames the socket has not taken yet.
     write_buf: VecDeque<u8>,
+    /// Whether the session layer vouched for the peer; otherwise the connection is a key in
+    /// [`TcpTransport::unvalidated`].
+    validated: bool,
+    /// Order of acceptance: the connection's key in [`TcpTransport::unvalidated`].
+    seq: u64,
+    accepted_at: Instant,
+    /// When a sweep last saw bytes read (or the connection was accepted).
+    last_read: Instant,
+    /// Whether bytes were read since the last sweep; saves a clock read per read.
+    read_since_sweep: bool,
+    /// Drain round of the last read; see [`TcpTransport::round`].
+    read_round: u64,
+    /// Frames the peer may still send before the next refill.
+    tokens: u32,
 }
 
 impl Peer {
-    fn new(addr: SocketAddr, stream: TcpStream) -> Self {
+    fn new(addr: SocketAddr, stream: TcpStream, seq: u64, now: Instant, tokens: u32) -> Self {
         Self {
             addr,
             stream,
             read_buf: Vec::new(),
             read_pos: 0,
             write_buf: VecDeque::new(),
+            validated: false,
+            seq,
+            accepted_at: now,
+            last_read: now,
+            read_since_sweep: false,
+            // Rounds start at 1, so a new peer is read on its first visit.
+            read_round: 0,
+            tokens,
         }
     }
 
@@ -328,6 +459,7 @@ impl Peer {
             Ok(0) => Err(DisconnectReason::PeerClosed),
             Ok(n) => {
                 self.read_buf.extend_from_slice(&scratch[..n]);
+                self.read_since_sweep = true;
                 Ok(n)
             }
             Err(e)
@@ -342,15 +474,23 @@ impl Peer {
         }
     }
 
-    /// Flushes, then finds a complete frame, reading once if none is buffered yet.
+    /// Flushes, then finds a complete frame, reading once if none is buffered yet and, given a
+    /// drain round, the peer was not read in that round yet.
     fn poll_frame(
         &mut self,
         scratch: &mut [u8],
         config: &TcpConfig,
+        round: Option<u64>,
     ) -> Result<Option<usize>, DisconnectReason> {
         self.flush()?;
         if let Some(len) = self.complete_frame(config.max_frame)? {
             return Ok(Some(len));
+        }
+        if let Some(round) = round {
+            if self.read_round == round {
+                return Ok(None);
+            }
+            self.read_round = round;
         }
         if self.fill(scratch, config.max_read_buffer_per_peer)? == 0 {
             return Ok(None);
@@ -376,6 +516,18 @@ pub struct TcpTransport {
     slots: Vec<Option<Peer>>,
     free_slots: Vec<usize>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// Slots of the connections not marked validated, oldest first (keyed by [`Peer::seq`]):
+    /// the next to time out and the first to evict.
+    unvalidated: BTreeMap<u64, usize>,
+    next_seq: u64,
+    /// Open connections per remote IP; IPs without connections have no entry.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Drain round: incremented whenever `recv` returns `Ok(None)`; a server reads a peer at
+    /// most once per round, so a drain costs one read per connection plus one call per frame.
+    round: u64,
+    last_sweep: Instant,
+    /// Time up to which frame tokens have been credited.
+    refilled_until: Instant,
     /// Slot the next `recv` visits first.
     cursor: usize,
     scratch: Box<[u8]>,
@@ -385,6 +537,7 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     fn new(listener: Option<TcpListener>, local_addr: SocketAddr, config: TcpConfig) -> Self {
+        let now = Instant::now();
         Self {
             listener,
             local_addr,
@@ -393,6 +546,12 @@ impl TcpTransport {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_addr: HashMap::new(),
+            unvalidated: BTreeMap::new(),
+            next_seq: 0,
+            per_ip: HashMap::new(),
+            round: 1,
+            last_sweep: now,
+            refilled_until: now,
             cursor: 0,
             disconnects: VecDeque::new(),
             stats: TcpStats::default(),
@@ -426,13 +585,16 @@ impl TcpTransport {
         let local_addr = stream.local_addr()?;
         let peer_addr = stream.peer_addr()?;
         let mut transport = Self::new(None, local_addr, config);
-        transport.insert(peer_addr, stream);
+        let now = Instant::now();
+        transport.insert(peer_addr, stream, now);
+        // A client's one connection is its server's: nothing to prove or to time out.
+        transport.mark_validated(peer_addr);
         Ok(transport)
     }
 
-    /// Takes the next disconnect notice: a connection the peer closed, that failed, or that was
-    /// closed for breaking the protocol. Connections closed with [`TcpTransport::disconnect`]
-    /// are not reported.
+    /// Takes the next disconnect notice: a connection the peer closed, that failed, that was
+    /// closed for breaking the protocol or a limit, that timed out or was evicted. Connections
+    /// closed with [`TcpTransport::disconnect`] are not reported.
     pub fn poll_disconnected(&mut self) -> Option<(SocketAddr, DisconnectReason)> {
         self.disconnects.pop_front()
     }
@@ -445,6 +607,12 @@ impl TcpTransport {
     /// Number of open connections.
     pub fn peer_count(&self) -> usize {
         self.by_addr.len()
+    }
+
+    /// Whether the connection to `addr` was marked validated ([`Transport::mark_validated`]),
+    /// or `None` if there is no connection to `addr`. A client's connection always is.
+    pub fn is_validated(&self, addr: SocketAddr) -> Option<bool> {
+        self.peer(addr).map(|peer| peer.validated)
     }
 
     /// Bytes (headers included) queued for `addr` that its socket has not taken yet, or `None`
@@ -488,13 +656,15 @@ impl TcpTransport {
         self.slots.get(slot)?.as_ref()
     }
 
-    fn insert(&mut self, addr: SocketAddr, stream: TcpStream) {
+    fn insert(&mut self, addr: SocketAddr, stream: TcpStream, now: Instant) {
         if let Some(&old) = self.by_addr.get(&addr) {
             // The system only reuses a connection's address pair once that connection is gone,
             // so the old one died without us noticing yet.
             self.close(old, DisconnectReason::PeerClosed);
         }
-        let peer = Some(Peer::new(addr, stream));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let peer = Some(Peer::new(addr, stream, seq, now, self.config.frame_burst));
         let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.slots[slot] = peer;
@@ -506,11 +676,24 @@ impl TcpTransport {
             }
         };
         self.by_addr.insert(addr, slot);
+        self.unvalidated.insert(seq, slot);
+        *self.per_ip.entry(addr.ip().to_canonical()).or_default() += 1;
     }
 
+    /// Takes the connection out of every structure that refers to it.
     fn remove(&mut self, slot: usize) -> Option<Peer> {
         let peer = self.slots.get_mut(slot)?.take()?;
         self.by_addr.remove(&peer.addr);
+        if !peer.validated {
+            self.unvalidated.remove(&peer.seq);
+        }
+        let ip = peer.addr.ip().to_canonical();
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
         self.free_slots.push(slot);
         Some(peer)
     }
@@ -524,6 +707,10 @@ impl TcpTransport {
             DisconnectReason::PeerClosed => &mut self.stats.disconnected_peer_closed,
             DisconnectReason::Io(_) => &mut self.stats.disconnected_io_error,
             DisconnectReason::FrameTooLarge { .. } => &mut self.stats.disconnected_frame_too_large,
+            DisconnectReason::HandshakeTimeout => &mut self.stats.disconnected_handshake_timeout,
+            DisconnectReason::IdleTimeout => &mut self.stats.disconnected_idle_timeout,
+            DisconnectReason::FrameRateExceeded => &mut self.stats.disconnected_frame_rate,
+            DisconnectReason::Evicted => &mut self.stats.disconnected_evicted,
         };
         *counter += 1;
         if self.disconnects.len() < self.config.max_pending_disconnects {
@@ -533,23 +720,70 @@ impl TcpTransport {
         }
     }
 
-    fn accept_new(&mut self) {
+    /// Closes the connections whose timers ran out and refills the frame-rate buckets, at most
+    /// once per [`SWEEP_INTERVAL`].
+    fn sweep(&mut self, now: Instant) {
+        if self.is_client() || now.saturating_duration_since(self.last_sweep) < SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = now;
+
+        // Oldest first, so this stops at the first connection still within its time.
+        while let Some((_, &slot)) = self.unvalidated.first_key_value() {
+            let due = self
+                .slots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_none_or(|peer| {
+                    now.saturating_duration_since(peer.accepted_at) >= self.config.handshake_timeout
+                });
+            if !due {
+                break;
+            }
+            // `close` takes the entry out of `unvalidated`; pop first in case no peer is there.
+            self.unvalidated.pop_first();
+            self.close(slot, DisconnectReason::HandshakeTimeout);
+        }
+
+        // Credit whole tokens for the time since the last credit and carry the remainder, so
+        // the rate holds however often sweeps run.
+        let rate = u128::from(self.config.max_frames_per_sec);
+        let burst = self.config.frame_burst;
+        let elapsed = now.saturating_duration_since(self.refilled_until);
+        let earned = elapsed.as_nanos() * rate / 1_000_000_000;
+        let tokens = u32::try_from(earned).unwrap_or(u32::MAX);
+        if tokens >= burst {
+            self.refilled_until = now;
+        } else {
+            // Less than `burst` tokens, so this fits in u64 nanoseconds.
+            let credited = u128::from(tokens) * 1_000_000_000 / rate;
+            self.refilled_until += Duration::from_nanos(credited as u64);
+        }
+
+        let idle_timeout = self.config.idle_timeout;
+        for slot in 0..self.slots.len() {
+            let Some(peer) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if peer.read_since_sweep {
+                peer.read_since_sweep = false;
+                peer.last_read = now;
+            } else if now.saturating_duration_since(peer.last_read) >= idle_timeout {
+                self.close(slot, DisconnectReason::IdleTimeout);
+                continue;
+            }
+            peer.tokens = peer.tokens.saturating_add(tokens).min(burst);
+        }
+    }
+
+    fn accept_new(&mut self, now: Instant) {
         let Some(listener) = &self.listener else {
             return;
         };
-        let mut accepted = Vec::new();
+        let mut incoming = Vec::new();
         for _ in 0..self.config.max_accepts_per_call.max(1) {
             match listener.accept() {
-                Ok((stream, addr)) => {
-                    if self.by_addr.len() + accepted.len() >= self.config.max_connections {
-                        // Dropping the stream closes it: the peer sees the connection end.
-                        self.stats.rejected_full += 1;
-                    } else if configure(&stream, &self.config).is_err() {
-                        self.stats.accept_errors += 1;
-                    } else {
-                        accepted.push((addr, stream));
-                    }
-                }
+                Ok(conn) => incoming.push(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // A connection that died in the backlog, or a signal: try the next one.
                 Err(e)
@@ -570,10 +804,37 @@ impl TcpTransport {
                 }
             }
         }
-        for (addr, stream) in accepted {
-            self.stats.accepted += 1;
-            self.insert(addr, stream);
+        for (stream, addr) in incoming {
+            self.admit(stream, addr, now);
         }
+    }
+
+    /// Keeps an accepted connection if the limits allow; dropping `stream` closes it, so a
+    /// refused peer sees its connection end.
+    fn admit(&mut self, stream: TcpStream, addr: SocketAddr, now: Instant) {
+        let from_ip = self
+            .per_ip
+            .get(&addr.ip().to_canonical())
+            .copied()
+            .unwrap_or(0);
+        if from_ip >= self.config.max_connections_per_ip {
+            self.stats.rejected_per_ip += 1;
+            return;
+        }
+        if self.by_addr.len() >= self.config.max_connections {
+            // The oldest unproven connection has had the longest to prove itself.
+            let Some((_, &oldest)) = self.unvalidated.first_key_value() else {
+                self.stats.rejected_full += 1;
+                return;
+            };
+            self.close(oldest, DisconnectReason::Evicted);
+        }
+        if configure(&stream, &self.config).is_err() {
+            self.stats.accept_errors += 1;
+            return;
+        }
+        self.stats.accepted += 1;
+        self.insert(addr, stream, now);
     }
 }
 
@@ -588,6 +849,21 @@ impl Transport for TcpTransport {
 
     fn close_peer(&mut self, peer: SocketAddr) {
         self.disconnect(peer);
+    }
+
+    /// Exempts the connection to `peer` from [`TcpConfig::handshake_timeout`] and from eviction;
+    /// see the [module docs](self#timeouts-and-admission-servers). Does nothing if there is no
+    /// connection to `peer`.
+    fn mark_validated(&mut self, peer: SocketAddr) {
+        let Some(&slot) = self.by_addr.get(&peer) else {
+            return;
+        };
+        if let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+            if !peer.validated {
+                peer.validated = true;
+                self.unvalidated.remove(&peer.seq);
+            }
+        }
     }
 
     fn max_payload(&self) -> usize {
@@ -652,14 +928,21 @@ impl Transport for TcpTransport {
     /// the frame stays first in line. On a client whose connection is gone (and whose last
     /// frames were all returned) this fails with [`TransportError::Closed`].
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
-        self.accept_new();
+        let server = !self.is_client();
+        if server {
+            let now = Instant::now();
+            self.sweep(now);
+            self.accept_new(now);
+        }
         let slots = self.slots.len();
         for step in 0..slots {
             let slot = (self.cursor + step) % slots;
             let Some(peer) = self.slots[slot].as_mut() else {
                 continue;
             };
-            let len = match peer.poll_frame(&mut self.scratch, &self.config) {
+            // A client has one connection, so nothing to save by reading it once per drain.
+            let round = server.then_some(self.round);
+            let len = match peer.poll_frame(&mut self.scratch, &self.config, round) {
                 Ok(Some(len)) => len,
                 Ok(None) => continue,
                 Err(reason) => {
@@ -667,6 +950,10 @@ impl Transport for TcpTransport {
                     continue;
                 }
             };
+            if server && peer.tokens == 0 {
+                self.close(slot, DisconnectReason::FrameRateExceeded);
+                continue;
+            }
             let Some(dst) = buf.get_mut(..len) else {
                 self.cursor = slot;
                 return Err(TransportError::BufferTooSmall {
@@ -682,6 +969,8 @@ impl Transport for TcpTransport {
                 peer.read_pos = 0;
             }
             self.cursor = (slot + 1) % slots;
+            // Clients never spend tokens: `tokens == 0` is only checked on servers.
+            peer.tokens = peer.tokens.saturating_sub(1);
             self.stats.frames_received += 1;
             self.stats.bytes_received += len as u64;
             return Ok(Some(Received {
@@ -689,7 +978,9 @@ impl Transport for TcpTransport {
                 from: peer.addr,
             }));
         }
-        if self.is_client() && self.by_addr.is_empty() {
+        // The drain is over: the next one may read every connection again.
+        self.round += 1;
+        if !server && self.by_addr.is_empty() {
             return Err(TransportError::Closed);
         }
         Ok(None)
@@ -1153,7 +1444,7 @@ mod tests {
     }
 
     #[test]
-    fn connection_limit_rejects_extra_clients() {
+    fn connection_limit_rejects_extra_clients_when_all_are_validated() {
         let config = TcpConfig {
             max_connections: 2,
             ..small_config()
@@ -1162,6 +1453,8 @@ mod tests {
         let mut a = connect(&server, config.clone());
         let mut b = connect(&server, config.clone());
         wait_for_peers(&mut server, 2);
+        server.mark_validated(a.local_addr());
+        server.mark_validated(b.local_addr());
         let mut c = connect(&server, config.clone());
         let mut buf = [0u8; 64];
         poll_until(2, || {
@@ -1308,6 +1601,26 @@ mod tests {
                 max_read_per_peer_per_call: 0,
                 ..small_config()
             },
+            TcpConfig {
+                max_connections_per_ip: 0,
+                ..small_config()
+            },
+            TcpConfig {
+                handshake_timeout: Duration::ZERO,
+                ..small_config()
+            },
+            TcpConfig {
+                idle_timeout: Duration::ZERO,
+                ..small_config()
+            },
+            TcpConfig {
+                max_frames_per_sec: 0,
+                ..small_config()
+            },
+            TcpConfig {
+                frame_burst: 0,
+                ..small_config()
+            },
         ];
         for config in bad {
             let err = TcpTransport::listen(LOCALHOST, config.clone()).expect_err("invalid");
@@ -1322,5 +1635,295 @@ mod tests {
             },
         )
         .expect("exactly one largest frame is enough");
+    }
+
+    /// Polls the server until `done` holds, for at most 3 s.
+    fn serve_until(server: &mut TcpTransport, mut done: impl FnMut(&mut TcpTransport) -> bool) {
+        let mut buf = vec![0u8; server.max_payload()];
+        let ok = poll_until(3, || {
+            while let Ok(Some(_)) = server.recv(&mut buf) {}
+            done(server).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "condition not reached within 3 s: {:?}",
+            server.stats()
+        );
+    }
+
+    /// A raw connection from `ip` (any loopback address) to `server`.
+    fn raw_from(ip: [u8; 4], server: &TcpTransport) -> TcpStream {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let local = SocketAddr::from((ip, 0));
+        sock.bind(&local.into()).expect("bind a loopback address");
+        sock.connect(&server.local_addr().into()).expect("connect");
+        sock.into()
+    }
+
+    fn sees_close(stream: &mut TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn full_server_evicts_the_oldest_unvalidated_connection_never_a_validated_one() {
+        let config = TcpConfig {
+            max_connections: 3,
+            ..small_config()
+        };
+        let mut server = listen(config.clone());
+        let mut good = connect(&server, config.clone());
+        wait_for_peers(&mut server, 1);
+        server.mark_validated(good.local_addr());
+        let mut oldest = TcpStream::connect(server.local_addr()).expect("connect");
+        wait_for_peers(&mut server, 2);
+        let newer = TcpStream::connect(server.local_addr()).expect("connect");
+        wait_for_peers(&mut server, 3);
+        assert_eq!(server.is_validated(good.local_addr()), Some(true));
+        assert_eq!(
+            server.is_validated(newer.local_addr().expect("addr")),
+            Some(false)
+        );
+
+        // A fourth connection takes the slot of the oldest unvalidated one.
+        let newest = TcpStream::connect(server.local_addr()).expect("connect");
+        serve_until(&mut server, |s| s.stats().disconnected_evicted == 1);
+        assert_eq!(
+            server.poll_disconnected(),
+            Some((
+                oldest.local_addr().expect("addr"),
+                DisconnectReason::Evicted
+            ))
+        );
+        assert!(sees_close(&mut oldest));
+        let mut held: Vec<SocketAddr> = server.connected_peers().collect();
+        held.sort();
+        let mut want = vec![
+            good.local_addr(),
+            newer.local_addr().expect("addr"),
+            newest.local_addr().expect("addr"),
+        ];
+        want.sort();
+        assert_eq!(held, want);
+
+        // With everyone validated, a newcomer is refused as before.
+        server.mark_validated(newer.local_addr().expect("addr"));
+        server.mark_validated(newest.local_addr().expect("addr"));
+        let mut refused = TcpStream::connect(server.local_addr()).expect("connect");
+        serve_until(&mut server, |s| s.stats().rejected_full == 1);
+        assert!(sees_close(&mut refused));
+        assert_eq!(server.peer_count(), 3);
+        assert_eq!(server.stats().disconnected_evicted, 1);
+        good.send(server.local_addr(), b"still here").expect("send");
+        let got = poll_until(2, || drain(&mut server).pop());
+        assert_eq!(got, Some((good.local_addr(), b"still here".to_vec())));
+    }
+
+    #[test]
+    fn per_ip_limit_closes_extra_connections_from_that_ip_only() {
+        let config = TcpConfig {
+            max_connections_per_ip: 2,
+            ..small_config()
+        };
+        let mut server = listen(config);
+        let first = raw_from([127, 0, 0, 1], &server);
+        let _second = raw_from([127, 0, 0, 1], &server);
+        wait_for_peers(&mut server, 2);
+        let mut third = raw_from([127, 0, 0, 1], &server);
+        serve_until(&mut server, |s| s.stats().rejected_per_ip == 1);
+        assert!(sees_close(&mut third));
+        assert_eq!(server.peer_count(), 2);
+
+        // Another address is not affected.
+        let other = raw_from([127, 0, 0, 2], &server);
+        wait_for_peers(&mut server, 3);
+        assert!(
+            server
+                .connected_peers()
+                .any(|a| a == other.local_addr().expect("addr"))
+        );
+
+        // A closed connection frees its place.
+        drop(first);
+        serve_until(&mut server, |s| s.stats().disconnected_peer_closed == 1);
+        let _again = raw_from([127, 0, 0, 1], &server);
+        wait_for_peers(&mut server, 3);
+        let st = server.stats();
+        assert_eq!((st.accepted, st.rejected_per_ip), (4, 1));
+        assert_eq!(server.per_ip.len(), 2, "one entry per IP with connections");
+    }
+
+    #[test]
+    fn silent_connections_time_out_and_talkative_ones_stay() {
+        let timeout = Duration::from_millis(300);
+        let config = TcpConfig {
+            idle_timeout: timeout,
+            ..small_config()
+        };
+        let mut server = listen(config.clone());
+        let start = Instant::now();
+        let mut talker = connect(&server, config.clone());
+        let silent = connect(&server, config.clone());
+        wait_for_peers(&mut server, 2);
+        server.mark_validated(talker.local_addr());
+        server.mark_validated(silent.local_addr());
+
+        let mut buf = vec![0u8; server.max_payload()];
+        let mut last_send = Instant::now();
+        let (addr, reason) = poll_until(3, || {
+            if last_send.elapsed() >= Duration::from_millis(50) {
+                talker
+                    .send(server.local_addr(), b"keepalive")
+                    .expect("send");
+                last_send = Instant::now();
+            }
+            while let Ok(Some(_)) = server.recv(&mut buf) {}
+            server.poll_disconnected()
+        })
+        .expect("the silent connection times out");
+        let closed_after = start.elapsed();
+        assert_eq!(
+            (addr, reason),
+            (silent.local_addr(), DisconnectReason::IdleTimeout)
+        );
+        assert!(closed_after >= timeout, "closed after {closed_after:?}");
+        assert_eq!(server.stats().disconnected_idle_timeout, 1);
+        assert_eq!(server.peer_count(), 1);
+        assert!(server.connected_peers().all(|a| a == talker.local_addr()));
+    }
+
+    #[test]
+    fn unvalidated_connections_time_out_even_while_dripping_bytes() {
+        let timeout = Duration::from_millis(300);
+        let config = TcpConfig {
+            handshake_timeout: timeout,
+            ..small_config()
+        };
+        let mut server = listen(config.clone());
+        let start = Instant::now();
+        let mut dripper = TcpStream::connect(server.local_addr()).expect("connect");
+        dripper.set_nodelay(true).expect("nodelay");
+        let mut good = connect(&server, config.clone());
+        wait_for_peers(&mut server, 2);
+        server.mark_validated(good.local_addr());
+
+        // A header announcing 1000 bytes, then the body one byte at a time.
+        dripper.write_all(&1000u32.to_le_bytes()).expect("header");
+        let mut buf = vec![0u8; server.max_payload()];
+        let mut last_drip = Instant::now();
+        let (addr, reason) = poll_until(3, || {
+            if last_drip.elapsed() >= Duration::from_millis(20) {
+                // Fails once the server closed the connection; the notice says so.
+                let _ = dripper.write_all(&[0]);
+                last_drip = Instant::now();
+            }
+            while let Ok(Some(_)) = server.recv(&mut buf) {}
+            server.poll_disconnected()
+        })
+        .expect("the dripper times out");
+        let closed_after = start.elapsed();
+        assert_eq!(
+            (addr, reason),
+            (
+                dripper.local_addr().expect("addr"),
+                DisconnectReason::HandshakeTimeout
+            )
+        );
+        assert!(closed_after >= timeout, "closed after {closed_after:?}");
+        assert_eq!(server.stats().disconnected_handshake_timeout, 1);
+
+        // The validated connection outlives the handshake timeout.
+        std::thread::sleep(timeout);
+        good.send(server.local_addr(), b"hi").expect("send");
+        let got = poll_until(2, || drain(&mut server).pop());
+        assert_eq!(got, Some((good.local_addr(), b"hi".to_vec())));
+        assert_eq!(server.peer_count(), 1);
+    }
+
+    #[test]
+    fn frame_rate_limit_allows_the_burst_then_disconnects() {
+        let config = TcpConfig {
+            max_frames_per_sec: 100,
+            frame_burst: 20,
+            ..small_config()
+        };
+        let mut server = listen(config.clone());
+        let mut steady = connect(&server, config.clone());
+        let mut flood = TcpStream::connect(server.local_addr()).expect("connect");
+        let flood_addr = flood.local_addr().expect("addr");
+        wait_for_peers(&mut server, 2);
+
+        // 40 frames over 0.8 s, twice the burst at half the rate: within the limit.
+        let mut got = Vec::new();
+        for i in 0..40u8 {
+            steady.send(server.local_addr(), &[i]).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+            got.extend(drain(&mut server));
+        }
+        poll_until(2, || {
+            got.extend(drain(&mut server));
+            (got.len() == 40).then_some(())
+        })
+        .expect("every steady frame arrives");
+        assert_eq!(server.peer_count(), 2);
+
+        // 100 zero-length frames at once: the burst and what the clock adds, then the end.
+        let t0 = Instant::now();
+        flood.write_all(&[0; 4 * 100]).expect("write");
+        let mut flood_frames = 0u64;
+        let (addr, reason) = poll_until(2, || {
+            flood_frames += drain(&mut server)
+                .iter()
+                .filter(|(from, _)| *from == flood_addr)
+                .count() as u64;
+            server.poll_disconnected()
+        })
+        .expect("the flooder is disconnected");
+        let allowed = 20 + (t0.elapsed().as_millis() as u64 / 10) + 2;
+        assert_eq!(
+            (addr, reason),
+            (flood_addr, DisconnectReason::FrameRateExceeded)
+        );
+        assert!(
+            (20..=allowed).contains(&flood_frames),
+            "{flood_frames} frames"
+        );
+        assert_eq!(server.stats().disconnected_frame_rate, 1);
+        assert!(sees_close(&mut flood));
+        assert_eq!(
+            server.connected_peers().collect::<Vec<_>>(),
+            [steady.local_addr()]
+        );
+    }
+
+    #[test]
+    fn a_drain_reads_each_connection_once() {
+        // Bytes that arrive after a connection was read wait for the next drain, so frames from
+        // one busy peer do not make the server re-read every idle one.
+        let config = small_config();
+        let mut server = listen(config.clone());
+        let mut busy = connect(&server, config.clone());
+        let _idle: Vec<TcpTransport> = (0..5).map(|_| connect(&server, config.clone())).collect();
+        wait_for_peers(&mut server, 6);
+        busy.send(server.local_addr(), b"one").expect("send");
+        let mut buf = [0u8; 16];
+        let first = poll_until(2, || server.recv(&mut buf).expect("recv")).expect("frame");
+        assert_eq!(first.from, busy.local_addr());
+        busy.send(server.local_addr(), b"two").expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+        // Same drain: `busy` was read already, so its second frame waits.
+        assert_eq!(server.recv(&mut buf).expect("recv"), None);
+        let second = server
+            .recv(&mut buf)
+            .expect("recv")
+            .expect("next drain reads it");
+        assert_eq!(
+            (second.from, &buf[..second.len]),
+            (busy.local_addr(), &b"two"[..])
+        );
     }
 }

@@ -197,7 +197,13 @@ fn transports(kind: TransportKind, n: usize) -> Result<Endpoints, SimError> {
             Endpoints { server, clients }
         }
         TransportKind::Tcp => {
-            let listener = TcpTransport::listen(local, TcpConfig::default())?;
+            // Every bot connects from 127.0.0.1: allow them all from one address.
+            let config = TcpConfig {
+                max_connections_per_ip: cfg.clients.max(1) + 8,
+                max_connections: TcpConfig::default().max_connections.max(cfg.clients + 8),
+                ..TcpConfig::default()
+            };
+            let listener = TcpTransport::listen(local, config)?;
             let addr = listener.local_addr();
             let server: Box<dyn Transport> = Box::new(listener);
             let clients = (0..n)

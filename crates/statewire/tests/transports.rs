@@ -54,7 +54,12 @@ impl Env {
             Kind::Loopback => Box::new(self.net.endpoint()),
             Kind::Udp => Box::new(UdpTransport::bind(Self::local(), UdpConfig::default()).unwrap()),
             Kind::Tcp => {
-                Box::new(TcpTransport::listen(Self::local(), TcpConfig::default()).unwrap())
+                // Every test client connects from 127.0.0.1: allow them all from one address.
+                let config = TcpConfig {
+                    max_connections_per_ip: 256,
+                    ..TcpConfig::default()
+                };
+                Box::new(TcpTransport::listen(Self::local(), config).unwrap())
             }
         }
     }

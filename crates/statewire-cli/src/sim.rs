@@ -199,8 +199,8 @@ fn transports(kind: TransportKind, n: usize) -> Result<Endpoints, SimError> {
         TransportKind::Tcp => {
             // Every bot connects from 127.0.0.1: allow them all from one address.
             let config = TcpConfig {
-                max_connections_per_ip: cfg.clients.max(1) + 8,
-                max_connections: TcpConfig::default().max_connections.max(cfg.clients + 8),
+                max_connections_per_ip: n.max(1) + 8,
+                max_connections: TcpConfig::default().max_connections.max(n + 8),
                 ..TcpConfig::default()
             };
             let listener = TcpTransport::listen(local, config)?;

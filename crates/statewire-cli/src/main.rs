@@ -7,6 +7,7 @@
 //! - `statewire serve` / `statewire join` run the same game across processes on real sockets.
 //! - `statewire keygen` / `statewire token` make a token backend's key and connect tokens.
 
+mod attack;
 mod cubes;
 mod game;
 mod keys;
@@ -78,8 +79,9 @@ struct SimArgs {
     /// Coding of positions and facings in snapshots.
     #[arg(long, value_enum, default_value_t = sim::CodecKind::Packed)]
     codec: sim::CodecKind,
-    /// Add one hostile client (writes what it does not own, NaN, 10x the write rate, inputs
-    /// 10 s off, impossible kill claims, malformed messages).
+    /// Add one hostile game client (writes what it does not own, NaN, 10x the write rate,
+    /// inputs 10 s off, impossible kill claims, malformed messages) and session-level
+    /// attackers (junk flood, forged and replayed packets, a client that never acknowledges).
     #[arg(long)]
     adversary: bool,
     /// Print one JSON object as the last line.

@@ -12,6 +12,7 @@ use statewire_transport::netsim::{LinkConfig, NetSim, NetSimStats};
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
+use crate::attack::Attack;
 use crate::game::TICK_HZ;
 use crate::netgame::{Behaviour, GameClient, GameServer, NetGameError, Security};
 
@@ -164,6 +165,28 @@ pub(crate) struct SimReport {
     pub(crate) rejected_inputs: u64,
     /// Entities that disappeared from a client and came back (ids are never reused: flicker).
     pub(crate) respawned_entities: u64,
+    /// Times the server stopped on an error (a run that ends has 0; one that stops reports an
+    /// error instead of a report).
+    pub(crate) server_exits: u32,
+    /// Forged packets the server took: handshakes completed beyond the run's own clients,
+    /// plus forged sealed packets from the victim's address that were not refused (must be 0).
+    pub(crate) forged_accepted: u64,
+    /// Replays from the victim's address the replay window did not refuse (must be 0).
+    pub(crate) replayed_accepted: u64,
+    /// Clients the server disconnected for a fault of their own (the silent client, a client
+    /// behind the event log, a flooder).
+    pub(crate) peers_disconnected_for_faults: u64,
+    /// Of the honest bots' datagrams their links delivered to the server, the share its
+    /// sessions accepted (in-flight ones at the end count as lost).
+    pub(crate) legit_upstream_delivery: f64,
+    /// `--adversary`: junk and forged datagrams sent from the attacker's address.
+    pub(crate) junk_sent: u64,
+    /// `--adversary`: replays sent from the victim's address.
+    pub(crate) replays_sent: u64,
+    /// `--adversary`: bytes the silent client received after it went silent.
+    pub(crate) bytes_to_silent_peer: u64,
+    /// `--adversary`: of those, bytes in its first second of silence.
+    pub(crate) bytes_to_silent_peer_first_sec: u64,
 }
 
 type Link = NetSim<Box<dyn Transport>>;
@@ -228,14 +251,18 @@ pub(crate) fn run(
     let link = LinkConfig::profile(&cfg.profile)
         .ok_or_else(|| SimError::UnknownProfile(cfg.profile.clone()))?;
     let n_clients = cfg.clients + usize::from(cfg.adversary);
+    // With --adversary, three more endpoints: the session attacker, its victim and a client
+    // that goes silent (see attack.rs). They talk to the server over lossless links.
+    let extra = if cfg.adversary { 3 } else { 0 };
     let Endpoints {
         server: server_t,
-        clients: client_ts,
-    } = transports(cfg.transport, n_clients)?;
+        clients: mut client_ts,
+    } = transports(cfg.transport, n_clients + extra)?;
+    let attack_ts: Vec<Box<dyn Transport>> = client_ts.split_off(n_clients);
     let mut server = GameServer::new(
         NetSim::new(server_t, link.clone(), cfg.seed),
         cfg.entities - cfg.clients,
-        n_clients,
+        n_clients + extra.saturating_sub(1),
         cfg.max_packet_bytes,
         cfg.seed,
         cfg.coding.coding(),
@@ -247,6 +274,23 @@ pub(crate) fn run(
         },
     )?;
     let server_addr = server.session.local_addr();
+    let mut attack = match <[Box<dyn Transport>; 3]>::try_from(attack_ts) {
+        Ok(ts) => Some(
+            Attack::new(
+                server_addr,
+                &statewire::SessionConfig {
+                    protocol_id: crate::game::registry(cfg.coding.coding())
+                        .map_err(NetGameError::from)?
+                        .fingerprint(),
+                    ..statewire::SessionConfig::default()
+                },
+                ts,
+                cfg.seed,
+            )
+            .map_err(NetGameError::from)?,
+        ),
+        Err(_) => None,
+    };
     let mut clients: Vec<GameClient<Link>> = Vec::with_capacity(cfg.clients);
     for (i, t) in client_ts.into_iter().enumerate() {
         let seed = cfg
@@ -281,6 +325,7 @@ pub(crate) fn run(
     let now_at = |t: u32| Duration::from_micros(u64::from(t) * 1_000_000 / u64::from(TICK_HZ));
     let step_all = |server: &mut GameServer<Link>,
                     clients: &mut Vec<GameClient<Link>>,
+                    attack: &mut Option<Attack>,
                     t: u32,
                     active: bool|
      -> Result<(), SimError> {
@@ -293,6 +338,9 @@ pub(crate) fn run(
         for c in clients.iter_mut() {
             c.step(now, active)?;
         }
+        if let Some(a) = attack {
+            a.step(now, active)?;
+        }
         if let Some(p) = pace {
             std::thread::sleep(p);
         }
@@ -300,7 +348,10 @@ pub(crate) fn run(
     };
 
     // Connect phase: not part of the measured run.
-    while !clients.iter().all(GameClient::is_connected) || server.connected.len() < n_clients {
+    while !clients.iter().all(GameClient::is_connected)
+        || server.connected.len() < n_clients
+        || attack.as_ref().is_some_and(|a| !a.connected())
+    {
         if t >= connect_limit {
             return Err(SimError::ConnectFailed {
                 connected: clients.iter().filter(|c| c.is_connected()).count(),
@@ -308,10 +359,12 @@ pub(crate) fn run(
                 ticks: t,
             });
         }
-        step_all(&mut server, &mut clients, t, false)?;
+        step_all(&mut server, &mut clients, &mut attack, t, false)?;
         t += 1;
     }
     let connect_ticks = t;
+    let honest = cfg.clients;
+    let upstream0 = upstream_counts(&server, &clients[..honest]);
     let down0 = server.session.transport().stats();
     let up0: Vec<NetSimStats> = clients
         .iter()
@@ -323,7 +376,7 @@ pub(crate) fn run(
     let mut up_active = 0u64;
     for i in 0..cfg.ticks + cfg.quiet_ticks {
         let active = i < cfg.ticks;
-        step_all(&mut server, &mut clients, t, active)?;
+        step_all(&mut server, &mut clients, &mut attack, t, active)?;
         t += 1;
         if active {
             for c in &clients {
@@ -385,6 +438,27 @@ pub(crate) fn run(
         }
     }
     let events_duplicated: u64 = clients.iter().map(|c| c.world.duplicate_events).sum();
+    let upstream1 = upstream_counts(&server, &clients[..honest]);
+    let legit_upstream_delivery = if upstream1.0 > upstream0.0 {
+        (upstream1.1 - upstream0.1) as f64 / (upstream1.0 - upstream0.0) as f64
+    } else {
+        1.0
+    };
+    let st = server.session.stats();
+    // Every handshake the server completed beyond the run's own clients came from a forgery.
+    let own = (n_clients + extra.saturating_sub(1)) as u64;
+    let forged_accepted = st.accepted.saturating_sub(own);
+    let (mut replayed_accepted, mut victim_forged_accepted, mut counts) = (0, 0, None);
+    if let Some(a) = &attack {
+        let peer = a
+            .victim
+            .id()
+            .and_then(|id| server.session.peer_stats(id))
+            .unwrap_or_default();
+        replayed_accepted = a.counts.replays.saturating_sub(peer.replayed);
+        victim_forged_accepted = a.counts.victim_forgeries.saturating_sub(peer.forged);
+        counts = Some(a.counts);
+    }
     events_consistent &= events_lost == 0 && events_duplicated == 0;
     Ok(SimReport {
         clients: cfg.clients,
@@ -433,7 +507,31 @@ pub(crate) fn run(
         accepted_writes: counters.accepted_writes,
         rejected_inputs: server.inputs.total_rejected(),
         respawned_entities: clients.iter().map(|c| c.world.respawned).sum(),
+        server_exits: 0,
+        forged_accepted: forged_accepted + victim_forged_accepted,
+        replayed_accepted,
+        peers_disconnected_for_faults: st.fault_disconnects,
+        legit_upstream_delivery,
+        junk_sent: counts.map_or(0, |c| c.junk),
+        replays_sent: counts.map_or(0, |c| c.replays),
+        bytes_to_silent_peer: counts.map_or(0, |c| c.bytes_to_silent_peer),
+        bytes_to_silent_peer_first_sec: counts.map_or(0, |c| c.bytes_to_silent_peer_first_sec),
     })
+}
+
+/// For the honest bots: datagrams their links delivered to the server (duplicates left out),
+/// and datagrams the server's sessions accepted from them.
+fn upstream_counts(server: &GameServer<Link>, clients: &[GameClient<Link>]) -> (u64, u64) {
+    let mut delivered = 0;
+    let mut accepted = 0;
+    for c in clients {
+        let s = c.session.transport().stats();
+        delivered += s.delivered.saturating_sub(s.duplicated);
+        if let Some(p) = c.session.id().and_then(|id| server.session.peer_stats(id)) {
+            accepted += p.connection.packets_received;
+        }
+    }
+    (delivered, accepted)
 }
 
 fn add_stats(total: &mut NetSimStats, s: &NetSimStats) {
@@ -474,6 +572,7 @@ impl SimReport {
              \x20 authority        {aw} owner writes applied, {rw} writes rejected, {ri} inputs rejected{adv}\n\
              \x20 flicker          {resp} entities came back after vanishing\n\
              \x20 errors           {derr} decode, {werr} framing\n\
+             \x20 security         {fa} forged and {ra} replayed packets accepted; {pf} clients disconnected for faults; upstream delivery {ud:.3}{attack}\n\
              \x20 converged        {conv}",
             clients = self.clients,
             entities = self.entities,
@@ -513,6 +612,21 @@ impl SimReport {
             resp = self.respawned_entities,
             derr = self.decode_errors,
             werr = self.wire_errors,
+            fa = self.forged_accepted,
+            ra = self.replayed_accepted,
+            pf = self.peers_disconnected_for_faults,
+            ud = self.legit_upstream_delivery,
+            attack = if self.adversary {
+                format!(
+                    "\n\x20 attacks          {} junk/forged datagrams, {} replays; the silent client got {} B ({} B in its first second)",
+                    self.junk_sent,
+                    self.replays_sent,
+                    self.bytes_to_silent_peer,
+                    self.bytes_to_silent_peer_first_sec
+                )
+            } else {
+                String::new()
+            },
         )
     }
 }
@@ -638,6 +752,26 @@ mod tests {
         assert!(r.rejected_writes > 1000, "seed 9: {}", r.render());
         assert!(r.rejected_inputs > 100, "seed 9: {}", r.render());
         assert!(r.rejected_proposals > 10, "seed 9: {}", r.render());
+        // The session attacks: nothing forged or replayed got in, every attack ran, the
+        // honest bots' packets still arrived, and the silent client stopped costing bytes
+        // once pacing noticed it (most of what it got came in its first second).
+        assert_eq!(
+            (r.server_exits, r.forged_accepted, r.replayed_accepted),
+            (0, 0, 0),
+            "seed 9: {}",
+            r.render()
+        );
+        assert!(
+            r.junk_sent > 10_000 && r.replays_sent > 100,
+            "seed 9: {}",
+            r.render()
+        );
+        assert!(r.legit_upstream_delivery > 0.95, "seed 9: {}", r.render());
+        assert!(
+            r.bytes_to_silent_peer < 2 * r.bytes_to_silent_peer_first_sec.max(1),
+            "seed 9: {}",
+            r.render()
+        );
     }
 
     #[test]

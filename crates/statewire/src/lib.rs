@@ -39,4 +39,4 @@ pub use config::{DisconnectReason, Fault, SessionConfig};
 pub use connection::{ChannelId, ConnectionConfig};
 pub use crypto::{ConnectToken, Key, TokenParams};
 pub use host::{Host, LocalClient, PlayerLink};
-pub use server::{Server, ServerEvent, ServerSendError, ServerStats, TokenConfig};
+pub use server::{PeerStats, Server, ServerEvent, ServerSendError, ServerStats, TokenConfig};

@@ -19,7 +19,7 @@ use statewire_transport::{Transport, TransportError};
 
 use crate::client::{ClientEvent, ClientSendError};
 use crate::config::{DisconnectReason, Fault, SessionConfig};
-use crate::connection::{ChannelId, ConfigError, Connection, SendError};
+use crate::connection::{ChannelId, ConfigError, Connection, ConnectionStats, SendError};
 use crate::crypto::seal::{Cipher, Context, PRE_SESSION_SEQ, Refused, SessionCrypto};
 use crate::crypto::token::OpenedToken;
 use crate::crypto::{Key, SecretStream, TOKEN_USER_DATA_LEN};
@@ -101,6 +101,18 @@ pub struct ServerStats {
     pub recv_errors: u64,
 }
 
+/// Counters of one client's session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// The connection layer's counters.
+    pub connection: ConnectionStats,
+    /// Sealed packets from the client's address refused by the replay window.
+    pub replayed: u64,
+    /// Sealed packets from the client's address that did not authenticate.
+    pub forged: u64,
+}
+
 /// Token mode: what a server needs to check connect tokens.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
@@ -135,6 +147,8 @@ struct Peer<U> {
     dev_accepted: Option<Box<[u8]>>,
     conn: Connection,
     messages: Bucket,
+    replayed: u64,
+    forged: u64,
     token_user_data: Option<[u8; TOKEN_USER_DATA_LEN]>,
     user: Option<U>,
 }
@@ -240,6 +254,15 @@ impl<T: Transport, U> Server<T, U> {
             out: Vec::new(),
             payload: Vec::new(),
             plain: Vec::new(),
+        })
+    }
+
+    /// Counters of `client`'s session (`None` for the local player or an unknown id).
+    pub fn peer_stats(&self, client: ClientId) -> Option<PeerStats> {
+        self.peers.get(&client).map(|p| PeerStats {
+            connection: p.conn.stats(),
+            replayed: p.replayed,
+            forged: p.forged,
         })
     }
 
@@ -937,6 +960,8 @@ impl<T: Transport, U> Server<T, U> {
                 dev_accepted: None,
                 conn,
                 messages: Bucket::full(burst, self.now),
+                replayed: 0,
+                forged: 0,
                 token_user_data,
                 user: None,
             },
@@ -1117,10 +1142,12 @@ impl<T: Transport, U> Server<T, U> {
             Ok(_) => {}
             Err(Refused::Replayed) => {
                 self.stats.replayed += 1;
+                peer.replayed += 1;
                 return;
             }
             Err(Refused::Forged) => {
                 self.stats.forged += 1;
+                peer.forged += 1;
                 return;
             }
         }

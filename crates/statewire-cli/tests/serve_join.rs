@@ -5,13 +5,31 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn serve_and_join(transport: &str) {
+    serve_and_join_with(transport, false);
+}
+
+/// With `tokens`, the server requires connect tokens: a join without one is refused, and a
+/// join with one from `statewire token` (same key file) gets in.
+fn serve_and_join_with(transport: &str, tokens: bool) {
     let bin = env!("CARGO_BIN_EXE_statewire");
-    let mut server = Command::new(bin)
+    let dir =
+        std::env::temp_dir().join(format!("statewire-keys-{}-{transport}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("backend.key");
+    let mut server = Command::new(bin);
+    server
         .args(["serve", &format!("--{transport}"), "127.0.0.1:0"])
-        .args(["--ticks", "60", "--quiet-ticks", "45", "--entities", "150"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start server");
+        .args(["--ticks", "60", "--quiet-ticks", "45", "--entities", "150"]);
+    if tokens {
+        let made = Command::new(bin)
+            .args(["keygen", "--force", "--out"])
+            .arg(&key)
+            .output()
+            .expect("keygen");
+        assert!(made.status.success(), "keygen failed");
+        server.arg("--key-file").arg(&key);
+    }
+    let mut server = server.stdout(Stdio::piped()).spawn().expect("start server");
     let stdout = server.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a line").expect("utf-8");
@@ -23,6 +41,38 @@ fn serve_and_join(transport: &str) {
     join.args(["join", &addr, "--timeout-secs", "20"]);
     if transport == "tcp" {
         join.arg("--tcp");
+    }
+    if tokens {
+        let mut bare = Command::new(bin);
+        bare.args(["join", &addr, "--timeout-secs", "5"]);
+        if transport == "tcp" {
+            bare.arg("--tcp");
+        }
+        let refused = bare.output().expect("run join without a token");
+        let text = String::from_utf8_lossy(&refused.stdout);
+        assert!(
+            !refused.status.success(),
+            "{transport}: joined without a token: {text}"
+        );
+        assert!(
+            text.contains("requires a connect token"),
+            "{transport}: {text}"
+        );
+        let token = Command::new(bin)
+            .args([
+                "token",
+                "--client-id",
+                "42",
+                "--server",
+                &addr,
+                "--key-file",
+            ])
+            .arg(&key)
+            .output()
+            .expect("token");
+        assert!(token.status.success(), "token failed");
+        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+        join.args(["--token", &token]);
     }
     let start = Instant::now();
     let out = join.output().expect("run join");
@@ -62,6 +112,43 @@ fn serve_and_join_over_udp() {
 #[test]
 fn serve_and_join_over_tcp() {
     serve_and_join("tcp");
+}
+
+#[test]
+fn serve_with_tokens_admits_only_token_holders() {
+    serve_and_join_with("udp", true);
+}
+
+#[test]
+fn token_and_keygen_flags_are_validated() {
+    let bin = env!("CARGO_BIN_EXE_statewire");
+    let out = Command::new(bin)
+        .args([
+            "token",
+            "--key-file",
+            "/nonexistent/key",
+            "--client-id",
+            "1",
+        ])
+        .args(["--server", "127.0.0.1:1"])
+        .output()
+        .expect("token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the key file"));
+    let out = Command::new(bin)
+        .args([
+            "token",
+            "--key-file",
+            "k",
+            "--client-id",
+            "0",
+            "--server",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 }
 
 #[test]

@@ -69,7 +69,21 @@ pub struct UdpConfig {
     ///
     /// Default: 64.
     pub max_discards_per_recv: usize,
+    /// Receive buffer requested from the operating system (`SO_RCVBUF`) on bind, in bytes;
+    /// 0 keeps the system's default. A large buffer lets the socket hold a burst (or a flood
+    /// of junk) while the owner is busy between reads, instead of dropping real packets.
+    ///
+    /// The request is best effort: the system may cap it (Linux caps it at
+    /// `net.core.rmem_max`, and reports twice the granted size, counting its bookkeeping), and
+    /// a refusal does not fail [`UdpTransport::bind`]. See
+    /// [`UdpTransport::recv_buffer_size`] for the size in effect.
+    ///
+    /// Default: 4 MiB (4 194 304).
+    pub recv_buffer_bytes: usize,
 }
+
+/// Default of [`UdpConfig::recv_buffer_bytes`]: 4 MiB.
+pub const DEFAULT_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 impl Default for UdpConfig {
     fn default() -> Self {
@@ -77,6 +91,7 @@ impl Default for UdpConfig {
             max_payload: 1472,
             broadcast: false,
             max_discards_per_recv: 64,
+            recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
         }
     }
 }
@@ -146,7 +161,8 @@ impl UdpTransport {
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] if [`UdpConfig::max_payload`] is 0 or above
     /// [`MAX_UDP_PAYLOAD`], and with the operating system's error if the socket cannot be bound
-    /// or configured.
+    /// or configured. A receive buffer size the system refuses
+    /// ([`UdpConfig::recv_buffer_bytes`]) is not an error: the socket keeps what it has.
     pub fn bind(addr: SocketAddr, config: UdpConfig) -> io::Result<Self> {
         if config.max_payload == 0 || config.max_payload > MAX_UDP_PAYLOAD {
             return Err(io::Error::new(
@@ -159,6 +175,10 @@ impl UdpTransport {
         }
         let socket = UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
+        if config.recv_buffer_bytes > 0 {
+            // Best effort: the system may cap or refuse it; recv_buffer_size() tells.
+            let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(config.recv_buffer_bytes);
+        }
         if config.broadcast {
             socket.set_broadcast(true)?;
         }
@@ -181,6 +201,14 @@ impl UdpTransport {
     /// Whether sending to broadcast addresses is allowed.
     pub fn broadcast(&self) -> io::Result<bool> {
         self.socket.broadcast()
+    }
+
+    /// The socket's receive buffer size in effect (`SO_RCVBUF`), in bytes, as the system
+    /// reports it. It can be smaller than [`UdpConfig::recv_buffer_bytes`]: Linux caps a
+    /// request at `net.core.rmem_max` (raise it with `sysctl -w net.core.rmem_max=...`), and
+    /// reports twice the granted size because it counts its own bookkeeping.
+    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+        socket2::SockRef::from(&self.socket).recv_buffer_size()
     }
 
     /// Counters since the socket was bound.
@@ -480,6 +508,33 @@ mod tests {
             .expect_err("invalid max_payload");
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         }
+    }
+
+    #[test]
+    fn recv_buffer_is_enlarged_where_the_system_allows() {
+        let t = bind(UdpConfig::default());
+        let effective = t.recv_buffer_size().expect("getsockopt SO_RCVBUF");
+        // Linux: the cap on what an unprivileged SO_RCVBUF request may get.
+        let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        match rmem_max {
+            Some(max) if max >= DEFAULT_RECV_BUFFER_BYTES => assert!(
+                effective >= 1024 * 1024,
+                "SO_RCVBUF {effective} with rmem_max {max}"
+            ),
+            _ => println!(
+                "SO_RCVBUF after bind: {effective} bytes; rmem_max {rmem_max:?} is below \
+                 {DEFAULT_RECV_BUFFER_BYTES} (or unknown), not asserting"
+            ),
+        }
+        let os_default = bind(UdpConfig {
+            recv_buffer_bytes: 0,
+            ..UdpConfig::default()
+        });
+        let default = os_default.recv_buffer_size().expect("getsockopt SO_RCVBUF");
+        println!("SO_RCVBUF: {effective} requested 4 MiB, {default} with the system default");
+        assert!(default > 0);
     }
 
     #[test]

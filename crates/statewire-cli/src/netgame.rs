@@ -216,7 +216,12 @@ impl<T: Transport> GameServer<T> {
         while let Some(ev) = self.session.poll_event() {
             match ev {
                 ServerEvent::Connected(id) => {
-                    self.repl.add_client(id)?;
+                    // The replicator refusing a client (full) costs only that client.
+                    if self.repl.add_client(id).is_err() {
+                        self.counters.fault_disconnects += 1;
+                        self.session.disconnect_for_fault(id, Fault::OverBudget);
+                        continue;
+                    }
                     self.game.add_player(id);
                     if let Some(p) = self.game.player_of(id) {
                         self.authority.insert(p, Owner::Client(id));

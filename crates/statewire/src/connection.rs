@@ -284,6 +284,13 @@ pub struct ConnectionConfig {
     ///
     /// Default: 1 s.
     pub ack_timeout: Duration,
+    /// Most bytes of reliable messages (all reliable channels together) held until the peer
+    /// acknowledges them; [`Connection::send`] refuses a reliable message beyond it with
+    /// [`SendError::OverBudget`]. Bounds what a peer that never acknowledges can pin on the
+    /// sender. At least the largest reliable `max_message_size`.
+    ///
+    /// Default: 2 MiB (2 097 152).
+    pub max_queued_reliable_bytes: usize,
     /// [`Connection::is_unresponsive`] turns true once packets have waited this long for any
     /// acknowledgement (even if the peer keeps sending), so the session drops a peer that
     /// keeps itself alive but never acknowledges. At least `ack_timeout`.
@@ -312,6 +319,7 @@ impl Default for ConnectionConfig {
             max_reassembly_bytes: 1024 * 1024,
             ack_timeout: Duration::from_secs(1),
             unresponsive_timeout: Duration::from_secs(10),
+            max_queued_reliable_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -378,6 +386,15 @@ impl ConnectionConfig {
                 return Err(ConfigError::MessageSize {
                     channel,
                     size: c.max_message_size,
+                });
+            }
+            if c.kind == ChannelKind::ReliableOrdered
+                && c.max_message_size > self.max_queued_reliable_bytes
+            {
+                return Err(ConfigError::ReliableBudget {
+                    channel,
+                    size: c.max_message_size,
+                    budget: self.max_queued_reliable_bytes,
                 });
             }
         }
@@ -447,6 +464,16 @@ pub enum ConfigError {
     /// `max_fragments_in_flight` is zero.
     #[error("max_fragments_in_flight must be at least 1")]
     InFlight,
+    /// A reliable channel's `max_message_size` exceeds `max_queued_reliable_bytes`.
+    #[error("{channel}: max_message_size {size} exceeds max_queued_reliable_bytes {budget}")]
+    ReliableBudget {
+        /// The channel.
+        channel: ChannelId,
+        /// The configured message size.
+        size: usize,
+        /// The configured budget.
+        budget: usize,
+    },
     /// `unresponsive_timeout` is below `ack_timeout`.
     #[error("unresponsive_timeout {unresponsive:?} is below ack_timeout {ack:?}")]
     Unresponsive {
@@ -501,6 +528,15 @@ pub enum SendError {
         channel: ChannelId,
         /// The queue's capacity.
         capacity: usize,
+    },
+    /// Reliable messages waiting for the peer's acknowledgement would exceed
+    /// [`ConnectionConfig::max_queued_reliable_bytes`].
+    #[error("{queued} reliable bytes already wait for the peer (budget {budget})")]
+    OverBudget {
+        /// Bytes already queued.
+        queued: usize,
+        /// The budget.
+        budget: usize,
     },
 }
 
@@ -829,6 +865,7 @@ impl Connection {
         }
         let capacity = config.max_send_queue;
         let full = Err(SendError::QueueFull { channel, capacity });
+        let queued_reliable = self.queued_reliable_bytes();
         match &mut self.channels[index] {
             Channel::Unreliable { queue } => {
                 if queue.len() >= capacity {
@@ -846,6 +883,11 @@ impl Connection {
             Channel::Reliable { send, .. } => {
                 if send.len() >= capacity {
                     return full;
+                }
+                let queued = queued_reliable;
+                let budget = self.config.max_queued_reliable_bytes;
+                if queued + message.len() > budget {
+                    return Err(SendError::OverBudget { queued, budget });
                 }
                 let count = if message.len() <= self.single_max {
                     1
@@ -1161,6 +1203,17 @@ impl Connection {
             }
         }
         wrote
+    }
+
+    /// Bytes of reliable messages waiting for the peer's acknowledgement, all channels.
+    pub fn queued_reliable_bytes(&self) -> usize {
+        self.channels
+            .iter()
+            .map(|c| match c {
+                Channel::Reliable { send, .. } => send.queued_bytes(),
+                _ => 0,
+            })
+            .sum()
     }
 
     fn fragments_in_flight(&self) -> usize {

@@ -435,7 +435,10 @@ impl<T: Transport, U> Server<T, U> {
         self.events.pop_front()
     }
 
-    /// Queues `message` on `channel` for `client`; it leaves on the next update or flush.
+    /// Queues `message` on `channel` for `client`; it leaves on the next update or flush. A
+    /// reliable message refused because the client has too much unacknowledged
+    /// ([`SendError::OverBudget`], or a full reliable queue) also disconnects that client with
+    /// [`Fault::OverBudget`].
     pub fn send(
         &mut self,
         client: ClientId,
@@ -456,8 +459,33 @@ impl<T: Transport, U> Server<T, U> {
             .peers
             .get_mut(&client)
             .ok_or(ServerSendError::UnknownClient(client))?;
-        peer.conn.send(channel, message)?;
+        if let Err(e) = peer.conn.send(channel, message) {
+            self.on_send_refused(client, &e);
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// A reliable message refused for lack of room means the client is not acknowledging what
+    /// it was sent: it is over its memory budget, and only it pays.
+    fn on_send_refused(&mut self, client: ClientId, e: &SendError) {
+        let over = match e {
+            SendError::OverBudget { .. } => true,
+            SendError::QueueFull { channel, .. } => self
+                .config
+                .connection
+                .channels
+                .get(usize::from(channel.0))
+                .is_some_and(|c| c.kind == crate::connection::ChannelKind::ReliableOrdered),
+            _ => false,
+        };
+        if over {
+            self.drop_peer(
+                client,
+                DisconnectReason::Fault(Fault::OverBudget),
+                Some(DisconnectCode::Kicked),
+            );
+        }
     }
 
     /// Queues `message` for every connected client. Returns the clients that refused it
@@ -503,6 +531,11 @@ impl<T: Transport, U> Server<T, U> {
                 if let Err(e) = peer.conn.send(channel, message) {
                     failed.push((id, e));
                 }
+            }
+        }
+        for (id, e) in &failed {
+            if !self.is_local(*id) {
+                self.on_send_refused(*id, e);
             }
         }
         failed

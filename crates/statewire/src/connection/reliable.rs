@@ -67,6 +67,8 @@ pub(super) struct ReliableSend {
     resends: VecDeque<ResendEntry>,
     /// Fragments sent at least once and not yet acknowledged.
     in_flight: usize,
+    /// Bytes of messages not yet fully acknowledged.
+    bytes: usize,
 }
 
 impl ReliableSend {
@@ -89,12 +91,18 @@ impl ReliableSend {
         self.messages.len()
     }
 
+    /// Bytes of messages not yet fully acknowledged.
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Queues a message split into `count` fragments.
     pub(super) fn push(&mut self, data: Vec<u8>, count: u16) {
         let fragment = OutFragment {
             last_sent: None,
             acked: false,
         };
+        self.bytes += data.len();
         self.messages.push_back(OutMessage {
             data,
             fragments: smallvec![fragment; usize::from(count)],
@@ -213,6 +221,7 @@ impl ReliableSend {
         m.unacked -= 1;
         self.in_flight -= 1;
         if m.unacked == 0 {
+            self.bytes -= m.data.len();
             m.data = Vec::new();
         }
         while self.messages.front().is_some_and(|m| m.unacked == 0) {

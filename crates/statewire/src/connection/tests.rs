@@ -823,6 +823,8 @@ fn smallest_packets_carry_the_largest_message() {
             kind: ChannelKind::ReliableOrdered,
         }],
         max_reassembly_bytes: 16 * 1024 * 1024,
+        // The largest message must fit the sender's budget for unacknowledged bytes.
+        max_queued_reliable_bytes: MAX_RELIABLE_MESSAGE_SIZE,
         ..ConnectionConfig::default()
     };
     let mut now = Duration::ZERO;
@@ -856,4 +858,105 @@ fn smallest_packets_carry_the_largest_message() {
     assert!(got.expect("delivered").1 == m);
     // Every fragment went out exactly once: acknowledgements kept up with the in-flight limit.
     assert_eq!(packets, MAX_RELIABLE_MESSAGE_SIZE.div_ceil(a.frag_len));
+}
+
+/// A peer that never acknowledges can pin at most `max_queued_reliable_bytes` on the sender:
+/// past it, reliable sends are refused with `OverBudget`, and acknowledgements free room.
+#[test]
+fn reliable_bytes_waiting_for_acks_are_bounded() {
+    let config = ConnectionConfig {
+        max_queued_reliable_bytes: 300 * 1024,
+        ..ConnectionConfig::default()
+    };
+    let mut a = Connection::new(config.clone(), Duration::ZERO);
+    let mut b = Connection::new(config, Duration::ZERO);
+    let msg = vec![7u8; 50_000];
+    let mut accepted = 0;
+    let refused = loop {
+        match a.send(ChannelId(0), &msg) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 7, "the budget did not hold");
+    };
+    assert_eq!(accepted, 6);
+    assert!(matches!(
+        refused,
+        SendError::OverBudget {
+            queued: 300_000,
+            ..
+        }
+    ));
+    assert_eq!(a.queued_reliable_bytes(), 300_000);
+    // Once the peer has everything and acknowledges it, the bytes are released.
+    let mut now = Duration::ZERO;
+    let mut p = Vec::new();
+    for _ in 0..2000 {
+        now += Duration::from_millis(5);
+        p.clear();
+        while a.poll_transmit(now, &mut p) {
+            b.handle_payload(now, &p).unwrap();
+            p.clear();
+        }
+        while b.poll_transmit(now, &mut p) {
+            a.handle_payload(now, &p).unwrap();
+            p.clear();
+        }
+        while b.poll_message().is_some() {}
+        if a.queued_reliable_bytes() == 0 {
+            break;
+        }
+    }
+    assert_eq!(a.queued_reliable_bytes(), 0);
+    a.send(ChannelId(0), &msg).unwrap();
+}
+
+/// A peer that stops acknowledging gets pings only once `ack_timeout` passes, and the
+/// connection reports it unresponsive after `unresponsive_timeout`; an acknowledgement ends
+/// the stall.
+#[test]
+fn pacing_stops_the_stream_to_a_peer_that_does_not_acknowledge() {
+    let mut a = Connection::new(ConnectionConfig::default(), Duration::ZERO);
+    let mut b = Connection::new(ConnectionConfig::default(), Duration::ZERO);
+    let mut now = Duration::ZERO;
+    let mut p = Vec::new();
+    let mut bytes_after_stall = 0usize;
+    let mut stalled_at = None;
+    // 12 s at 30 Hz, a 1,000-byte unreliable message per tick; b never answers.
+    for _ in 0..360 {
+        now += Duration::from_micros(33_333);
+        let _ = a.send(ChannelId(1), &[1u8; 1000]);
+        while a.poll_transmit(now, &mut p) {
+            if stalled_at.is_some() {
+                bytes_after_stall += p.len();
+            }
+            p.clear();
+        }
+        if stalled_at.is_none() && a.is_stalled(now) {
+            stalled_at = Some(now);
+        }
+    }
+    let stalled_at = stalled_at.expect("a stalls");
+    assert!(
+        stalled_at <= Duration::from_millis(1100),
+        "stalled at {stalled_at:?}"
+    );
+    // About 11 s of pings at 0.25 s doubling to 1 s: a few hundred bytes, not 330 KB.
+    assert!(
+        bytes_after_stall < 1_000,
+        "{bytes_after_stall} bytes after the stall"
+    );
+    assert!(a.stats().pings_sent >= 5 && a.stats().dropped_unacked > 300);
+    assert!(a.is_unresponsive(now));
+    // b finally answers one ping: a resumes.
+    while a.poll_transmit(now + Duration::from_secs(1), &mut p) {
+        b.handle_payload(now, &p).unwrap();
+        p.clear();
+    }
+    now += Duration::from_secs(1);
+    while b.poll_transmit(now + Duration::from_millis(20), &mut p) {
+        a.handle_payload(now, &p).unwrap();
+        p.clear();
+    }
+    assert!(!a.is_stalled(now) && !a.is_unresponsive(now));
 }

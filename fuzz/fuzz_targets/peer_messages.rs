@@ -8,7 +8,9 @@
 //! - 3: `statewire_core::authority::decode_writes` and, for each write, `Authority::accept_write`,
 //! - 4: `statewire_core::events::decode_proposal`,
 //! - 5: a replication packet for a registry with entropy-coded components, through
-//!   `ClientReplicator::handle_packet_with_events`.
+//!   `ClientReplicator::handle_packet_with_events`,
+//! - 6: `statewire::ConnectToken::decode` (a token a client was handed; re-encodes to the same
+//!   bytes).
 //!
 //! None may panic; each returns a typed error or a value that survives a round trip.
 
@@ -61,7 +63,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    match which % 6 {
+    match which % 7 {
+        6 => {
+            if let Ok(t) = statewire::ConnectToken::decode(body) {
+                assert_eq!(t.encode(), body, "token does not re-encode");
+            }
+        }
         0 => {
             if let Ok(p) = Packet::decode(body) {
                 let mut out = Vec::new();

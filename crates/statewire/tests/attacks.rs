@@ -1,0 +1,489 @@
+//! Attacks on sessions over the in-memory loopback network on a virtual clock: connect
+//! tokens (expired, forged, tampered, for another server, replayed from another address),
+//! replayed and reflected datagrams, injected and spoofed packets, per-client faults (a peer
+//! that never acknowledges, a message flood, a send error to one address) and amplification
+//! of token requests.
+//!
+//! The loopback network stamps every datagram with the sender's own address, so spoofing is
+//! done by [`Tap`], a wrapper transport around the server's endpoint that can hand the server
+//! datagrams "from" any address; it also records sends, counts bytes per destination, drops
+//! traffic and fails sends to one address on demand.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use statewire::packet::{Packet, RejectReason, TokenFields};
+use statewire::*;
+use statewire_core::ClientId;
+use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
+use statewire_transport::netsim::SimRng;
+use statewire_transport::{Received, Transport, TransportError};
+
+const SECRET: Key = Key::from_bytes([7; 32]);
+const BACKEND: Key = Key::from_bytes([42; 32]);
+const OTHER_BACKEND: Key = Key::from_bytes([43; 32]);
+const RELIABLE: ChannelId = ChannelId(0);
+const UNRELIABLE: ChannelId = ChannelId(1);
+const STEP: Duration = Duration::from_millis(10);
+/// Unix time at the server's `now` = 0.
+const UNIX0: u64 = 1_700_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// A transport wrapper for spoofing, recording and failing.
+
+#[derive(Default)]
+struct TapState {
+    /// Record every sent datagram in `sent`.
+    record: bool,
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// Handed to `recv` before anything from the network, with the given source address.
+    inject: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// `send` to this address fails with an I/O error.
+    fail_to: Option<SocketAddr>,
+    /// Sends are swallowed (reported as sent).
+    drop_sends: bool,
+    /// Datagrams from the network are discarded.
+    drop_recvs: bool,
+    /// Bytes of successful sends, by destination.
+    bytes_to: HashMap<SocketAddr, u64>,
+}
+
+type Ctl = Rc<RefCell<TapState>>;
+
+struct Tap<T> {
+    inner: T,
+    ctl: Ctl,
+}
+
+type Ep = Tap<LoopbackEndpoint>;
+
+fn tap(inner: LoopbackEndpoint) -> (Ep, Ctl) {
+    let ctl: Ctl = Rc::default();
+    (
+        Tap {
+            inner,
+            ctl: ctl.clone(),
+        },
+        ctl,
+    )
+}
+
+impl<T: Transport> Transport for Tap<T> {
+    fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
+        let mut s = self.ctl.borrow_mut();
+        if s.fail_to == Some(to) {
+            return Err(TransportError::Io(std::io::Error::other(
+                "injected send failure",
+            )));
+        }
+        if s.record {
+            s.sent.push((to, payload.to_vec()));
+        }
+        if s.drop_sends {
+            return Ok(());
+        }
+        self.inner.send(to, payload)?;
+        *s.bytes_to.entry(to).or_default() += payload.len() as u64;
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
+        let mut s = self.ctl.borrow_mut();
+        if let Some((from, data)) = s.inject.pop_front() {
+            if data.len() > buf.len() {
+                let needed = data.len();
+                s.inject.push_front((from, data));
+                return Err(TransportError::BufferTooSmall {
+                    needed,
+                    capacity: buf.len(),
+                });
+            }
+            buf[..data.len()].copy_from_slice(&data);
+            return Ok(Some(Received {
+                len: data.len(),
+                from,
+            }));
+        }
+        // Bounded: the loopback queue holds at most its configured number of datagrams.
+        loop {
+            let got = self.inner.recv(buf)?;
+            match got {
+                Some(_) if s.drop_recvs => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A server and its clients on one virtual clock.
+
+struct World {
+    net: LoopbackNet,
+    server: Server<Ep>,
+    sctl: Ctl,
+    now: Duration,
+    events: Vec<ServerEvent>,
+}
+
+struct Player {
+    client: Client<Ep>,
+    ctl: Ctl,
+    events: Vec<ClientEvent>,
+}
+
+impl Player {
+    fn messages(&self) -> Vec<(ChannelId, Vec<u8>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message(ch, m) => Some((*ch, m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.client.transport().local_addr()
+    }
+}
+
+fn net() -> LoopbackNet {
+    LoopbackNet::new(LoopbackConfig {
+        max_queued_datagrams: 50_000,
+        max_queued_bytes: 64 * 1024 * 1024,
+        ..LoopbackConfig::default()
+    })
+}
+
+impl World {
+    fn dev(config: SessionConfig) -> World {
+        let net = net();
+        let (ep, sctl) = tap(net.endpoint());
+        let server = Server::new(ep, config, SECRET).unwrap();
+        World {
+            net,
+            server,
+            sctl,
+            now: Duration::ZERO,
+            events: Vec::new(),
+        }
+    }
+
+    /// A token server that knows itself as `public` (its own address if `None`).
+    fn tokens(config: SessionConfig, public: Option<SocketAddr>) -> World {
+        let net = net();
+        let (ep, sctl) = tap(net.endpoint());
+        let public = public.unwrap_or(ep.local_addr());
+        let server = Server::with_tokens(
+            ep,
+            config,
+            SECRET,
+            TokenConfig {
+                key: BACKEND,
+                public_addrs: vec![public],
+                unix_time_at_zero: Duration::from_secs(UNIX0),
+            },
+        )
+        .unwrap();
+        World {
+            net,
+            server,
+            sctl,
+            now: Duration::ZERO,
+            events: Vec::new(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    fn dev_player(&self, config: SessionConfig, salt: u64) -> Player {
+        let (ep, ctl) = tap(self.net.endpoint());
+        Player {
+            client: Client::new(ep, self.addr(), config, self.now, salt).unwrap(),
+            ctl,
+            events: Vec::new(),
+        }
+    }
+
+    fn token_player(&self, token: &ConnectToken) -> Player {
+        let (ep, ctl) = tap(self.net.endpoint());
+        Player {
+            client: Client::with_token(ep, self.addr(), SessionConfig::default(), self.now, token)
+                .unwrap(),
+            ctl,
+            events: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, players: &mut [&mut Player]) {
+        self.now += STEP;
+        self.server.update(self.now).unwrap();
+        while let Some(ev) = self.server.poll_event() {
+            self.events.push(ev);
+        }
+        for p in players.iter_mut() {
+            p.client.update(self.now).unwrap();
+            while let Some(ev) = p.client.poll_event() {
+                p.events.push(ev);
+            }
+        }
+    }
+
+    fn run(&mut self, steps: usize, players: &mut [&mut Player]) {
+        for _ in 0..steps {
+            self.step(players);
+        }
+    }
+
+    /// Steps until every player is connected (at most 1 s).
+    fn connect(&mut self, players: &mut [&mut Player]) {
+        for _ in 0..100 {
+            if players.iter().all(|p| p.client.is_connected()) {
+                return;
+            }
+            self.step(players);
+        }
+        let states: Vec<_> = players.iter().map(|p| p.client.state()).collect();
+        panic!("players did not connect: {states:?}");
+    }
+
+    fn messages_from(&self, id: ClientId) -> Vec<(ChannelId, Vec<u8>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::Message(c, ch, m) if *c == id => Some((*ch, m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disconnect_reason(&self, id: ClientId) -> Option<DisconnectReason> {
+        self.events.iter().find_map(|e| match e {
+            ServerEvent::Disconnected(c, r) if *c == id => Some(*r),
+            _ => None,
+        })
+    }
+
+    /// Hands the server `data` as if it came from `from`.
+    fn spoof(&self, from: SocketAddr, data: &[u8]) {
+        self.sctl
+            .borrow_mut()
+            .inject
+            .push_back((from, data.to_vec()));
+    }
+}
+
+/// The user data a test token for client `id` carries.
+fn user_data_for(id: u64) -> [u8; 32] {
+    let mut user_data = [0u8; 32];
+    for (i, b) in user_data.iter_mut().enumerate() {
+        *b = (id as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+    user_data
+}
+
+fn token_for(key: &Key, id: u64, servers: Vec<SocketAddr>, expires: u64) -> ConnectToken {
+    ConnectToken::generate(
+        key,
+        &TokenParams {
+            protocol_id: SessionConfig::default().protocol_id,
+            client_id: ClientId(id),
+            server_addrs: servers,
+            expires_unix_secs: expires,
+            timeout_secs: 10,
+            user_data: user_data_for(id),
+        },
+    )
+    .unwrap()
+}
+
+fn valid_token(world: &World, id: u64) -> ConnectToken {
+    token_for(&BACKEND, id, vec![world.addr()], UNIX0 + 3600)
+}
+
+/// Runs a refused player to its end (at most 6 s, past the connect timeout).
+fn run_to_end(world: &mut World, p: &mut Player) -> DisconnectReason {
+    for _ in 0..600 {
+        if let ClientState::Disconnected(r) = p.client.state() {
+            return r;
+        }
+        world.step(&mut [&mut *p]);
+    }
+    panic!("client never ended: {:?}", p.client.state());
+}
+
+fn rejected(reason: RejectReason) -> DisconnectReason {
+    DisconnectReason::Rejected {
+        reason,
+        server_version: 1,
+    }
+}
+
+/// Sends a numbered reliable message each way between the server and `p` and checks both
+/// arrive.
+fn exchange(world: &mut World, p: &mut Player, tag: u32) {
+    let id = p.client.id().expect("connected");
+    let up = format!("up {tag}").into_bytes();
+    let down = format!("down {tag}").into_bytes();
+    let before_up = world.messages_from(id).len();
+    let before_down = p.messages().len();
+    p.client.send(RELIABLE, &up).unwrap();
+    world.server.send(id, RELIABLE, &down).unwrap();
+    world.run(10, &mut [&mut *p]);
+    assert_eq!(
+        world.messages_from(id)[before_up..],
+        [(RELIABLE, up)],
+        "message {tag} to the server"
+    );
+    assert_eq!(
+        p.messages()[before_down..],
+        [(RELIABLE, down)],
+        "message {tag} to the client"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Tokens.
+
+#[test]
+fn token_valid_connects_with_its_id_and_user_data() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = valid_token(&w, 0xC0FFEE);
+    let mut p = w.token_player(&token);
+    w.connect(&mut [&mut p]);
+    assert_eq!(p.client.id(), Some(ClientId(0xC0FFEE)));
+    assert_eq!(
+        w.server.token_user_data(ClientId(0xC0FFEE)),
+        Some(&user_data_for(0xC0FFEE))
+    );
+    assert!(
+        w.events
+            .contains(&ServerEvent::Connected(ClientId(0xC0FFEE)))
+    );
+    exchange(&mut w, &mut p, 1);
+    let s = w.server.stats();
+    assert_eq!(
+        (s.accepted, s.token_forged, s.token_expired),
+        (1, 0, 0),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn token_expired_is_rejected() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = token_for(&BACKEND, 5, vec![w.addr()], UNIX0 - 10);
+    let mut p = w.token_player(&token);
+    assert_eq!(
+        run_to_end(&mut w, &mut p),
+        rejected(RejectReason::TokenExpired)
+    );
+    let s = w.server.stats();
+    assert!(s.token_expired >= 1, "{s:?}");
+    assert_eq!((s.accepted, s.token_forged), (0, 0), "{s:?}");
+    assert_eq!(w.server.client_count(), 0);
+}
+
+#[test]
+fn token_forged_with_another_key_is_never_answered() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = token_for(&OTHER_BACKEND, 5, vec![w.addr()], UNIX0 + 3600);
+    let mut p = w.token_player(&token);
+    assert_eq!(run_to_end(&mut w, &mut p), DisconnectReason::ConnectTimeout);
+    let s = w.server.stats();
+    // One request per 100 ms resend for the 5 s connect timeout, every one refused unread.
+    assert!(s.token_forged >= 45, "{s:?}");
+    assert_eq!(s.unvalidated_bytes_sent, 0, "{s:?}");
+    assert_eq!(w.sctl.borrow().bytes_to.get(&p.addr()), None);
+    assert_eq!(s.accepted, 0);
+}
+
+#[test]
+fn token_for_another_server_is_rejected() {
+    // The server knows itself by another public address than the one in the token.
+    let elsewhere: SocketAddr = "203.0.113.9:7777".parse().unwrap();
+    let mut w = World::tokens(SessionConfig::default(), Some(elsewhere));
+    let token = valid_token(&w, 5);
+    let mut p = w.token_player(&token);
+    assert_eq!(
+        run_to_end(&mut w, &mut p),
+        rejected(RejectReason::WrongServer)
+    );
+    let s = w.server.stats();
+    assert!(s.token_wrong_server >= 1, "{s:?}");
+    assert_eq!(s.accepted, 0);
+}
+
+#[test]
+fn token_with_tampered_ciphertext_is_never_answered() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = valid_token(&w, 5);
+    let mut bytes = token.encode();
+    // The sealed private part is the encoding's last 208 bytes: flip one in its middle.
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    let tampered = ConnectToken::decode(&bytes).unwrap();
+    assert_ne!(tampered, token);
+    let mut p = w.token_player(&tampered);
+    assert_eq!(run_to_end(&mut w, &mut p), DisconnectReason::ConnectTimeout);
+    let s = w.server.stats();
+    assert!(s.token_forged >= 45, "{s:?}");
+    assert_eq!(s.unvalidated_bytes_sent, 0, "{s:?}");
+    assert_eq!(s.accepted, 0);
+}
+
+#[test]
+fn token_replayed_from_another_address_is_in_use_and_first_client_unaffected() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = valid_token(&w, 77);
+    let mut first = w.token_player(&token);
+    w.connect(&mut [&mut first]);
+    exchange(&mut w, &mut first, 1);
+    let mut thief = w.token_player(&token);
+    assert_ne!(thief.addr(), first.addr());
+    let mut reason = None;
+    for _ in 0..600 {
+        w.step(&mut [&mut first, &mut thief]);
+        if let ClientState::Disconnected(r) = thief.client.state() {
+            reason = Some(r);
+            break;
+        }
+    }
+    assert_eq!(reason, Some(rejected(RejectReason::TokenInUse)));
+    let s = w.server.stats();
+    assert!(s.token_in_use >= 1, "{s:?}");
+    assert_eq!(s.accepted, 1, "{s:?}");
+    assert!(first.client.is_connected());
+    assert_eq!(w.server.client_addr(ClientId(77)), Some(first.addr()));
+    for tag in 2..5 {
+        exchange(&mut w, &mut first, tag);
+    }
+    assert_eq!(w.disconnect_reason(ClientId(77)), None);
+}
+
+#[test]
+fn development_client_against_token_server_is_told_token_required() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let mut p = w.dev_player(SessionConfig::default(), 9);
+    assert_eq!(
+        run_to_end(&mut w, &mut p),
+        rejected(RejectReason::TokenRequired)
+    );
+    let s = w.server.stats();
+    assert!(s.token_required >= 1, "{s:?}");
+    assert_eq!(s.accepted, 0);
+}

@@ -495,6 +495,91 @@ fn is_sealed(datagram: &[u8]) -> bool {
     matches!(datagram.first(), Some(0x21..=0x26))
 }
 
+#[test]
+fn recorded_client_datagrams_replayed_deliver_nothing_twice() {
+    let mut w = World::tokens(SessionConfig::default(), None);
+    let token = valid_token(&w, 31);
+    let mut p = w.token_player(&token);
+    p.ctl.borrow_mut().record = true;
+    w.connect(&mut [&mut p]);
+    let id = p.client.id().unwrap();
+    let mut sent = Vec::new();
+    for i in 0..20u32 {
+        let m = format!("move {i}").into_bytes();
+        p.client.send(RELIABLE, &m).unwrap();
+        sent.push((RELIABLE, m));
+        w.server.send(id, RELIABLE, b"snapshot").unwrap();
+        w.run(3, &mut [&mut p]);
+    }
+    w.run(20, &mut [&mut p]);
+    assert_eq!(w.messages_from(id), sent);
+    p.ctl.borrow_mut().record = false;
+    let recorded = std::mem::take(&mut p.ctl.borrow_mut().sent);
+    assert!(recorded.iter().all(|(to, _)| *to == w.addr()));
+    let sealed_count = recorded.iter().filter(|(_, d)| is_sealed(d)).count() as u64;
+    let handshake_count = recorded.len() as u64 - sealed_count;
+    assert!(
+        sealed_count >= 20,
+        "{sealed_count} sealed datagrams recorded"
+    );
+    assert!(
+        handshake_count >= 2,
+        "{handshake_count} handshake datagrams"
+    );
+
+    // From the client's own address (spoofed), once the session moved on.
+    let before = w.server.stats();
+    for (_, d) in &recorded {
+        w.spoof(p.addr(), d);
+    }
+    w.run(5, &mut [&mut p]);
+    let after = w.server.stats();
+    assert_eq!(
+        after.replayed - before.replayed,
+        sealed_count,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.forged, before.forged);
+    assert_eq!(after.accepted, 1);
+    assert_eq!(
+        w.messages_from(id),
+        sent,
+        "replay delivered a message again"
+    );
+    assert!(p.client.is_connected());
+    assert_eq!(w.server.client_addr(id), Some(p.addr()));
+    exchange(&mut w, &mut p, 1);
+    sent.push((RELIABLE, b"up 1".to_vec()));
+
+    // From another address.
+    let other: SocketAddr = "10.66.0.1:4000".parse().unwrap();
+    let before = w.server.stats();
+    for (_, d) in &recorded {
+        w.spoof(other, d);
+    }
+    w.run(5, &mut [&mut p]);
+    let after = w.server.stats();
+    assert_eq!(
+        after.unknown_peer - before.unknown_peer,
+        sealed_count,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.token_in_use - before.token_in_use,
+        handshake_count,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.replayed, before.replayed);
+    assert_eq!(after.accepted, 1);
+    assert_eq!(
+        w.messages_from(id),
+        sent,
+        "replay delivered a message again"
+    );
+    exchange(&mut w, &mut p, 2);
+    assert_eq!(w.disconnect_reason(id), None);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Reflection.
 

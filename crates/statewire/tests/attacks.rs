@@ -230,7 +230,11 @@ impl World {
     }
 
     fn step(&mut self, players: &mut [&mut Player]) {
-        self.now += STEP;
+        self.step_by(STEP, players);
+    }
+
+    fn step_by(&mut self, dt: Duration, players: &mut [&mut Player]) {
+        self.now += dt;
         self.server.update(self.now).unwrap();
         while let Some(ev) = self.server.poll_event() {
             self.events.push(ev);
@@ -675,4 +679,219 @@ fn injected_and_spoofed_disconnects_leave_the_victim_connected() {
         assert_eq!(received, 200, "{msg}");
         exchange(&mut w, &mut p, 1);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Per-client faults.
+
+/// What the server sent a peer that never acknowledges while the game streamed it snapshots.
+struct Stream {
+    /// Bytes to the victim from its connection to 2 s later, and after that to 30 s.
+    first_2s: u64,
+    after_2s: u64,
+    /// Victim's end on the server, and how long after it connected.
+    reason: Option<DisconnectReason>,
+    after: Duration,
+    /// Snapshots sent to, and received by, the good client.
+    good_sent: usize,
+    good_received: usize,
+}
+
+/// 30 s of a 1,000-byte unreliable snapshot every 33 ms to a victim (with `cut` applied to
+/// its transport once it connected) and to a good client.
+fn stream_to_a_peer(cut: impl Fn(&mut TapState)) -> Stream {
+    let mut w = World::dev(SessionConfig::default());
+    // The victim does not time out on its own side first, so it keeps sending keepalives.
+    let mut victim_cfg = SessionConfig::default();
+    victim_cfg.connection.idle_timeout = Duration::from_secs(60);
+    let mut victim = w.dev_player(victim_cfg, 1);
+    let mut good = w.dev_player(SessionConfig::default(), 2);
+    w.connect(&mut [&mut victim, &mut good]);
+    let (vid, gid) = (victim.client.id().unwrap(), good.client.id().unwrap());
+    let vaddr = victim.addr();
+    cut(&mut victim.ctl.borrow_mut());
+    let bytes = |w: &World| w.sctl.borrow().bytes_to.get(&vaddr).copied().unwrap_or(0);
+    let start = w.now;
+    let at_start = bytes(&w);
+    let mut at_2s = None;
+    let mut reason = None;
+    let mut after = Duration::ZERO;
+    let snapshot = [0xA5u8; 1000];
+    let mut good_sent = 0;
+    let dt = Duration::from_millis(11);
+    // 30 s in 11 ms steps, a snapshot every third step.
+    for step in 0..2728u32 {
+        if step % 3 == 0 {
+            if w.server.is_connected(vid) {
+                w.server.send(vid, UNRELIABLE, &snapshot).unwrap();
+            }
+            w.server.send(gid, UNRELIABLE, &snapshot).unwrap();
+            good_sent += 1;
+        }
+        w.step_by(dt, &mut [&mut victim, &mut good]);
+        if at_2s.is_none() && w.now - start >= Duration::from_secs(2) {
+            at_2s = Some(bytes(&w));
+        }
+        if reason.is_none() {
+            reason = w.disconnect_reason(vid);
+            after = w.now - start;
+        }
+    }
+    let at_2s = at_2s.unwrap();
+    let good_received = good
+        .messages()
+        .iter()
+        .filter(|(ch, m)| *ch == UNRELIABLE && m[..] == snapshot[..])
+        .count();
+    assert_eq!(w.disconnect_reason(gid), None);
+    assert!(good.client.is_connected());
+    Stream {
+        first_2s: at_2s - at_start,
+        after_2s: bytes(&w) - at_2s,
+        reason,
+        after,
+        good_sent,
+        good_received,
+    }
+}
+
+#[test]
+fn peer_that_never_acknowledges_is_paced_then_dropped_as_unresponsive() {
+    // It receives nothing (so acknowledges nothing) but keeps sending keepalives.
+    let s = stream_to_a_peer(|t| t.drop_recvs = true);
+    println!(
+        "non-acking peer, 30 s of 1,000 B every 33 ms (~909 KB offered): {} B in the first 2 s, \
+         {} B after, {} B in all; dropped with {:?} after {:?}",
+        s.first_2s,
+        s.after_2s,
+        s.first_2s + s.after_2s,
+        s.reason,
+        s.after
+    );
+    assert!(s.after_2s < 10_000, "{} B after the first 2 s", s.after_2s);
+    assert!(s.first_2s < 100_000, "{} B in the first 2 s", s.first_2s);
+    assert_eq!(s.reason, Some(DisconnectReason::Fault(Fault::Unresponsive)));
+    assert!(
+        s.after >= Duration::from_secs(9) && s.after <= Duration::from_secs(11),
+        "dropped after {:?}",
+        s.after
+    );
+    assert_eq!(s.good_received, s.good_sent);
+}
+
+#[test]
+fn peer_that_goes_silent_is_paced_then_times_out() {
+    // Sends nothing at all after connecting: the idle timeout ends it first.
+    let s = stream_to_a_peer(|t| t.drop_sends = true);
+    println!(
+        "silent peer: {} B in the first 2 s, {} B after; dropped with {:?} after {:?}",
+        s.first_2s, s.after_2s, s.reason, s.after
+    );
+    assert!(s.after_2s < 10_000, "{} B after the first 2 s", s.after_2s);
+    assert_eq!(s.reason, Some(DisconnectReason::Timeout));
+    assert!(
+        s.after >= Duration::from_secs(9) && s.after <= Duration::from_secs(11),
+        "dropped after {:?}",
+        s.after
+    );
+    assert_eq!(s.good_received, s.good_sent);
+}
+
+#[test]
+fn message_flood_disconnects_only_the_flooder() {
+    let config = SessionConfig {
+        max_messages_per_sec: 100,
+        ..SessionConfig::default()
+    };
+    let mut w = World::dev(config.clone());
+    let mut flooder = w.dev_player(config.clone(), 1);
+    let mut good = w.dev_player(config, 2);
+    w.connect(&mut [&mut flooder, &mut good]);
+    let (fid, gid) = (flooder.client.id().unwrap(), good.client.id().unwrap());
+    let mut good_sent = Vec::new();
+    let mut flood_queued = 0u32;
+    let mut dropped_at = None;
+    let start = w.now;
+    for step in 0..300u32 {
+        for i in 0..50u32 {
+            if flooder
+                .client
+                .send(UNRELIABLE, &(step * 50 + i).to_le_bytes())
+                .is_ok()
+            {
+                flood_queued += 1;
+            }
+        }
+        if step % 10 == 0 {
+            let m = format!("good {step}").into_bytes();
+            good.client.send(RELIABLE, &m).unwrap();
+            good_sent.push((RELIABLE, m));
+        }
+        w.step(&mut [&mut flooder, &mut good]);
+        if dropped_at.is_none() && w.disconnect_reason(fid).is_some() {
+            dropped_at = Some(w.now - start);
+        }
+    }
+    w.run(10, &mut [&mut flooder, &mut good]);
+    let s = w.server.stats();
+    let delivered = w.messages_from(fid).len();
+    let msg = format!("{s:?}, flooder queued {flood_queued}, delivered {delivered}");
+    assert_eq!(
+        w.disconnect_reason(fid),
+        Some(DisconnectReason::Fault(Fault::MessageRate)),
+        "{msg}"
+    );
+    assert!(
+        dropped_at.unwrap() < Duration::from_secs(1),
+        "{dropped_at:?}"
+    );
+    assert_eq!(
+        flooder.client.state(),
+        ClientState::Disconnected(DisconnectReason::Kicked)
+    );
+    assert_eq!(s.fault_disconnects, 1, "{msg}");
+    // A burst of twice the rate, plus the rate for the time it took.
+    assert!(delivered <= 200 + 100, "{msg}");
+    // It got more than its burst out before it was dropped (then its sends failed).
+    assert!(flood_queued > 200, "{msg}");
+    assert_eq!(w.messages_from(gid), good_sent);
+    assert_eq!(w.disconnect_reason(gid), None);
+    exchange(&mut w, &mut good, 1);
+}
+
+#[test]
+fn send_error_to_one_address_disconnects_only_that_client() {
+    let mut w = World::dev(SessionConfig::default());
+    let mut victim = w.dev_player(SessionConfig::default(), 1);
+    let mut good = w.dev_player(SessionConfig::default(), 2);
+    w.connect(&mut [&mut victim, &mut good]);
+    let (vid, gid) = (victim.client.id().unwrap(), good.client.id().unwrap());
+    w.sctl.borrow_mut().fail_to = Some(victim.addr());
+    let mut sent = 0;
+    for step in 0..100u32 {
+        if w.server.is_connected(vid) {
+            w.server.send(vid, UNRELIABLE, b"to victim").unwrap();
+        }
+        w.server.send(gid, UNRELIABLE, &step.to_le_bytes()).unwrap();
+        sent += 1;
+        // World::step unwraps update: it keeps returning Ok.
+        w.step(&mut [&mut victim, &mut good]);
+        assert!(w.server.flush(w.now).is_ok());
+    }
+    let s = w.server.stats();
+    assert_eq!(
+        w.disconnect_reason(vid),
+        Some(DisconnectReason::Fault(Fault::SendFailed)),
+        "{s:?}"
+    );
+    assert_eq!(s.fault_disconnects, 1, "{s:?}");
+    assert!(!w.server.is_connected(vid));
+    assert_eq!(w.server.client_count(), 1);
+    let got = good
+        .messages()
+        .iter()
+        .filter(|(ch, _)| *ch == UNRELIABLE)
+        .count();
+    assert_eq!(got, sent);
+    exchange(&mut w, &mut good, 1);
 }

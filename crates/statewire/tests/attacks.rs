@@ -895,3 +895,91 @@ fn send_error_to_one_address_disconnects_only_that_client() {
     assert_eq!(got, sent);
     exchange(&mut w, &mut good, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Amplification of token requests.
+
+#[test]
+fn token_requests_are_not_amplified() {
+    const SEED: u64 = 0xA3F1_0006;
+    let config = SessionConfig {
+        // Let every request through, so the ratio is over real replies.
+        handshake_rate_per_ip: 1_000_000,
+        handshake_burst_per_ip: 1_000_000,
+        ..SessionConfig::default()
+    };
+    let mut w = World::tokens(config, None);
+    let mut rogue = w.net.endpoint();
+    let mut rng = SimRng::new(SEED);
+    let server = w.addr();
+    let elsewhere: SocketAddr = "203.0.113.9:7777".parse().unwrap();
+    let mut sent_bytes = 0u64;
+    let mut kinds = [0u32; 5];
+    let mut pkt = Vec::new();
+    for i in 0..1000u64 {
+        let kind = rng.range_u64(0..=4) as usize;
+        kinds[kind] += 1;
+        let token = match kind {
+            0 | 4 => token_for(&BACKEND, i + 1, vec![server], UNIX0 + 3600),
+            1 => token_for(&OTHER_BACKEND, i + 1, vec![server], UNIX0 + 3600),
+            2 => token_for(&BACKEND, i + 1, vec![server], UNIX0 - 1),
+            _ => token_for(&BACKEND, i + 1, vec![elsewhere], UNIX0 + 3600),
+        };
+        let fields = TokenFields {
+            protocol: token.protocol_id,
+            version: 1,
+            channels: SessionConfig::default().connection.fingerprint(),
+            expires: token.expires_unix_secs,
+            token: token.private,
+        };
+        pkt.clear();
+        if kind == 4 {
+            // A response with a valid token but a guessed answer.
+            let answer: Vec<u8> = std::iter::once(0x26)
+                .chain((0..40).map(|_| rng.next_u64() as u8))
+                .collect();
+            Packet::TokenResponse {
+                fields,
+                answer: &answer,
+            }
+            .encode(&mut pkt);
+        } else {
+            Packet::TokenRequest(fields).encode(&mut pkt);
+        }
+        rogue.send(server, &pkt).unwrap();
+        sent_bytes += pkt.len() as u64;
+        if i % 100 == 99 {
+            w.server.update(Duration::from_millis(i)).unwrap();
+        }
+    }
+    w.server.update(Duration::from_secs(1)).unwrap();
+    let mut reply_bytes = 0u64;
+    let mut replies = 0u64;
+    let mut largest = 0;
+    let mut buf = [0u8; 2048];
+    while let Some(got) = rogue.recv(&mut buf).unwrap() {
+        reply_bytes += got.len as u64;
+        replies += 1;
+        largest = largest.max(got.len);
+    }
+    let s = w.server.stats();
+    let ratio = reply_bytes as f64 / sent_bytes as f64;
+    println!(
+        "token request amplification: {reply_bytes} B in {replies} replies to {sent_bytes} B in \
+         1000 requests (kinds valid/forged/expired/wrong server/bad answer {kinds:?}): ratio \
+         {ratio:.3}, largest reply {largest} B"
+    );
+    let msg = format!("seed {SEED:#x}: {s:?}");
+    assert!(ratio <= 1.0, "ratio {ratio}, {msg}");
+    assert!(largest <= pkt.len(), "{largest} B reply, {msg}");
+    assert_eq!(s.unvalidated_bytes_received, sent_bytes, "{msg}");
+    assert_eq!(s.unvalidated_bytes_sent, reply_bytes, "{msg}");
+    assert_eq!(s.rate_limited, 0, "{msg}");
+    assert_eq!(s.accepted, 0, "{msg}");
+    assert_eq!(s.token_forged, u64::from(kinds[1]), "{msg}");
+    assert_eq!(s.token_expired, u64::from(kinds[2]), "{msg}");
+    assert_eq!(s.token_wrong_server, u64::from(kinds[3]), "{msg}");
+    assert_eq!(s.rejected_cookie, u64::from(kinds[4]), "{msg}");
+    // Every request but the forged ones is answered.
+    assert_eq!(replies, 1000 - u64::from(kinds[1]), "{msg}");
+}

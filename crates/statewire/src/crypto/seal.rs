@@ -166,6 +166,12 @@ impl SessionCrypto {
     /// Opens a sealed packet from the peer into `plain`; returns its kind.
     pub(crate) fn open(&mut self, data: &[u8], plain: &mut Vec<u8>) -> Result<u8, Refused> {
         let seq = header_seq(data).ok_or(Refused::Forged)?;
+        if seq & PRE_SESSION_SEQ != 0 {
+            // A pre-session packet (a token challenge or refusal, sealed under the same
+            // server-to-client key) is never part of the session: accepting its number would
+            // move the window past every session number.
+            return Err(Refused::Forged);
+        }
         if self.window.is_replay(seq) {
             return Err(Refused::Replayed);
         }
@@ -220,6 +226,21 @@ mod tests {
         let mut p2 = Vec::new();
         client.seal(0x24, b"two", &mut p2);
         assert_eq!(server.open(&p2, &mut plain), Ok(0x24));
+    }
+
+    #[test]
+    fn a_pre_session_packet_under_the_session_key_does_not_move_the_window() {
+        let (a, b) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+        let mut server = SessionCrypto::new(CTX, &a, &b);
+        let mut client = SessionCrypto::new(CTX, &b, &a);
+        let mut plain = Vec::new();
+        // A token challenge: the server-to-client key, a pre-session number.
+        let mut challenge = Vec::new();
+        Cipher::new(&a).seal(CTX, 0x21, PRE_SESSION_SEQ | 5, b"cookie", &mut challenge);
+        assert_eq!(client.open(&challenge, &mut plain), Err(Refused::Forged));
+        let mut data = Vec::new();
+        server.seal(0x24, b"data", &mut data);
+        assert_eq!(client.open(&data, &mut plain), Ok(0x24));
     }
 
     #[test]

@@ -556,7 +556,7 @@ fn recorded_client_datagrams_replayed_deliver_nothing_twice() {
     sent.push((RELIABLE, b"up 1".to_vec()));
 
     // From another address.
-    let other: SocketAddr = "10.66.0.1:4000".parse().unwrap();
+    let other: SocketAddr = "127.66.0.1:4000".parse().unwrap();
     let before = w.server.stats();
     for (_, d) in &recorded {
         w.spoof(other, d);

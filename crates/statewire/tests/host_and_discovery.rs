@@ -214,9 +214,9 @@ fn an_oversize_datagram_does_not_hide_the_beacon_behind_it() {
 #[test]
 fn forged_beacons_from_one_source_do_not_hide_a_real_game() {
     let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut rx = net.bind("10.0.0.1:47800".parse().unwrap()).unwrap();
-    let mut forger = net.bind("10.0.0.66:47800".parse().unwrap()).unwrap();
-    let mut real_host = net.bind("10.0.0.2:47800".parse().unwrap()).unwrap();
+    let mut rx = net.bind("127.0.1.1:47800".parse().unwrap()).unwrap();
+    let mut forger = net.bind("127.0.1.66:47800".parse().unwrap()).unwrap();
+    let mut real_host = net.bind("127.0.1.2:47800".parse().unwrap()).unwrap();
     let to = rx.local_addr();
     // The CLI's list: 256 hosts, the default per-source limit.
     let real = lan_beacon("real", 7777);

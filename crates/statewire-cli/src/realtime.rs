@@ -181,6 +181,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     let total = args.ticks + args.quiet_ticks;
     let linger = 2 * TICK_HZ;
     let mut known = 0usize;
+    let mut last_security = security_line(&server.session.stats());
     for t in 0..total + linger {
         let now = start.elapsed();
         if let Err(e) = server.step(now, t < args.ticks) {
@@ -189,6 +190,13 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         if server.connected.len() != known {
             known = server.connected.len();
             println!("tick {t}: {known} clients connected");
+        }
+        if t % (10 * TICK_HZ) == 0 {
+            let line = security_line(&server.session.stats());
+            if line != last_security {
+                println!("tick {t}: {line}");
+                last_security = line;
+            }
         }
         if let Some((sock, announcer)) = &mut beacon {
             let b = Beacon {
@@ -242,7 +250,33 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         "served {} ticks: {} snapshot bytes, {} entity records, {} deferred, {} bad client messages",
         total, c.snapshot_bytes, c.records, c.deferred, c.bad_client_messages
     );
+    println!("{}", security_line(&server.session.stats()));
     ExitCode::SUCCESS
+}
+
+/// What the server refused and why, in words (printed at the end of `serve` and whenever it
+/// changes, at most every 10 s).
+fn security_line(s: &statewire::ServerStats) -> String {
+    format!(
+        "security: {} handshakes accepted; refused {} forged tokens, {} expired, {} for \
+         another server, {} in use elsewhere, {} without a token, {} bad cookies, {} other \
+         versions; dropped {} rate-limited handshakes, {} forged and {} replayed packets, {} \
+         from unknown addresses, {} malformed; {} clients disconnected for faults",
+        s.accepted,
+        s.token_forged,
+        s.token_expired,
+        s.token_wrong_server,
+        s.token_in_use,
+        s.token_required,
+        s.rejected_cookie,
+        s.rejected_version,
+        s.rate_limited,
+        s.forged,
+        s.replayed,
+        s.unknown_peer,
+        s.malformed,
+        s.fault_disconnects
+    )
 }
 
 pub(crate) fn join(args: JoinArgs) -> ExitCode {

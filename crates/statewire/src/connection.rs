@@ -27,7 +27,12 @@
 //! There is no congestion control. Two limits bound what is in flight: the reliable window
 //! ([`ConnectionConfig::reliable_window`], messages per channel beyond the oldest
 //! unacknowledged one) and [`ConnectionConfig::max_fragments_in_flight`] (fragments sent but not
-//! yet acknowledged, across channels). The caller decides how often to flush.
+//! yet acknowledged, across channels); [`ConnectionConfig::max_queued_reliable_bytes`] bounds
+//! the reliable bytes held for the peer. Sending is tied to acknowledgements: once the peer has
+//! acknowledged nothing for [`ConnectionConfig::ack_timeout`] while packets wait for it, only
+//! pings go out (empty packets that ask for an acknowledgement) and unreliable messages are
+//! dropped, until it acknowledges again ([`Connection::is_stalled`],
+//! [`Connection::is_unresponsive`]). The caller decides how often to flush.
 //!
 //! The payload format (a 3-byte header, 11 bytes with acknowledgements, then frames) is in the
 //! source of the `wire` submodule. Both peers must use the same channel list;

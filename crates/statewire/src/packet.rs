@@ -271,7 +271,7 @@ pub enum Packet<'a> {
     TokenResponse {
         /// As in the request.
         fields: TokenFields,
-        /// A sealed [`sealed::ANSWER`] packet holding the cookie.
+        /// A sealed answer packet (kind `0x26`) holding the cookie.
         answer: &'a [u8],
     },
     /// A sealed packet (kind `0x21..=0x26`); the whole datagram, opened by the endpoint.

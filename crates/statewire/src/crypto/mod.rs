@@ -12,7 +12,7 @@
 
 mod replay;
 pub(crate) mod seal;
-pub(crate) mod token;
+pub mod token;
 
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
 pub use token::{

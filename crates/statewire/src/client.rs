@@ -67,6 +67,8 @@ enum Mode {
         s2c: Cipher,
         crypto: Box<SessionCrypto>,
     },
+    /// The handshake is over: the session keys moved to the connection.
+    Done,
 }
 
 /// A game client over transport `T`.
@@ -402,6 +404,8 @@ impl<T: Transport> Client<T> {
             (Mode::Token { fields, .. }, _, _) => {
                 Packet::TokenRequest(**fields).encode(&mut self.out)
             }
+            // Connected: nothing to send for the handshake.
+            (Mode::Done, _, _) => return Ok(()),
         }
         self.last_attempt = Some(self.now);
         match self.transport.send(self.server, &self.out) {
@@ -465,7 +469,7 @@ impl<T: Transport> Client<T> {
     fn dev_salt(&self) -> Option<u64> {
         match self.mode {
             Mode::Dev { salt } => Some(salt),
-            Mode::Token { .. } => None,
+            Mode::Token { .. } | Mode::Done => None,
         }
     }
 
@@ -504,8 +508,7 @@ impl<T: Transport> Client<T> {
                         self.malformed += 1;
                         return;
                     };
-                    let Mode::Token { crypto, .. } =
-                        std::mem::replace(&mut self.mode, Mode::Dev { salt: 0 })
+                    let Mode::Token { crypto, .. } = std::mem::replace(&mut self.mode, Mode::Done)
                     else {
                         return;
                     };

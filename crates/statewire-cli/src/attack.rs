@@ -8,8 +8,9 @@
 //!   victim's old datagrams again, and one sealed packet under a guessed key, from the
 //!   victim's socket. The victim is a plain session client on a lossless link, so every
 //!   refusal can be counted exactly: [`statewire::PeerStats`] must show each one.
-//! - A **client that never acknowledges**: it completes the handshake, then sends nothing;
-//!   the server must stop streaming to it (pacing) and disconnect it as unresponsive.
+//! - A **client that never acknowledges**: it completes the handshake, then throws away
+//!   everything it receives while its keep-alives keep the session alive; the server must stop
+//!   streaming to it (pacing) and disconnect it as unresponsive.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -31,11 +32,12 @@ const REPLAY_MEMORY: usize = 64;
 #[derive(Debug, Default)]
 struct TapState {
     sent: VecDeque<Vec<u8>>,
-    muted: bool,
+    /// Discard everything received (after counting it).
+    deaf: bool,
     bytes_received: u64,
 }
 
-/// A transport wrapper that records what its client sends, can go silent, and counts what it
+/// A transport wrapper that records what its client sends, can go deaf, and counts what it
 /// receives.
 pub(crate) struct Tap {
     inner: Box<dyn Transport>,
@@ -51,9 +53,6 @@ impl Transport for Tap {
     }
     fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
         let mut st = self.state.borrow_mut();
-        if st.muted {
-            return Ok(());
-        }
         // Sealed data packets only: their refusals are counted per peer.
         if payload.first() == Some(&0x24) {
             if st.sent.len() >= REPLAY_MEMORY {
@@ -65,11 +64,18 @@ impl Transport for Tap {
         self.inner.send(to, payload)
     }
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
-        let got = self.inner.recv(buf)?;
-        if let Some(g) = &got {
-            self.state.borrow_mut().bytes_received += g.len as u64;
+        // Bounded: a deaf endpoint drains at most this many datagrams per call.
+        for _ in 0..4096 {
+            let Some(g) = self.inner.recv(buf)? else {
+                return Ok(None);
+            };
+            let mut st = self.state.borrow_mut();
+            st.bytes_received += g.len as u64;
+            if !st.deaf {
+                return Ok(Some(g));
+            }
         }
-        Ok(got)
+        Ok(None)
     }
     fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
         self.inner.poll_closed_peer()
@@ -85,10 +91,10 @@ pub(crate) struct AttackCounts {
     pub(crate) victim_forgeries: u64,
     /// Junk and forged datagrams sent from the attacker's address.
     pub(crate) junk: u64,
-    /// Bytes the never-acknowledging client received after it went silent.
-    pub(crate) bytes_to_silent_peer: u64,
-    /// Bytes it received in its first second of silence (before pacing stops the stream).
-    pub(crate) bytes_to_silent_peer_first_sec: u64,
+    /// Bytes sent to the never-acknowledging client after it went deaf.
+    pub(crate) bytes_to_unacking_peer: u64,
+    /// Of those, bytes in its first second (before pacing stops the stream).
+    pub(crate) bytes_to_unacking_peer_first_sec: u64,
 }
 
 /// The session-level attackers of one run.
@@ -97,9 +103,9 @@ pub(crate) struct Attack {
     attacker: Box<dyn Transport>,
     pub(crate) victim: Client<Tap>,
     victim_tap: Rc<RefCell<TapState>>,
-    pub(crate) silent: Client<Tap>,
-    silent_tap: Rc<RefCell<TapState>>,
-    silent_since: Option<Duration>,
+    pub(crate) unacking: Client<Tap>,
+    unacking_tap: Rc<RefCell<TapState>>,
+    unacking_since: Option<Duration>,
     rng: SimRng,
     pub(crate) counts: AttackCounts,
     buf: Vec<u8>,
@@ -110,11 +116,11 @@ impl Attack {
     pub(crate) fn new(
         server: SocketAddr,
         cfg: &SessionConfig,
-        [attacker, victim, silent]: [Box<dyn Transport>; 3],
+        [attacker, victim, unacking]: [Box<dyn Transport>; 3],
         seed: u64,
     ) -> Result<Self, statewire::connection::ConfigError> {
         let victim_tap = Rc::new(RefCell::new(TapState::default()));
-        let silent_tap = Rc::new(RefCell::new(TapState::default()));
+        let unacking_tap = Rc::new(RefCell::new(TapState::default()));
         let tap = |inner, state: &Rc<RefCell<TapState>>| Tap {
             inner,
             state: state.clone(),
@@ -130,15 +136,23 @@ impl Attack {
                 seed ^ 0x7669,
             )?,
             victim_tap,
-            silent: Client::new(
-                tap(silent, &silent_tap),
+            unacking: Client::new(
+                tap(unacking, &unacking_tap),
                 server,
-                cfg.clone(),
+                // It hears nothing once deaf, but must not give up itself: its keep-alives are
+                // the attack.
+                SessionConfig {
+                    connection: statewire::ConnectionConfig {
+                        idle_timeout: Duration::from_secs(3600),
+                        ..cfg.connection.clone()
+                    },
+                    ..cfg.clone()
+                },
                 Duration::ZERO,
                 seed ^ 0x5117,
             )?,
-            silent_tap,
-            silent_since: None,
+            unacking_tap,
+            unacking_since: None,
             rng: SimRng::new(seed ^ 0x00a7_7ac4),
             counts: AttackCounts::default(),
             buf: vec![0; 2048],
@@ -147,7 +161,8 @@ impl Attack {
 
     /// Whether both attack clients completed their handshakes.
     pub(crate) fn connected(&self) -> bool {
-        self.victim.is_connected() && (self.silent.is_connected() || self.silent_since.is_some())
+        self.victim.is_connected()
+            && (self.unacking.is_connected() || self.unacking_since.is_some())
     }
 
     fn junk(&mut self, len: usize) -> Vec<u8> {
@@ -166,24 +181,24 @@ impl Attack {
     pub(crate) fn step(&mut self, now: Duration, attacking: bool) -> Result<(), TransportError> {
         self.victim.update(now)?;
         while self.victim.poll_event().is_some() {}
-        self.silent.update(now)?;
-        while self.silent.poll_event().is_some() {}
+        self.unacking.update(now)?;
+        while self.unacking.poll_event().is_some() {}
         while self.attacker.recv(&mut self.buf)?.is_some() {}
         if !attacking {
             return Ok(());
         }
-        // The silent client stops sending anything once the attack starts.
-        if self.silent_since.is_none() && self.silent.is_connected() {
-            self.silent_since = Some(now);
-            let mut st = self.silent_tap.borrow_mut();
-            st.muted = true;
+        // The unacking client goes deaf once the attack starts: it acknowledges nothing more.
+        if self.unacking_since.is_none() && self.unacking.is_connected() {
+            self.unacking_since = Some(now);
+            let mut st = self.unacking_tap.borrow_mut();
+            st.deaf = true;
             st.bytes_received = 0;
         }
-        if let Some(since) = self.silent_since {
-            let got = self.silent_tap.borrow().bytes_received;
-            self.counts.bytes_to_silent_peer = got;
+        if let Some(since) = self.unacking_since {
+            let got = self.unacking_tap.borrow().bytes_received;
+            self.counts.bytes_to_unacking_peer = got;
             if now.saturating_sub(since) <= Duration::from_secs(1) {
-                self.counts.bytes_to_silent_peer_first_sec = got;
+                self.counts.bytes_to_unacking_peer_first_sec = got;
             }
         }
         // Junk and forgeries from the attacker's own address.

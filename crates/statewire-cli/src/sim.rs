@@ -173,8 +173,8 @@ pub(crate) struct SimReport {
     pub(crate) forged_accepted: u64,
     /// Replays from the victim's address the replay window did not refuse (must be 0).
     pub(crate) replayed_accepted: u64,
-    /// Clients the server disconnected for a fault of their own (the silent client, a client
-    /// behind the event log, a flooder).
+    /// Clients the server disconnected for a fault of their own (the client that acknowledges
+    /// nothing, a client behind the event log, a flooder).
     pub(crate) peers_disconnected_for_faults: u64,
     /// Of the honest bots' datagrams their links delivered to the server, the share its
     /// sessions accepted (in-flight ones at the end count as lost).
@@ -183,10 +183,11 @@ pub(crate) struct SimReport {
     pub(crate) junk_sent: u64,
     /// `--adversary`: replays sent from the victim's address.
     pub(crate) replays_sent: u64,
-    /// `--adversary`: bytes the silent client received after it went silent.
-    pub(crate) bytes_to_silent_peer: u64,
-    /// `--adversary`: of those, bytes in its first second of silence.
-    pub(crate) bytes_to_silent_peer_first_sec: u64,
+    /// `--adversary`: bytes sent to the client that acknowledges nothing (it throws away what
+    /// it receives but keeps sending keep-alives), from when it went deaf.
+    pub(crate) bytes_to_unacking_peer: u64,
+    /// `--adversary`: of those, bytes in its first second.
+    pub(crate) bytes_to_unacking_peer_first_sec: u64,
 }
 
 type Link = NetSim<Box<dyn Transport>>;
@@ -252,7 +253,7 @@ pub(crate) fn run(
         .ok_or_else(|| SimError::UnknownProfile(cfg.profile.clone()))?;
     let n_clients = cfg.clients + usize::from(cfg.adversary);
     // With --adversary, three more endpoints: the session attacker, its victim and a client
-    // that goes silent (see attack.rs). They talk to the server over lossless links.
+    // that acknowledges nothing (see attack.rs). They talk to the server over lossless links.
     let extra = if cfg.adversary { 3 } else { 0 };
     let Endpoints {
         server: server_t,
@@ -514,8 +515,8 @@ pub(crate) fn run(
         legit_upstream_delivery,
         junk_sent: counts.map_or(0, |c| c.junk),
         replays_sent: counts.map_or(0, |c| c.replays),
-        bytes_to_silent_peer: counts.map_or(0, |c| c.bytes_to_silent_peer),
-        bytes_to_silent_peer_first_sec: counts.map_or(0, |c| c.bytes_to_silent_peer_first_sec),
+        bytes_to_unacking_peer: counts.map_or(0, |c| c.bytes_to_unacking_peer),
+        bytes_to_unacking_peer_first_sec: counts.map_or(0, |c| c.bytes_to_unacking_peer_first_sec),
     })
 }
 
@@ -618,11 +619,11 @@ impl SimReport {
             ud = self.legit_upstream_delivery,
             attack = if self.adversary {
                 format!(
-                    "\n\x20 attacks          {} junk/forged datagrams, {} replays; the silent client got {} B ({} B in its first second)",
+                    "\n\x20 attacks          {} junk/forged datagrams, {} replays; the client that acknowledges nothing got {} B ({} B in its first second)",
                     self.junk_sent,
                     self.replays_sent,
-                    self.bytes_to_silent_peer,
-                    self.bytes_to_silent_peer_first_sec
+                    self.bytes_to_unacking_peer,
+                    self.bytes_to_unacking_peer_first_sec
                 )
             } else {
                 String::new()
@@ -742,6 +743,8 @@ mod tests {
     fn adversary_is_contained() {
         let mut c = cfg("poor", 9);
         c.adversary = true;
+        // Long enough for the unresponsive timeout (10 s) after the attack starts.
+        c.ticks = 330;
         let r = run(&c, &mut |_, _| {}).unwrap();
         assert!(
             r.events_consistent && r.events_lost == 0,
@@ -753,8 +756,9 @@ mod tests {
         assert!(r.rejected_inputs > 100, "seed 9: {}", r.render());
         assert!(r.rejected_proposals > 10, "seed 9: {}", r.render());
         // The session attacks: nothing forged or replayed got in, every attack ran, the
-        // honest bots' packets still arrived, and the silent client stopped costing bytes
-        // once pacing noticed it (most of what it got came in its first second).
+        // honest bots' packets still arrived, and the client that acknowledges nothing stopped
+        // costing bytes once pacing noticed it (most of what it got came in its first second)
+        // and was disconnected as unresponsive 10 s later.
         assert_eq!(
             (r.server_exits, r.forged_accepted, r.replayed_accepted),
             (0, 0, 0),
@@ -768,7 +772,12 @@ mod tests {
         );
         assert!(r.legit_upstream_delivery > 0.95, "seed 9: {}", r.render());
         assert!(
-            r.bytes_to_silent_peer < 2 * r.bytes_to_silent_peer_first_sec.max(1),
+            r.bytes_to_unacking_peer < 2 * r.bytes_to_unacking_peer_first_sec.max(1),
+            "seed 9: {}",
+            r.render()
+        );
+        assert!(
+            r.peers_disconnected_for_faults >= 1,
             "seed 9: {}",
             r.render()
         );

@@ -71,6 +71,15 @@ pub(crate) struct ServerCounters {
     pub(crate) fault_disconnects: u64,
 }
 
+/// A client's session settings for the game described by `registry`: peers with different
+/// component schemas or codings refuse each other.
+pub(crate) fn client_session_config(registry: &Registry) -> statewire::SessionConfig {
+    statewire::SessionConfig {
+        protocol_id: registry.fingerprint(),
+        ..statewire::SessionConfig::default()
+    }
+}
+
 /// How the server admits clients.
 pub(crate) struct Security {
     /// Seeds cookies, client ids and development-mode session keys.
@@ -375,10 +384,7 @@ impl<T: Transport> GameClient<T> {
         token: Option<&ConnectToken>,
     ) -> Result<Self, NetGameError> {
         let registry = game::registry(coding)?;
-        let session_cfg = statewire::SessionConfig {
-            protocol_id: registry.fingerprint(),
-            ..statewire::SessionConfig::default()
-        };
+        let session_cfg = client_session_config(&registry);
         let session = match token {
             Some(t) => Client::with_token(transport, server, session_cfg, now, t)?,
             None => Client::new(transport, server, session_cfg, now, seed ^ 0x0073_616c)?,

@@ -279,12 +279,9 @@ pub(crate) fn run(
         Ok(ts) => Some(
             Attack::new(
                 server_addr,
-                &statewire::SessionConfig {
-                    protocol_id: crate::game::registry(cfg.coding.coding())
-                        .map_err(NetGameError::from)?
-                        .fingerprint(),
-                    ..statewire::SessionConfig::default()
-                },
+                &crate::netgame::client_session_config(
+                    &crate::game::registry(cfg.coding.coding()).map_err(NetGameError::from)?,
+                ),
                 ts,
                 cfg.seed,
             )

@@ -1099,12 +1099,7 @@ impl<T: Transport, U> Server<T, U> {
                 .is_some_and(|p| p.attempt == Attempt::Token(token_id))
             {
                 // Our Accepted was lost: say it again, under the session's next number.
-                if let Some(p) = self.peers.get_mut(&id) {
-                    self.out.clear();
-                    p.crypto
-                        .seal(sealed::ACCEPTED, &id.0.to_le_bytes(), &mut self.out);
-                }
-                self.reply_unvalidated(from);
+                self.send_accepted(id);
                 return;
             }
         }
@@ -1159,12 +1154,20 @@ impl<T: Transport, U> Server<T, U> {
             timeout,
             Some(opened.user_data),
         );
-        if let Some(p) = self.peers.get_mut(&id) {
-            self.out.clear();
-            p.crypto
-                .seal(sealed::ACCEPTED, &id.0.to_le_bytes(), &mut self.out);
-        }
-        self.reply_unvalidated(from);
+        self.send_accepted(id);
+    }
+
+    /// Token mode: tells client `id` its session is open (a sealed Accepted under the
+    /// session's next sequence number).
+    fn send_accepted(&mut self, id: ClientId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        self.out.clear();
+        p.crypto
+            .seal(sealed::ACCEPTED, &id.0.to_le_bytes(), &mut self.out);
+        let addr = p.addr;
+        self.reply_unvalidated(addr);
     }
 
     fn handle_sealed(&mut self, id: ClientId, kind: u8, bytes: &[u8]) {

@@ -1,23 +1,25 @@
 //! Snapshot encode and decode for 1,000 entities with 10 % of them changed per tick.
 //!
 //! Steady state: the server encodes each tick against the client's acknowledgement of the
-//! previous tick, with a budget large enough for every change; the client decodes with
+//! previous tick (`encode_delta` times applying the tick's changes to the store, the update and
+//! the encode), with a budget large enough for every change; the client decodes with
 //! `ClientReplicator::handle_packet` into a sink that only counts calls. Full-state variants
-//! encode against the empty state (a client that never acknowledged). Inputs are a precomputed
-//! chain of seeded snapshots, so only statewire is timed; the mean packet sizes are printed
-//! before the timings.
+//! encode for a client that holds nothing. The world is seeded and changes reach the
+//! `Store` with `Store::set` for only the changed entities; the game's own step is not timed;
+//! the mean packet sizes are printed before the timings.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use statewire_benches::{ENTITIES, NullSink, registry, snapshot_chain};
+use statewire_benches::{BenchWorld, CHANGED_PER_TICK, ENTITIES, NullSink, registry};
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, Registry, ServerConfig, ServerReplicator, Snapshot,
-    Tick,
+    AckFrame, ClientConfig, ClientId, ClientReplicator, Registry, ServerConfig, ServerReplicator,
+    Store, StoreConfig, Tick,
 };
 
-/// Snapshots in the precomputed chain; a timed run restarts from the first every `CHAIN - 1`.
+/// Ticks in the precomputed packet chains; a timed decode restarts from the first every
+/// `CHAIN - 1`.
 const CHAIN: usize = 257;
 const SEED: u64 = 0x5747_1e00;
 const BUDGET: usize = 64 * 1024;
@@ -34,45 +36,72 @@ fn tick(i: usize) -> Tick {
     Tick(i as u32 + 1)
 }
 
-/// A server that sent `chain[0]` (as tick 1) and saw it acknowledged.
-fn primed_server(reg: &Registry, chain: &[Snapshot]) -> ServerReplicator {
+/// The seeded world, its store holding it as tick 1, and a server that sent it and saw it
+/// acknowledged.
+fn primed(reg: &Registry) -> (BenchWorld, Store, ServerReplicator) {
+    let world = BenchWorld::generate(ENTITIES, SEED);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
+    store.begin_tick(tick(0)).expect("tick");
+    world.populate(&mut store).expect("populate");
     let mut s = server();
+    s.update(&mut store, None);
     let mut out = Vec::new();
-    s.encode_for(reg, ME, tick(0), &chain[0], &mut out)
-        .expect("encode");
-    s.handle_ack(ME, tick(0)).expect("ack");
-    s
+    s.encode_for(&store, ME, &mut out).expect("encode");
+    s.handle_ack(ME, AckFrame::single(tick(0))).expect("ack");
+    (world, store, s)
 }
 
 /// The packets of the steady-state loop: `[0]` is the full state for tick 1, `[i]` the delta
-/// of `chain[i]` against `chain[i - 1]`.
-fn delta_packets(reg: &Registry, chain: &[Snapshot]) -> Vec<Vec<u8>> {
+/// of tick `i + 1` against the acknowledged tick `i`.
+fn delta_packets(reg: &Registry) -> Vec<Vec<u8>> {
+    let mut world = BenchWorld::generate(ENTITIES, SEED);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
     let mut s = server();
-    chain
-        .iter()
-        .enumerate()
-        .map(|(i, snap)| {
+    (0..CHAIN)
+        .map(|i| {
+            store.begin_tick(tick(i)).expect("tick");
+            if i == 0 {
+                world.populate(&mut store).expect("populate");
+            } else {
+                world.step(CHANGED_PER_TICK);
+                world.apply_changes(&mut store).expect("apply");
+            }
+            s.update(&mut store, None);
             let mut out = Vec::new();
-            let stats = s
-                .encode_for(reg, ME, tick(i), snap, &mut out)
-                .expect("encode");
+            let stats = s.encode_for(&store, ME, &mut out).expect("encode");
             assert_eq!(stats.pending + stats.oversized, 0, "budget too small");
-            s.handle_ack(ME, tick(i)).expect("ack");
+            s.handle_ack(ME, AckFrame::single(tick(i))).expect("ack");
             out
         })
         .collect()
 }
 
-/// Full-state packets (never acknowledged) for every snapshot of the chain.
-fn full_packets(reg: &Registry, chain: &[Snapshot]) -> Vec<Vec<u8>> {
+/// Encodes the full state of `store` for a client that holds nothing (a fresh one).
+fn encode_full(s: &mut ServerReplicator, store: &mut Store, out: &mut Vec<u8>) {
+    s.remove_client(ME);
+    s.add_client(ME).expect("client");
+    s.set_packet_budget(ME, Some(BUDGET)).expect("client");
+    s.update(store, None);
+    let stats = s.encode_for(store, ME, out).expect("encode");
+    assert_eq!(stats.pending + stats.oversized, 0, "budget too small");
+}
+
+/// Full-state packets (to a client holding nothing) for every tick of the chain.
+fn full_packets(reg: &Registry) -> Vec<Vec<u8>> {
+    let mut world = BenchWorld::generate(ENTITIES, SEED);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
     let mut s = server();
-    chain
-        .iter()
-        .enumerate()
-        .map(|(i, snap)| {
+    (0..CHAIN)
+        .map(|i| {
+            store.begin_tick(tick(i)).expect("tick");
+            if i == 0 {
+                world.populate(&mut store).expect("populate");
+            } else {
+                world.step(CHANGED_PER_TICK);
+                world.apply_changes(&mut store).expect("apply");
+            }
             let mut out = Vec::new();
-            s.encode_for(reg, ME, tick(i), snap, &mut out)
-                .expect("encode");
+            encode_full(&mut s, &mut store, &mut out);
             out
         })
         .collect()
@@ -118,50 +147,45 @@ fn timed_decode(reg: &Registry, iters: u64, prime: Option<&[u8]>, packets: &[Vec
 
 fn bench_snapshot(c: &mut Criterion) {
     let reg = registry();
-    let chain = snapshot_chain(&reg, CHAIN, SEED);
-    let deltas = delta_packets(&reg, &chain);
-    let fulls = full_packets(&reg, &chain);
+    let deltas = delta_packets(&reg);
+    let fulls = full_packets(&reg);
     report_sizes("delta (10% changed, acked baseline)", &deltas[1..]);
     report_sizes("full state (no baseline)", &fulls);
 
     let mut g = c.benchmark_group("snapshot_1000");
     g.throughput(Throughput::Elements(ENTITIES as u64));
 
+    // One tick: the changed entities set in the store, update, encode, then the ack.
     g.bench_function("encode_delta", |b| {
+        let (mut world, mut store, mut s) = primed(&reg);
+        let mut i = 0usize;
         let mut out = Vec::with_capacity(BUDGET);
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let mut s = primed_server(&reg, &chain);
-                let n = left.min(CHAIN as u64 - 1) as usize;
+            for _ in 0..iters {
+                i += 1;
+                world.step(CHANGED_PER_TICK);
                 let start = Instant::now();
-                for (i, snap) in chain.iter().enumerate().skip(1).take(n) {
-                    out.clear();
-                    let stats = s.encode_for(&reg, ME, tick(i), black_box(snap), &mut out);
-                    black_box(stats.expect("encode"));
-                    black_box(s.handle_ack(ME, tick(i)).expect("ack"));
-                }
+                store.begin_tick(tick(i)).expect("tick");
+                world.apply_changes(&mut store).expect("apply");
+                s.update(&mut store, None);
+                out.clear();
+                black_box(s.encode_for(&store, ME, &mut out).expect("encode"));
+                black_box(s.handle_ack(ME, AckFrame::single(tick(i))).expect("ack"));
                 total += start.elapsed();
-                left -= n as u64;
             }
             total
         });
     });
 
+    // The whole world for a client that holds nothing (client added, update, encode).
     g.bench_function("encode_full", |b| {
-        let mut s = server();
+        let (_, mut store, mut s) = primed(&reg);
         let mut out = Vec::with_capacity(BUDGET);
-        // The client never acknowledges, so every packet is against the empty state and ticks
-        // only have to keep increasing.
-        let mut t = 0u32;
-        let mut i = 0usize;
         b.iter(|| {
-            t += 1;
-            i = (i + 1) % CHAIN;
             out.clear();
-            let stats = s.encode_for(&reg, ME, Tick(t), black_box(&chain[i]), &mut out);
-            black_box(stats.expect("encode"))
+            encode_full(&mut s, &mut store, &mut out);
+            black_box(out.len())
         });
     });
 

@@ -7,7 +7,7 @@
 
 use statewire_core::{
     ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter, Owner, Registry,
-    Replicate, Snapshot, SnapshotBuilder, WorldSink, WorldSource,
+    Replicate, Snapshot, SnapshotBuilder, Store, StoreError, WorldSink, WorldSource,
 };
 
 /// Entities in the benchmark world.
@@ -156,6 +156,8 @@ pub struct BenchEntity {
 pub struct BenchWorld {
     /// The entities, ids ascending.
     pub entities: Vec<BenchEntity>,
+    /// Indices (into `entities`) changed by the last [`BenchWorld::step`].
+    pub changed: Vec<usize>,
     rng: SplitMix64,
 }
 
@@ -209,7 +211,11 @@ impl BenchWorld {
                 }
             })
             .collect();
-        BenchWorld { entities, rng }
+        BenchWorld {
+            entities,
+            changed: Vec::new(),
+            rng,
+        }
     }
 
     /// Advances one tick: `changed` distinct entities move up to 0.5 m per axis and turn by up
@@ -223,6 +229,8 @@ impl BenchWorld {
             let j = k + self.rng.below((n - k) as u64) as usize;
             idx.swap(k, j);
         }
+        self.changed.clear();
+        self.changed.extend_from_slice(&idx[..changed]);
         for &i in &idx[..changed] {
             let rng = &mut self.rng;
             let e = &mut self.entities[i];
@@ -248,6 +256,38 @@ impl BenchWorld {
                 }
             }
         }
+    }
+
+    /// Spawns every entity into `store` with all its components and its position on the
+    /// interest plane (call after [`Store::begin_tick`]). Spawns everything first, then sets
+    /// the components: a spawn can reuse a word buffer of an earlier same-tick change that the
+    /// store does not clear (a core bug), and spawning first sidesteps it.
+    pub fn populate(&self, store: &mut Store) -> Result<(), StoreError> {
+        for e in &self.entities {
+            store.spawn(e.id, Owner::Server)?;
+        }
+        for e in &self.entities {
+            Self::write_entity(e, store)?;
+        }
+        Ok(())
+    }
+
+    /// Tells `store` what the last [`BenchWorld::step`] changed: only the changed entities'
+    /// components (and interest positions) are set, the way a game reports its changes.
+    pub fn apply_changes(&self, store: &mut Store) -> Result<(), StoreError> {
+        for &i in &self.changed {
+            Self::write_entity(&self.entities[i], store)?;
+        }
+        Ok(())
+    }
+
+    fn write_entity(e: &BenchEntity, store: &mut Store) -> Result<(), StoreError> {
+        store.set(e.id, &e.pos)?;
+        store.set(e.id, &e.rot)?;
+        if let Some(s) = &e.status {
+            store.set(e.id, s)?;
+        }
+        store.set_position(e.id, Some([e.pos.x, e.pos.y]))
     }
 
     /// The quantized snapshot of the current state.
@@ -315,7 +355,7 @@ impl WorldSink for NullSink {
 mod tests {
     use super::*;
     use statewire_core::{
-        ClientConfig, ClientId, ClientReplicator, ServerConfig, ServerReplicator, Tick,
+        ClientConfig, ClientId, ClientReplicator, ServerConfig, ServerReplicator, StoreConfig, Tick,
     };
 
     #[test]
@@ -348,7 +388,8 @@ mod tests {
     #[test]
     fn chain_replicates_exactly() {
         let reg = registry();
-        let chain = snapshot_chain(&reg, 8, 1);
+        let mut world = BenchWorld::generate(ENTITIES, 1);
+        let mut store = Store::new(reg.clone(), StoreConfig::default());
         let mut server = ServerReplicator::new(ServerConfig::default());
         let me = ClientId(1);
         server.add_client(me).unwrap();
@@ -356,13 +397,21 @@ mod tests {
         let mut client = ClientReplicator::new(ClientConfig::default());
         let mut sink = NullSink::default();
         let mut buf = Vec::new();
-        for (t, snap) in chain.iter().enumerate() {
-            let tick = Tick(t as u32 + 1);
+        for t in 1..=8u32 {
+            store.begin_tick(Tick(t)).unwrap();
+            if t == 1 {
+                world.populate(&mut store).unwrap();
+            } else {
+                world.step(CHANGED_PER_TICK);
+                world.apply_changes(&mut store).unwrap();
+            }
+            assert_eq!(store.snapshot(), world.snapshot(&reg));
+            server.update(&mut store, None);
             buf.clear();
-            let stats = server.encode_for(&reg, me, tick, snap, &mut buf).unwrap();
+            let stats = server.encode_for(&store, me, &mut buf).unwrap();
             assert_eq!(stats.pending, 0);
             client.handle_packet(&reg, &buf, &mut sink).unwrap();
-            assert_eq!(client.state(), snap);
+            assert_eq!(client.snapshot(), store.snapshot());
             server.handle_ack(me, client.ack().unwrap()).unwrap();
         }
         assert!(sink.calls > 0);

@@ -458,22 +458,29 @@ impl Engine for HecsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statewire_core::{ClientConfig, ClientReplicator, ServerConfig, ServerReplicator, Tick};
+    use statewire_core::{
+        ClientConfig, ClientReplicator, ServerConfig, ServerReplicator, Store, StoreConfig, Tick,
+    };
 
     fn replicate_once(game: &HecsServer, registry: &Registry) -> (Snapshot, HecsClient) {
         let mut b = SnapshotBuilder::new(registry);
         game.build(&mut b);
         let snapshot = b.finish().unwrap();
+        let mut store = Store::new(registry.clone(), StoreConfig::default());
+        store.begin_tick(Tick(1)).unwrap();
+        store.apply_snapshot(&snapshot).unwrap();
         let mut server = ServerReplicator::new(ServerConfig::default());
         server.add_client(ClientId(1)).unwrap();
-        let mut packet = Vec::new();
         server
-            .encode_for(registry, ClientId(1), Tick(1), &snapshot, &mut packet)
+            .set_packet_budget(ClientId(1), Some(1 << 20))
             .unwrap();
+        server.update(&mut store, None);
+        let mut packet = Vec::new();
+        server.encode_for(&store, ClientId(1), &mut packet).unwrap();
         let mut repl = ClientReplicator::new(ClientConfig::default());
         let mut client = HecsClient::new();
         repl.handle_packet(registry, &packet, &mut client).unwrap();
-        assert_eq!(repl.state(), &snapshot);
+        assert_eq!(repl.snapshot(), snapshot);
         (snapshot, client)
     }
 

@@ -27,7 +27,7 @@
 
 use std::fmt;
 
-use statewire_core::{BuildError, ClientId, ReplicationError, SchemaError};
+use statewire_core::{BuildError, ClientId, ReplicationError, SchemaError, StoreError};
 use statewire_transport::TransportError;
 
 pub mod bevy_world;
@@ -49,6 +49,9 @@ pub enum RunError {
     /// The server replicator refused a call.
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+    /// The server's replicated store refused a change.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// The in-memory transport failed (not a simulated loss: those are expected).
     #[error("transport: {0}")]
     Transport(#[from] TransportError),

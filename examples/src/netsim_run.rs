@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry, ServerConfig,
-    ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
+    AckFrame, Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick, WorldSink,
 };
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
@@ -198,6 +198,8 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
 
     let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
     let mut server = ServerReplicator::new(ServerConfig::default());
+    // The engine adapters rebuild a snapshot every tick; the store diffs it once per tick.
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
     let mut peers: Vec<Peer<E>> = Vec::new();
     let mut by_addr = HashMap::new();
     for (i, &id) in ids.iter().enumerate() {
@@ -246,16 +248,13 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
 
         while let Some(got) = server_net.recv(&mut buf)? {
             let from = by_addr.get(&got.from);
-            let ack = <[u8; 4]>::try_from(&buf[..got.len]);
-            let (Some(&from), Ok(ack)) = (from, ack) else {
+            let ack = AckFrame::decode(&buf[..got.len]);
+            let (Some(&from), Some(ack)) = (from, ack) else {
                 bad_acks += 1;
                 continue;
             };
             // A peer's bad ack is that peer's problem: count it, never stop the server.
-            if server
-                .handle_ack(from, Tick(u32::from_le_bytes(ack)))
-                .is_err()
-            {
+            if server.handle_ack(from, ack).is_err() {
                 bad_acks += 1;
             }
         }
@@ -265,13 +264,13 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
         }
         game.build(&mut builder);
         builder.finish_into(&mut snapshot)?;
+        store.begin_tick(tick)?;
+        store.apply_snapshot(&snapshot)?;
+        server.update(&mut store, None);
         for p in &peers {
             packet.clear();
-            // One client's failure (its history, a send error) skips that client this tick.
-            if server
-                .encode_for(&registry, p.id, tick, &snapshot, &mut packet)
-                .is_err()
-            {
+            // One client's failure (a send error) skips that client this tick.
+            if server.encode_for(&store, p.id, &mut packet).is_err() {
                 continue;
             }
             let _ = server_net.send(p.addr, &packet);
@@ -290,10 +289,10 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
                 }
             }
             if let Some(ack) = p.repl.ack() {
-                p.net.send(server_addr, &ack.0.to_le_bytes())?;
+                p.net.send(server_addr, &ack.encode())?;
                 acks_sent += 1;
             }
-            if !active && p.summary.matched_after.is_none() && p.repl.state() == &snapshot {
+            if !active && p.summary.matched_after.is_none() && p.repl.snapshot() == snapshot {
                 p.summary.matched_after = Some(t - ticks + 1);
             }
         }
@@ -306,8 +305,13 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
             client: p.id,
             detail,
         };
-        check_client(p.repl.state(), &snapshot, E::WORLD, p.summary.sink_errors)
-            .map_err(diverged)?;
+        check_client(
+            &p.repl.snapshot(),
+            &snapshot,
+            E::WORLD,
+            p.summary.sink_errors,
+        )
+        .map_err(diverged)?;
         game.verify(&registry, &snapshot, &p.world)
             .map_err(diverged)?;
     }

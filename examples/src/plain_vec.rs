@@ -7,8 +7,9 @@
 //! snapshot arrive in id order, so a binary search finds every entity).
 
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner, Registry,
-    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink, WorldSource,
+    AckFrame, Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner,
+    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick,
+    WorldSink, WorldSource,
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
@@ -331,6 +332,7 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
     let registry = game::registry()?;
     let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
     let mut server = ServerReplicator::new(ServerConfig::default());
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
     let mut peers = Vec::new();
     for &id in &ids {
         server.add_client(id)?;
@@ -366,9 +368,12 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
         }
         game.build(&mut builder);
         builder.finish_into(&mut snapshot)?;
+        store.begin_tick(Tick(t + 1))?;
+        store.apply_snapshot(&snapshot)?;
+        server.update(&mut store, None);
         for p in &mut peers {
             packet.clear();
-            server.encode_for(&registry, p.id, Tick(t + 1), &snapshot, &mut packet)?;
+            server.encode_for(&store, p.id, &mut packet)?;
             packets_sent += 1;
             p.down += 1;
             if p.down % DROP_EVERY == 0 {
@@ -383,16 +388,18 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
                 }
             }
             if let Some(ack) = p.repl.ack() {
-                let bytes = ack.0.to_le_bytes();
+                let bytes = ack.encode();
                 acks_sent += 1;
                 p.up += 1;
                 if p.up % DROP_EVERY == 0 {
                     acks_lost += 1;
                 } else {
-                    server.handle_ack(p.id, Tick(u32::from_le_bytes(bytes)))?;
+                    if let Some(ack) = AckFrame::decode(&bytes) {
+                        server.handle_ack(p.id, ack)?;
+                    }
                 }
             }
-            if !active && p.summary.matched_after.is_none() && p.repl.state() == &snapshot {
+            if !active && p.summary.matched_after.is_none() && p.repl.snapshot() == snapshot {
                 p.summary.matched_after = Some(t - ticks + 1);
             }
         }
@@ -405,7 +412,7 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
             client: p.id,
             detail,
         };
-        netsim_run::check_client(p.repl.state(), &snapshot, "Vec", p.world.errors)
+        netsim_run::check_client(&p.repl.snapshot(), &snapshot, "Vec", p.world.errors)
             .map_err(diverged)?;
         verify(&registry, &snapshot, &p.world).map_err(diverged)?;
     }

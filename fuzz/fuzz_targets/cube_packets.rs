@@ -80,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
             if codec.decode(base, packet, &mut out).is_ok() {
                 assert_eq!(out.out_of_range(), None);
                 let mut again = Vec::new();
-                codec.encode(base, &out, &mut again).expect("in-range frame encodes");
+                codec
+                    .encode(base, &out, &mut again)
+                    .expect("in-range frame encodes");
                 let mut back = Frame::default();
                 EntropyCodec::new()
                     .decode(base, &again, &mut back)

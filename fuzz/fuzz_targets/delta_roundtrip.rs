@@ -1,14 +1,14 @@
 //! Structured round trip: the input is a script that edits a world and moves packets and acks
-//! over a lossy, reordering, duplicating link; every packet the server encodes must decode, and
-//! the client must hold exactly the state the server recorded for each packet it applies.
+//! over a lossy, reordering, duplicating link; every packet the server encodes must decode and
+//! stay within its budget, and the client's state must agree with every `WorldSink` call.
 //!
 //! Script operations (one byte each, followed by their arguments):
 //! spawn, despawn, move, replace a component, remove a component, change owner, send (budget
 //! from the input, so packets can be partial or drop oversized entities), deliver a queued
 //! packet (any order; optionally keep it queued to deliver again), deliver a queued ack (any
 //! order) and drop a queued packet. The first four bytes give the starting tick (so tick
-//! wrap-around is covered). At the end everything is resent with a large budget: the client
-//! must then hold exactly the server's world.
+//! wrap-around is covered). At the end the link turns quiet (a large budget, packets and acks
+//! delivered): within a few rounds the client must hold exactly the server's world.
 
 #![no_main]
 
@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use statewire_core::{
-    Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry, ServerConfig,
-    ServerReplicator, Snapshot, SnapshotBuilder, Tick,
+    AckFrame, Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick,
 };
 use statewire_fuzz::{Edge, Health, Input, Mirror, Pos, Rot, check_ranges, registry};
 
-const HISTORY: usize = 8;
+const HISTORY: u32 = 8;
 const MAX_ENTITIES: usize = 300;
 const MAX_IN_FLIGHT: usize = 16;
 const ME: ClientId = ClientId(1);
@@ -102,12 +102,13 @@ fn snapshot(reg: &Registry, world: &BTreeMap<u32, Ent>) -> Snapshot {
 
 struct Link {
     reg: Registry,
+    store: Store,
     server: ServerReplicator,
     client: ClientReplicator,
     mirror: Mirror,
     tick: Tick,
     packets: Vec<(Tick, Vec<u8>)>,
-    acks: Vec<Tick>,
+    acks: Vec<AckFrame>,
 }
 
 impl Link {
@@ -115,27 +116,23 @@ impl Link {
         let snap = snapshot(&self.reg, world);
         check_ranges(&self.reg, &snap);
         self.tick = self.tick.next();
+        self.store.begin_tick(self.tick).expect("ticks increase");
+        self.store
+            .apply_snapshot(&snap)
+            .expect("the world fits the store");
+        assert_eq!(self.store.snapshot(), snap, "the store holds the world");
+        self.server.update(&mut self.store, None);
         self.server
             .set_packet_budget(ME, Some(budget))
             .expect("known client");
         let mut out = Vec::new();
         let stats = self
             .server
-            .encode_for(&self.reg, ME, self.tick, &snap, &mut out)
+            .encode_for(&self.store, ME, &mut out)
             .expect("ticks increase");
         assert!(out.len() <= budget.max(7), "packet over budget");
         assert_eq!(stats.bytes, out.len());
-        let sent = self
-            .server
-            .sent_state(ME, self.tick)
-            .expect("just sent")
-            .clone();
-        if stats.pending == 0 && stats.oversized == 0 {
-            assert_eq!(
-                sent, snap,
-                "everything fitted, so the sent state is the world"
-            );
-        }
+        assert!(!stats.over_budget);
         if self.packets.len() >= MAX_IN_FLIGHT {
             self.packets.remove(0);
         }
@@ -153,7 +150,7 @@ impl Link {
         } else {
             self.packets.remove(i)
         };
-        let before = self.client.state().clone();
+        let before = self.client.snapshot();
         self.mirror.begin();
         let applied = self
             .client
@@ -162,15 +159,15 @@ impl Link {
         match applied {
             Applied::Applied(h) => {
                 assert_eq!(h.tick, tick);
-                if let Some(expect) = self.server.sent_state(ME, tick) {
-                    assert_eq!(self.client.state(), expect, "client state for {tick}");
-                }
-                self.mirror.check(&self.reg, self.client.state());
-                self.acks.push(tick);
+                self.mirror.check(&self.reg, &self.client.snapshot());
+                let ack = self.client.ack().expect("a packet was applied");
+                assert_eq!(ack.newest, tick);
+                assert_eq!(AckFrame::decode(&ack.encode()), Some(ack));
+                self.acks.push(ack);
             }
             Applied::Stale(h) => {
                 assert_eq!(h.tick, tick);
-                assert_eq!(self.client.state(), &before);
+                assert_eq!(self.client.snapshot(), before);
                 assert_eq!(self.mirror.calls, 0);
             }
             _ => unreachable!(),
@@ -181,20 +178,29 @@ impl Link {
         if self.acks.is_empty() {
             return;
         }
-        let tick = self.acks.remove(index % self.acks.len());
-        self.server.handle_ack(ME, tick).expect("known client");
+        let ack = self.acks.remove(index % self.acks.len());
+        self.server.handle_ack(ME, ack).expect("known client");
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mut server = ServerReplicator::new(ServerConfig {
-        history_len: HISTORY,
+        max_in_flight: MAX_IN_FLIGHT,
         ..ServerConfig::default()
     });
     server.add_client(ME).expect("first client");
+    let reg = registry();
+    let store = Store::new(
+        reg.clone(),
+        StoreConfig {
+            history_ticks: HISTORY,
+            ..StoreConfig::default()
+        },
+    );
     let mut link = Link {
-        reg: registry(),
+        reg,
+        store,
         server,
         client: ClientReplicator::new(ClientConfig {
             history_len: HISTORY,
@@ -288,12 +294,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // Quiet network, room for everything: one packet and the client holds the server's world.
-    let oversized = link.send(&world, 1 << 20);
-    assert_eq!(oversized, 0);
-    let last = link.packets.len() - 1;
-    link.deliver(last, false);
+    // Quiet network, room for everything: every packet arrives and is acknowledged, so within
+    // a few rounds the client holds the server's world.
     let expect = snapshot(&link.reg, &world);
-    assert_eq!(link.client.state(), &expect, "client did not converge");
+    for _ in 0..4 {
+        let oversized = link.send(&world, 1 << 20);
+        assert_eq!(oversized, 0);
+        let last = link.packets.len() - 1;
+        link.deliver(last, false);
+        if let Some(ack) = link.client.ack() {
+            link.server.handle_ack(ME, ack).expect("known client");
+        }
+    }
+    assert_eq!(link.client.snapshot(), expect, "client did not converge");
     link.mirror.check(&link.reg, &expect);
 });

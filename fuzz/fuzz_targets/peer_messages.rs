@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
             let mut client = ClientReplicator::new(ClientConfig::default());
             let mut sink = Both(Mirror::default(), Vec::new());
             let _ = client.handle_packet_with_events(&reg, body, &mut sink);
-            sink.0.check(&reg, client.state());
+            sink.0.check(&reg, &client.snapshot());
         }
     }
 });

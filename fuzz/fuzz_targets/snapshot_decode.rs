@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         client
             .handle_packet(&reg, &baseline_packet(&reg), &mut mirror)
             .expect("baseline packet decodes");
-        mirror.check(&reg, client.state());
+        mirror.check(&reg, &client.snapshot());
     }
 
     let packet = if mode & 2 == 2 {
@@ -58,27 +58,27 @@ fuzz_target!(|data: &[u8]| {
         body.to_vec()
     };
 
-    let before = client.state().clone();
+    let before = client.snapshot();
     let ack_before = client.ack();
     let header = packet_header(&packet);
     mirror.begin();
     match client.handle_packet(&reg, &packet, &mut mirror) {
         Ok(Applied::Applied(h)) => {
             assert_eq!(header, Ok(h));
-            assert_eq!(client.ack(), Some(h.tick));
-            mirror.check(&reg, client.state());
-            check_ranges(&reg, client.state());
-            check_dequantize(&reg, client.state());
-            check_reencode(&reg, client.state());
+            assert_eq!(client.ack().map(|a| a.newest), Some(h.tick));
+            mirror.check(&reg, &client.snapshot());
+            check_ranges(&reg, &client.snapshot());
+            check_dequantize(&reg, &client.snapshot());
+            check_reencode(&reg, &client.snapshot());
         }
         Ok(other) => {
             assert!(matches!(other, Applied::Stale(_)), "{other:?}");
-            assert_eq!(client.state(), &before);
+            assert_eq!(client.snapshot(), before);
             assert_eq!(client.ack(), ack_before);
             assert_eq!(mirror.calls, 0);
         }
         Err(_) => {
-            assert_eq!(client.state(), &before);
+            assert_eq!(client.snapshot(), before);
             assert_eq!(client.ack(), ack_before);
             assert_eq!(mirror.calls, 0, "a rejected packet changed the world");
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use statewire_core::{
     ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Field,
     FieldKind, FieldReader, FieldWriter, Owner, Registry, Replicate, ServerConfig,
-    ServerReplicator, Snapshot, SnapshotBuilder, Tick, WorldSink,
+    ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick, WorldSink,
 };
 
 /// Two floats over ±512 at 1/64 (16 bits each).
@@ -236,17 +236,21 @@ pub fn check_reencode(registry: &Registry, snap: &Snapshot) {
     let mut server = ServerReplicator::new(ServerConfig::default());
     server.add_client(me).expect("client");
     server.set_packet_budget(me, Some(1 << 24)).expect("client");
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
+    store.begin_tick(Tick(1)).expect("first tick");
+    store
+        .apply_snapshot(snap)
+        .expect("decoded state fits the store");
+    server.update(&mut store, None);
     let mut out = Vec::new();
-    let stats = server
-        .encode_for(registry, me, Tick(1), snap, &mut out)
-        .expect("encode");
+    let stats = server.encode_for(&store, me, &mut out).expect("encode");
     assert_eq!(stats.pending + stats.oversized, 0);
     let mut client = ClientReplicator::new(ClientConfig::default());
     let mut mirror = Mirror::default();
     client
         .handle_packet(registry, &out, &mut mirror)
         .expect("re-encoded state decodes");
-    assert_eq!(client.state(), snap);
+    assert_eq!(&client.snapshot(), snap);
     mirror.check(registry, snap);
 }
 
@@ -393,16 +397,14 @@ pub fn baseline_packet(registry: &Registry) -> Vec<u8> {
     let me = ClientId(1);
     let mut server = ServerReplicator::new(ServerConfig::default());
     server.add_client(me).expect("client");
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
+    store.begin_tick(BASELINE_TICK).expect("first tick");
+    store
+        .apply_snapshot(&baseline_snapshot(registry))
+        .expect("baseline fits the store");
+    server.update(&mut store, None);
     let mut out = Vec::new();
-    server
-        .encode_for(
-            registry,
-            me,
-            BASELINE_TICK,
-            &baseline_snapshot(registry),
-            &mut out,
-        )
-        .expect("encode");
+    server.encode_for(&store, me, &mut out).expect("encode");
     out
 }
 

@@ -140,12 +140,42 @@ struct Actor {
     body: Body,
     /// Enemies: metres per second along `facing`, 0 while idle.
     speed: f32,
+    /// With a fixed number of moving enemies: whether this one walks every tick.
+    mobile: bool,
+}
+
+/// What changed in the game since the server last copied it into its replication store, in
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The entity appeared.
+    Spawn(EntityId),
+    /// The entity is gone.
+    Despawn(EntityId),
+    /// Some of its components (or its position) may have changed.
+    Update(EntityId),
+}
+
+/// One entity's replicated state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ActorState {
+    pub(crate) owner: Owner,
+    pub(crate) pos: Position,
+    pub(crate) facing: Facing,
+    pub(crate) body: Body,
 }
 
 /// The server's game state.
 #[derive(Debug)]
 pub(crate) struct Game {
     actors: Vec<Actor>,
+    /// Index of each entity in `actors`.
+    index: hashbrown::HashMap<EntityId, usize>,
+    /// Changes not yet taken by [`Game::take_changes`].
+    changes: Vec<Change>,
+    /// `Some(n)`: exactly `n` enemies walk every tick and the others stand still; `None`: each
+    /// enemy starts and stops walking at random (about a fifth walk at once).
+    moving: Option<usize>,
     players: Vec<(ClientId, EntityId)>,
     next_id: u32,
     /// Half the arena's side: scaled with the enemy count so density (and so the chance of a
@@ -155,15 +185,18 @@ pub(crate) struct Game {
 }
 
 impl Game {
-    /// `enemies` wandering enemies (entity ids `0..enemies`) and no players yet.
-    pub(crate) fn new(enemies: usize, seed: u64) -> Game {
+    /// `enemies` wandering enemies (entity ids `0..enemies`) and no players yet. With
+    /// `moving = Some(n)`, the first `n` enemies (at most all) walk every tick and the others
+    /// never do; with `None` each wanders at random.
+    pub(crate) fn new(enemies: usize, seed: u64, moving: Option<usize>) -> Game {
         let mut rng = SimRng::new(seed ^ 0x6761_6d65);
         let mut actors = Vec::with_capacity(enemies);
-        let arena = (8.0 * (enemies as f32).sqrt()).clamp(40.0, MAX_ARENA);
+        let arena = Self::arena_for(enemies);
         while actors.len() < enemies {
             let id = EntityId(actors.len() as u32);
             let x = uniform(&mut rng, -arena, arena);
             let y = uniform(&mut rng, -arena, arena);
+            let mobile = moving.is_some_and(|n| actors.len() < n);
             actors.push(Actor {
                 id,
                 owner: Owner::Server,
@@ -173,16 +206,60 @@ impl Game {
                     kind: Kind::Enemy,
                     hp: 100,
                 },
-                speed: 0.0,
+                speed: if mobile { ENEMY_SPEED } else { 0.0 },
+                mobile,
             });
         }
+        let index = actors.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+        let changes = actors.iter().map(|a| Change::Spawn(a.id)).collect();
         Game {
             next_id: actors.len() as u32,
             arena,
             actors,
+            index,
+            changes,
+            moving,
             players: Vec::new(),
             rng,
         }
+    }
+
+    /// Half the side of the arena a game with `enemies` enemies plays on, in metres.
+    pub(crate) fn arena_for(enemies: usize) -> f32 {
+        (8.0 * (enemies as f32).sqrt()).clamp(40.0, MAX_ARENA)
+    }
+
+    /// Takes the changes since the last call (oldest first) into `out` (cleared first).
+    pub(crate) fn take_changes(&mut self, out: &mut Vec<Change>) {
+        out.clear();
+        std::mem::swap(out, &mut self.changes);
+    }
+
+    /// The replicated state of entity `id`.
+    pub(crate) fn state(&self, id: EntityId) -> Option<ActorState> {
+        let a = self.actor(id)?;
+        Some(ActorState {
+            owner: a.owner,
+            pos: a.pos,
+            facing: Facing(a.facing),
+            body: a.body,
+        })
+    }
+
+    fn push_actor(&mut self, actor: Actor) {
+        self.changes.push(Change::Spawn(actor.id));
+        self.index.insert(actor.id, self.actors.len());
+        self.actors.push(actor);
+    }
+
+    fn remove_actor(&mut self, id: EntityId) -> Option<Actor> {
+        let i = self.index.remove(&id)?;
+        let a = self.actors.swap_remove(i);
+        if let Some(moved) = self.actors.get(i) {
+            self.index.insert(moved.id, i);
+        }
+        self.changes.push(Change::Despawn(id));
+        Some(a)
     }
 
     /// Spawns `client`'s player (ids continue after the enemies, never reused).
@@ -190,19 +267,19 @@ impl Game {
         let n = self.players.len() as f32;
         let id = EntityId(self.next_id);
         self.next_id += 1;
-        self.actors.push(Actor {
+        // Players start in a row near the middle (inside the arena however many there are).
+        let x = (n * 3.0 - 10.0).clamp(-self.arena, self.arena);
+        self.push_actor(Actor {
             id,
             owner: Owner::Client(client),
-            pos: Position {
-                x: n * 3.0 - 10.0,
-                y: 0.0,
-            },
+            pos: Position { x, y: 0.0 },
             facing: 0.0,
             body: Body {
                 kind: Kind::Player,
                 hp: 100,
             },
             speed: 0.0,
+            mobile: false,
         });
         self.players.push((client, id));
     }
@@ -211,7 +288,7 @@ impl Game {
     pub(crate) fn remove_player(&mut self, client: ClientId) {
         if let Some(i) = self.players.iter().position(|p| p.0 == client) {
             let (_, id) = self.players.swap_remove(i);
-            self.actors.retain(|a| a.id != id);
+            self.remove_actor(id);
         }
     }
 
@@ -221,10 +298,11 @@ impl Game {
         let dt = 1.0 / TICK_HZ as f32;
         for &(client, id) in &self.players {
             let input = inputs(client);
-            let Some(a) = self.actors.iter_mut().find(|a| a.id == id) else {
+            let Some(a) = self.index.get(&id).and_then(|&i| self.actors.get_mut(i)) else {
                 continue;
             };
             if input.dx != 0 || input.dy != 0 {
+                self.changes.push(Change::Update(id));
                 let (dx, dy) = (f32::from(input.dx), f32::from(input.dy));
                 let len = (dx * dx + dy * dy).sqrt();
                 a.pos.x += dx / len * PLAYER_SPEED * dt;
@@ -234,18 +312,34 @@ impl Game {
             }
         }
         for a in &mut self.actors {
-            if a.body.kind != Kind::Enemy {
+            if a.body.kind != Kind::Enemy || (self.moving.is_some() && !a.mobile) {
                 continue;
             }
             let r = self.rng.next_f64();
+            if self.moving.is_some() {
+                // Always walking; now and then a new heading.
+                self.changes.push(Change::Update(a.id));
+                if r < 0.02 {
+                    a.facing = uniform(&mut self.rng, 0.0, TAU);
+                }
+                a.pos.x += a.facing.cos() * a.speed * dt;
+                a.pos.y += a.facing.sin() * a.speed * dt;
+                if a.pos.x.abs() > self.arena || a.pos.y.abs() > self.arena {
+                    a.facing = (a.facing + std::f32::consts::PI).rem_euclid(TAU);
+                    clamp_to_arena(&mut a.pos, self.arena);
+                }
+                continue;
+            }
             if a.speed == 0.0 {
                 if r < 0.005 {
                     a.speed = ENEMY_SPEED;
                     a.facing = uniform(&mut self.rng, 0.0, TAU);
+                    self.changes.push(Change::Update(a.id));
                 }
             } else if r < 0.02 {
                 a.speed = 0.0;
             } else {
+                self.changes.push(Change::Update(a.id));
                 a.pos.x += a.facing.cos() * a.speed * dt;
                 a.pos.y += a.facing.sin() * a.speed * dt;
                 if a.pos.x.abs() > self.arena || a.pos.y.abs() > self.arena {
@@ -273,13 +367,14 @@ impl Game {
     }
 
     fn actor(&self, id: EntityId) -> Option<&Actor> {
-        self.actors.iter().find(|a| a.id == id)
+        self.actors.get(*self.index.get(&id)?)
     }
 
     /// Sets the facing of entity `id` (a validated owner write).
     pub(crate) fn set_facing(&mut self, id: EntityId, angle: f32) {
-        if let Some(a) = self.actors.iter_mut().find(|a| a.id == id) {
+        if let Some(a) = self.index.get(&id).and_then(|&i| self.actors.get_mut(i)) {
             a.facing = angle;
+            self.changes.push(Change::Update(id));
         }
     }
 
@@ -298,25 +393,27 @@ impl Game {
     /// Removes enemy `target` and spawns a replacement elsewhere (ids are never reused).
     /// Returns the replacement's id.
     pub(crate) fn kill(&mut self, target: EntityId) -> Option<EntityId> {
-        let i = self
-            .actors
-            .iter()
-            .position(|a| a.id == target && a.body.kind == Kind::Enemy)?;
-        self.actors.swap_remove(i);
+        if self.actor(target)?.body.kind != Kind::Enemy {
+            return None;
+        }
+        let dead = self.remove_actor(target)?;
         let id = EntityId(self.next_id);
         self.next_id += 1;
         let x = uniform(&mut self.rng, -self.arena, self.arena);
         let y = uniform(&mut self.rng, -self.arena, self.arena);
-        self.actors.push(Actor {
+        let facing = uniform(&mut self.rng, 0.0, TAU);
+        // With a fixed number of moving enemies, the replacement takes the dead one's role.
+        self.push_actor(Actor {
             id,
             owner: Owner::Server,
             pos: Position { x, y },
-            facing: uniform(&mut self.rng, 0.0, TAU),
+            facing,
             body: Body {
                 kind: Kind::Enemy,
                 hp: 100,
             },
-            speed: 0.0,
+            speed: if dead.mobile { ENEMY_SPEED } else { 0.0 },
+            mobile: dead.mobile,
         });
         Some(id)
     }

@@ -70,9 +70,20 @@ struct SimArgs {
     /// Seed for the game, the bots and the network simulator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Byte budget of one snapshot (it must fit the session's unreliable channel).
+    /// Byte budget of one snapshot (at least 64; it must fit the session's unreliable channel).
     #[arg(long, default_value_t = 1100)]
     max_packet: usize,
+    /// Per-client replication packet budget in bytes (default: --max-packet).
+    #[arg(long)]
+    budget: Option<usize>,
+    /// Interest radius around each client's player, in metres; 0 replicates every entity to
+    /// every client.
+    #[arg(long, default_value_t = 0.0)]
+    interest_radius: f32,
+    /// Enemies that walk every tick (the others stand still). Default: each enemy starts and
+    /// stops walking at random, about a fifth at once.
+    #[arg(long)]
+    moving: Option<usize>,
     /// Transport under the sessions (UDP and TCP use 127.0.0.1).
     #[arg(long, value_enum, default_value_t = TransportKind::Loopback)]
     transport: TransportKind,
@@ -122,6 +133,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
         transport: args.transport,
         adversary: args.adversary,
         coding: args.codec,
+        moving: args.moving,
+        interest_radius: args.interest_radius,
+        budget: args.budget,
     };
     let bar = progress_bar(u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks));
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));
@@ -134,6 +148,10 @@ fn run_sim(args: SimArgs) -> ExitCode {
             report.converged,
             &format!("clients did not converge (seed {})", cfg.seed),
         ),
+        Err(e) if e.is_usage() => {
+            eprintln!("statewire: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("statewire: {e} (seed {})", cfg.seed);
             ExitCode::FAILURE

@@ -2,14 +2,17 @@
 //! authority, events) and a bot client (session client, replication, predicted kills), usable
 //! in one process (`sim`) or apart (`serve` / `join`).
 //!
+//! The server keeps the replicated world in a [`Store`], copying into it only what the game
+//! changed each tick, and replicates it to every client within each client's interest radius.
+//!
 //! Snapshots and events travel on the unreliable channel in replication packets; each client
-//! sends, every tick on the same channel, its newest applied snapshot tick (the ack) with its
+//! sends, every tick on the same channel, its acknowledgement ([`statewire_core::AckFrame`]) with its
 //! steering input stamped for a future server tick, and a write of its own player's facing
 //! (client-authoritative aim, validated by the server). Kill claims go on the reliable channel
 //! as event proposals; the server resolves them once (first claim wins) and tells proposers
 //! about rejections, so their predictions roll back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use statewire::{
@@ -20,13 +23,15 @@ use statewire_core::authority::{decode_writes, encode_writes};
 use statewire_core::events::{EntityRefs, EventData, decode_proposal, encode_proposal};
 use statewire_core::{
     Authority, AuthorityConfig, ClientConfig, ClientId, ClientReplicator, ComponentCoding,
-    EntityId, EventConfig, EventServer, GameEvent, InputBuffer, Owner, PredictionOutcome,
-    Predictions, Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, StateWrite,
-    Tick, WorldSource, Writer,
+    ComponentId, EntityId, EventConfig, EventServer, GameEvent, InputBuffer, Owner,
+    PredictionOutcome, Predictions, Registry, ServerConfig, ServerReplicator, Snapshot, StateWrite,
+    Store, StoreConfig, Tick, Writer,
 };
 use statewire_transport::{Transport, TransportError};
 
-use crate::game::{self, Bot, ClientWorld, Facing, Game, Input, KILL, Position, TICK_HZ};
+use crate::game::{
+    self, Body, Bot, Change, ClientWorld, Facing, Game, Input, KILL, Position, TICK_HZ,
+};
 use crate::wire::{self, ClientMsg, ToClient, ToServer};
 
 /// Reliable-ordered channel (proposals, rejections, the final digest).
@@ -41,8 +46,8 @@ const INPUT_WINDOW: u32 = 2 * TICK_HZ;
 pub(crate) enum NetGameError {
     #[error("schema: {0}")]
     Schema(#[from] statewire_core::SchemaError),
-    #[error("snapshot: {0}")]
-    Build(#[from] statewire_core::BuildError),
+    #[error("replication store: {0}")]
+    Store(#[from] statewire_core::StoreError),
     #[error("replication: {0}")]
     Replication(#[from] statewire_core::ReplicationError),
     #[error("transport: {0}")]
@@ -69,6 +74,136 @@ pub(crate) struct ServerCounters {
     pub(crate) rejected_proposals: u64,
     /// Clients disconnected for a fault of their own (fell behind the event log, ...).
     pub(crate) fault_disconnects: u64,
+    /// Replication packets larger than their client's budget (or flagged over budget).
+    pub(crate) budget_exceeded: u64,
+    /// Longest any change carried by a packet waited for it, in ticks.
+    pub(crate) max_staleness_ticks: u32,
+}
+
+/// Bytes a message on the unreliable channel ([`SNAPSHOTS`]) may have with the session
+/// settings `config`: the channel's own limit, capped by what fits one packet.
+pub(crate) fn unreliable_payload_limit(config: &statewire::SessionConfig) -> usize {
+    // `ChannelConfig::max_message_size`: an unreliable message also fits one packet, less the
+    // packet and frame headers (15 bytes).
+    let fits = config.connection.max_packet_size.saturating_sub(15);
+    config
+        .connection
+        .channels
+        .get(usize::from(SNAPSHOTS.0))
+        .map_or(0, |c| c.max_message_size.min(fits))
+}
+
+/// Largest replication packet (budget) the game's sessions can carry: the unreliable channel's
+/// limit less the message's tag byte.
+pub(crate) fn max_replication_packet() -> usize {
+    unreliable_payload_limit(&statewire::SessionConfig::default()).saturating_sub(1)
+}
+
+/// How the game server replicates.
+#[derive(Debug, Clone)]
+pub(crate) struct GameParams {
+    /// Enemies at the start (players join as clients connect).
+    pub(crate) enemies: usize,
+    pub(crate) max_clients: usize,
+    /// [`ServerConfig::max_packet_bytes`].
+    pub(crate) max_packet_bytes: usize,
+    /// Per-client packet budget (`None`: `max_packet_bytes`).
+    pub(crate) budget: Option<usize>,
+    /// Interest radius around each client's player, in metres (0: everything).
+    pub(crate) interest_radius: f32,
+    /// Enemies that walk every tick (`None`: random wandering).
+    pub(crate) moving: Option<usize>,
+    pub(crate) seed: u64,
+    pub(crate) coding: ComponentCoding,
+}
+
+/// Read access to a quantized world, for comparing and digesting views.
+trait StateView {
+    fn owner_of(&self, id: EntityId) -> Option<Owner>;
+    fn words(&self, id: EntityId, cid: ComponentId) -> Option<&[u32]>;
+}
+
+impl StateView for Store {
+    fn owner_of(&self, id: EntityId) -> Option<Owner> {
+        self.owner(id)
+    }
+    fn words(&self, id: EntityId, cid: ComponentId) -> Option<&[u32]> {
+        self.component_view(id, cid).map(|v| v.quantized())
+    }
+}
+
+struct SnapshotView<'a>(&'a Snapshot, &'a Registry);
+
+impl StateView for SnapshotView<'_> {
+    fn owner_of(&self, id: EntityId) -> Option<Owner> {
+        self.0.owner(id)
+    }
+    fn words(&self, id: EntityId, cid: ComponentId) -> Option<&[u32]> {
+        self.0
+            .component_view(self.1, id, cid)
+            .map(|v| v.quantized())
+    }
+}
+
+/// The game's component ids.
+fn component_ids(registry: &Registry) -> [Option<ComponentId>; 3] {
+    [
+        registry.id_of::<Position>(),
+        registry.id_of::<Facing>(),
+        registry.id_of::<Body>(),
+    ]
+}
+
+/// A digest (FNV-1a) of the entities `ids` (ascending) of `state`: ids, owners and quantized
+/// components. Both sides compute it the same way, so a client can check its view.
+fn view_digest(registry: &Registry, state: &dyn StateView, ids: &[EntityId]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u64| {
+        for b in v.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let cids = component_ids(registry);
+    for &id in ids {
+        eat(u64::from(id.0));
+        eat(match state.owner_of(id) {
+            Some(Owner::Server) => u64::MAX,
+            Some(Owner::Client(c)) => c.0,
+            Some(_) => u64::MAX - 2,
+            None => u64::MAX - 1,
+        });
+        for cid in cids.iter().flatten() {
+            match state.words(id, *cid) {
+                None => eat(u64::MAX),
+                Some(ws) => {
+                    eat(ws.len() as u64);
+                    for &w in ws {
+                        eat(u64::from(w));
+                    }
+                }
+            }
+        }
+    }
+    h
+}
+
+/// Whether `a` and `b` hold the same owners and quantized components for every entity of
+/// `ids`.
+fn same_entities(
+    registry: &Registry,
+    a: &dyn StateView,
+    b: &dyn StateView,
+    ids: &[EntityId],
+) -> bool {
+    let cids = component_ids(registry);
+    ids.iter().all(|&id| {
+        a.owner_of(id) == b.owner_of(id)
+            && cids
+                .iter()
+                .flatten()
+                .all(|&cid| a.words(id, cid) == b.words(id, cid))
+    })
 }
 
 /// A client's session settings for the game described by `registry`: peers with different
@@ -91,10 +226,15 @@ pub(crate) struct Security {
 /// Server half.
 pub(crate) struct GameServer<T: Transport> {
     pub(crate) session: Server<T>,
-    repl: ServerReplicator,
+    pub(crate) repl: ServerReplicator,
     pub(crate) game: Game,
     registry: Registry,
-    pub(crate) snapshot: Snapshot,
+    /// The replicated world: what the game changed, copied in once per tick.
+    pub(crate) store: Store,
+    budget: Option<usize>,
+    changes: Vec<Change>,
+    /// Wall time of replication (update and encoding for every client) per active tick, µs.
+    pub(crate) replication_us: Vec<u32>,
     pub(crate) authority: Authority,
     pub(crate) inputs: InputBuffer<Input>,
     last_input: HashMap<ClientId, Input>,
@@ -111,21 +251,17 @@ pub(crate) struct GameServer<T: Transport> {
 impl<T: Transport> GameServer<T> {
     pub(crate) fn new(
         transport: T,
-        enemies: usize,
-        max_clients: usize,
-        max_packet_bytes: usize,
-        seed: u64,
-        coding: ComponentCoding,
+        params: &GameParams,
         security: Security,
     ) -> Result<Self, NetGameError> {
-        let registry = game::registry(coding)?;
+        let registry = game::registry(params.coding)?;
         let session_cfg = statewire::SessionConfig {
-            max_clients,
+            max_clients: params.max_clients,
             // Peers with different component schemas or codings refuse each other.
             protocol_id: registry.fingerprint(),
             ..statewire::SessionConfig::default()
         };
-        let game = Game::new(enemies, seed);
+        let game = Game::new(params.enemies, params.seed, params.moving);
         let mut authority = Authority::new(AuthorityConfig::default());
         for (id, owner) in game.owners() {
             authority.insert(id, owner);
@@ -136,13 +272,17 @@ impl<T: Transport> GameServer<T> {
                 None => Server::new(transport, session_cfg, security.secret)?,
             },
             repl: ServerReplicator::new(ServerConfig {
-                max_packet_bytes,
-                max_clients,
+                max_packet_bytes: params.max_packet_bytes,
+                max_clients: params.max_clients,
+                interest_radius: params.interest_radius,
                 ..ServerConfig::default()
             }),
             game,
+            store: Store::new(registry.clone(), StoreConfig::default()),
             registry,
-            snapshot: Snapshot::new(),
+            budget: params.budget,
+            changes: Vec::new(),
+            replication_us: Vec::new(),
             authority,
             inputs: InputBuffer::new(INPUT_WINDOW, INPUT_WINDOW as usize + 8),
             last_input: HashMap::new(),
@@ -231,6 +371,9 @@ impl<T: Transport> GameServer<T> {
                         self.session.disconnect_for_fault(id, Fault::OverBudget);
                         continue;
                     }
+                    if self.budget.is_some() {
+                        self.repl.set_packet_budget(id, self.budget)?;
+                    }
                     self.game.add_player(id);
                     if let Some(p) = self.game.player_of(id) {
                         self.authority.insert(p, Owner::Client(id));
@@ -243,6 +386,7 @@ impl<T: Transport> GameServer<T> {
             }
         }
         self.tick = self.tick.next();
+        self.store.begin_tick(self.tick)?;
         self.authority.begin_tick(self.tick);
         for (c, input) in self.inputs.take(self.tick) {
             self.last_input.insert(c, input);
@@ -275,27 +419,44 @@ impl<T: Transport> GameServer<T> {
                 .session
                 .send(client, CONTROL, &wire::encode_rejected(seq));
         }
-        let mut builder = SnapshotBuilder::new(&self.registry);
-        self.game.build(&mut builder);
-        builder.finish_into(&mut self.snapshot)?;
+        self.sync_store()?;
+        // Each client looks from its player.
+        for &id in &self.connected {
+            let at = self
+                .game
+                .player_of(id)
+                .and_then(|p| self.game.state(p))
+                .map(|s| [s.pos.x, s.pos.y]);
+            self.repl.set_viewer(id, at, None)?;
+        }
+        let started = Instant::now();
+        let mut encoding = Duration::ZERO;
+        self.repl.update(&mut self.store, Some(&self.events));
+        let updated = started.elapsed();
         let mut behind = Vec::new();
         for &id in &self.connected {
             wire::begin_snapshot(&mut self.pkt);
+            let t0 = Instant::now();
             // A client's own failure (it fell behind the event log) costs only that client.
-            let stats = match self.repl.encode_for_with_events(
-                &self.registry,
-                id,
-                self.tick,
-                &self.snapshot,
-                &self.events,
-                &mut self.pkt,
-            ) {
+            let result =
+                self.repl
+                    .encode_for_with_events(&self.store, id, &self.events, &mut self.pkt);
+            encoding += t0.elapsed();
+            let stats = match result {
                 Ok(stats) => stats,
                 Err(_) => {
                     behind.push(id);
                     continue;
                 }
             };
+            let budget = self.budget.unwrap_or(self.repl.config().max_packet_bytes);
+            if stats.over_budget || stats.bytes > budget {
+                self.counters.budget_exceeded += 1;
+            }
+            self.counters.max_staleness_ticks = self
+                .counters
+                .max_staleness_ticks
+                .max(stats.max_staleness_ticks);
             if self.session.send(id, SNAPSHOTS, &self.pkt).is_err() {
                 self.counters.send_refused += 1;
             }
@@ -311,11 +472,108 @@ impl<T: Transport> GameServer<T> {
             self.session.disconnect_for_fault(id, Fault::FellBehind);
             self.forget_client(id);
         }
+        if active {
+            let us = (updated + encoding).as_micros();
+            self.replication_us
+                .push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
         if let Some(min) = self.repl.min_acked_event() {
             self.events.trim_through(min);
         }
         self.session.flush(now)?;
         Ok(())
+    }
+
+    /// Copies what the game changed since the last call into the store: spawns and despawns,
+    /// and for changed entities their components (unchanged values are no change to the
+    /// store), owner and position on the interest plane.
+    fn sync_store(&mut self) -> Result<(), NetGameError> {
+        self.game.take_changes(&mut self.changes);
+        for &change in &self.changes {
+            match change {
+                Change::Despawn(id) => {
+                    if self.store.contains(id) {
+                        self.store.despawn(id)?;
+                    }
+                }
+                Change::Spawn(id) | Change::Update(id) => {
+                    // Gone again since (spawned and killed in one tick): nothing to copy.
+                    let Some(s) = self.game.state(id) else {
+                        continue;
+                    };
+                    if self.store.contains(id) {
+                        self.store.set_owner(id, s.owner)?;
+                    } else {
+                        self.store.spawn(id, s.owner)?;
+                    }
+                    self.store.set(id, &s.pos)?;
+                    self.store.set(id, &s.facing)?;
+                    self.store.set(id, &s.body)?;
+                    self.store.set_position(id, Some([s.pos.x, s.pos.y]))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entities in `client`'s view, ascending.
+    fn view_ids(&self, client: ClientId) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = self
+            .store
+            .entity_ids()
+            .filter(|&id| self.repl.in_view(&self.store, client, id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Number of entities in `client`'s view.
+    pub(crate) fn view_len(&self, client: ClientId) -> usize {
+        self.store
+            .entity_ids()
+            .filter(|&id| self.repl.in_view(&self.store, client, id))
+            .count()
+    }
+
+    /// Whether `state` (a client's replicated state) is exactly the store's state restricted
+    /// to the entities in `client`'s view.
+    pub(crate) fn view_matches(&self, client: ClientId, state: &Snapshot) -> bool {
+        let ids = self.view_ids(client);
+        ids.len() == state.len()
+            && state.entity_ids().eq(ids.iter().copied())
+            && same_entities(
+                &self.registry,
+                &self.store,
+                &SnapshotView(state, &self.registry),
+                &ids,
+            )
+    }
+
+    /// The digest of the entities in `client`'s view.
+    pub(crate) fn view_digest(&self, client: ClientId) -> u64 {
+        view_digest(&self.registry, &self.store, &self.view_ids(client))
+    }
+
+    /// The digest of the whole replicated world (what a client with no interest limit holds).
+    pub(crate) fn world_digest(&self) -> u64 {
+        let mut ids: Vec<EntityId> = self.store.entity_ids().collect();
+        ids.sort_unstable();
+        view_digest(&self.registry, &self.store, &ids)
+    }
+
+    /// Whether the store holds exactly the game's world (what rebuilding a snapshot from the
+    /// game would give): the incremental copy missed nothing.
+    #[cfg(test)]
+    pub(crate) fn store_matches_game(&self) -> bool {
+        use statewire_core::{SnapshotBuilder, WorldSource};
+        let mut b = SnapshotBuilder::new(&self.registry);
+        self.game.build(&mut b);
+        b.finish().is_ok_and(|s| s == self.store.snapshot())
+    }
+
+    /// Bytes the server holds for replication: the store and the per-client records.
+    pub(crate) fn replication_bytes(&self) -> usize {
+        self.store.memory_bytes() + self.repl.memory_bytes()
     }
 
     /// Frees everything the game keeps for a client that left or was disconnected.
@@ -337,10 +595,12 @@ impl<T: Transport> GameServer<T> {
         self.tick
     }
 
-    /// Tells every client the final state digest (reliable).
+    /// Tells every client the digest of its final view (reliable).
     pub(crate) fn announce_final(&mut self) {
-        let msg = wire::encode_final(self.tick, self.snapshot.state_hash());
-        let _ = self.session.send_to_all(CONTROL, &msg);
+        for id in self.connected.clone() {
+            let msg = wire::encode_final(self.tick, self.view_digest(id));
+            let _ = self.session.send(id, CONTROL, &msg);
+        }
     }
 }
 
@@ -472,7 +732,7 @@ impl<T: Transport> GameClient<T> {
             .rtt()
             .map_or(6, |r| (r.as_secs_f64() * f64::from(TICK_HZ)).ceil() as u32);
         let lead = rtt_ticks + 3;
-        let mut input_tick = Tick(ack.map_or(0, |a| a.0).wrapping_add(lead));
+        let mut input_tick = Tick(self.repl.tick().map_or(0, |t| t.0).wrapping_add(lead));
         let input = if play {
             self.bot.think()
         } else {
@@ -497,7 +757,7 @@ impl<T: Transport> GameClient<T> {
         }
         if play {
             self.send_writes();
-            self.maybe_shoot(ack.unwrap_or_default());
+            self.maybe_shoot(self.repl.tick().unwrap_or_default());
         }
         self.session.flush(now)?;
         Ok(())
@@ -603,9 +863,15 @@ impl<T: Transport> GameClient<T> {
         }
     }
 
+    /// The digest of this client's replicated state (see [`GameServer::view_digest`]).
+    pub(crate) fn digest(&self) -> u64 {
+        let state = self.repl.snapshot();
+        let ids: Vec<EntityId> = state.entity_ids().collect();
+        view_digest(&self.registry, &SnapshotView(&state, &self.registry), &ids)
+    }
+
     /// Whether this client's state matches the digest the server announced.
     pub(crate) fn matches_final(&self) -> Option<bool> {
-        self.final_digest
-            .map(|(_, digest)| self.repl.state().state_hash() == digest)
+        self.final_digest.map(|(_, digest)| self.digest() == digest)
     }
 }

@@ -146,11 +146,16 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     };
     let mut server = match GameServer::new(
         transport,
-        args.entities,
-        args.max_clients,
-        args.max_packet,
-        args.seed,
-        args.codec.coding(),
+        &crate::netgame::GameParams {
+            enemies: args.entities,
+            max_clients: args.max_clients,
+            max_packet_bytes: args.max_packet,
+            budget: None,
+            interest_radius: 0.0,
+            moving: None,
+            seed: args.seed,
+            coding: args.codec.coding(),
+        },
         crate::netgame::Security { secret, tokens },
     ) {
         Ok(s) => s,
@@ -228,8 +233,8 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             println!(
                 "final state at {}: {} entities, digest {:016x}",
                 server.tick(),
-                server.snapshot.len(),
-                server.snapshot.state_hash()
+                server.store.len(),
+                server.world_digest()
             );
         }
         // Drain the socket while waiting for the next tick, so that a flood of junk cannot
@@ -342,11 +347,10 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             std::thread::sleep(wait);
         }
     }
-    let state = client.repl.state();
     println!(
         "applied state: {} entities, digest {:016x}, {} decode errors",
-        state.len(),
-        state.state_hash(),
+        client.repl.len(),
+        client.digest(),
         client.decode_errors
     );
     match client.matches_final() {

@@ -12,9 +12,11 @@ use statewire_transport::netsim::{LinkConfig, NetSim, NetSimStats};
 use statewire_transport::tcp::{TcpConfig, TcpTransport};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 
+use statewire_core::{ClientConfig, ServerConfig, StoreConfig};
+
 use crate::attack::Attack;
-use crate::game::TICK_HZ;
-use crate::netgame::{Behaviour, GameClient, GameServer, NetGameError, Security};
+use crate::game::{Game, TICK_HZ};
+use crate::netgame::{Behaviour, GameClient, GameParams, GameServer, NetGameError, Security};
 
 /// Which transport carries the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -26,6 +28,19 @@ pub(crate) enum TransportKind {
     Udp,
     /// TCP connections on 127.0.0.1.
     Tcp,
+}
+
+impl SimError {
+    /// Whether the error is a bad flag (exit code 2) rather than a failure of the run.
+    pub(crate) fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            SimError::UnknownProfile(_)
+                | SimError::BadCounts
+                | SimError::Invalid(_)
+                | SimError::TooMuchMemory { .. }
+        )
+    }
 }
 
 impl TransportKind {
@@ -53,7 +68,21 @@ pub(crate) struct SimConfig {
     pub(crate) adversary: bool,
     /// How positions and facings are coded.
     pub(crate) coding: CodecKind,
+    /// Enemies that walk every tick (`None`: each wanders at random, about a fifth at once).
+    pub(crate) moving: Option<usize>,
+    /// Interest radius around each client's player, in metres (0: every entity).
+    pub(crate) interest_radius: f32,
+    /// Per-client replication packet budget (`None`: `max_packet_bytes`).
+    pub(crate) budget: Option<usize>,
 }
+
+/// Smallest accepted `--max-packet` / `--budget`.
+pub(crate) const MIN_PACKET: usize = 64;
+/// Memory the estimate counts per entity on the server, per entity in a client's view (both
+/// sides' records and states), and per client (session buffers, world, bot).
+const EST_PER_ENTITY: u64 = 200;
+const EST_PER_VIEWED: u64 = 60;
+const EST_PER_CLIENT: u64 = 2 << 20;
 
 /// Snapshot coding of the often-changing components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -94,6 +123,21 @@ pub(crate) enum SimError {
     Io(#[from] std::io::Error),
     #[error("--clients must be at least 1 and --entities at least --clients")]
     BadCounts,
+    /// A flag out of its range (the message says which and why).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "the run would need about {estimate_mib} MiB ({entities} entities, {clients} clients \
+         seeing about {in_view} entities each), more than 80% of this machine's {total_mib} MiB; \
+         use fewer clients or entities or a smaller --interest-radius"
+    )]
+    TooMuchMemory {
+        estimate_mib: u64,
+        total_mib: u64,
+        entities: usize,
+        clients: usize,
+        in_view: usize,
+    },
     #[error("only {connected} of {wanted} clients connected within {ticks} ticks")]
     ConnectFailed {
         connected: usize,
@@ -188,6 +232,144 @@ pub(crate) struct SimReport {
     pub(crate) bytes_to_unacking_peer: u64,
     /// `--adversary`: of those, bytes in its first second.
     pub(crate) bytes_to_unacking_peer_first_sec: u64,
+    /// Enemies walking every tick (`null`: random wandering).
+    pub(crate) moving: Option<usize>,
+    /// Interest radius around each player, metres (0: every entity).
+    pub(crate) interest_radius: f32,
+    /// Per-client replication packet budget, bytes.
+    pub(crate) budget: usize,
+    /// Entities in a client's view at the end, averaged over clients.
+    pub(crate) avg_view_entities: f64,
+    /// Wall time of the server's replication per active tick (update, then encoding for every
+    /// client), median and 99th percentile, µs.
+    pub(crate) server_tick_us_p50: u32,
+    pub(crate) server_tick_us_p99: u32,
+    /// Peak bytes the server held for replication (store plus per-client records), from
+    /// capacities (these vary a little between runs of one seed: hash tables grow with their
+    /// random hash seeds).
+    pub(crate) server_replication_bytes: usize,
+    /// Peak bytes all clients held for replicated state, summed.
+    pub(crate) client_replication_bytes: usize,
+    /// Replication packets larger than their budget (must be 0).
+    pub(crate) budget_exceeded: u64,
+    /// Longest any change waited for a packet to carry it, in ticks.
+    pub(crate) max_staleness_ticks: u32,
+}
+
+/// Checks `cfg`'s sizes against the limits of the session, the replicator and the store, and
+/// the run's estimated memory against this machine's.
+fn validate(cfg: &SimConfig) -> Result<(), SimError> {
+    if cfg.clients == 0 || cfg.entities < cfg.clients {
+        return Err(SimError::BadCounts);
+    }
+    let invalid = |m: String| Err(SimError::Invalid(m));
+    let max_pkt = crate::netgame::max_replication_packet();
+    for (flag, v) in [
+        ("--max-packet", Some(cfg.max_packet_bytes)),
+        ("--budget", cfg.budget),
+    ] {
+        if let Some(v) = v {
+            if !(MIN_PACKET..=max_pkt).contains(&v) {
+                return invalid(format!(
+                    "{flag} {v} is out of range: a replication packet must be at least \
+                     {MIN_PACKET} bytes and fit the session's unreliable channel ({max_pkt} bytes)"
+                ));
+            }
+        }
+    }
+    // With --adversary, one more game client and two more session clients.
+    let extra = if cfg.adversary { 3 } else { 0 };
+    let max_clients = ServerConfig::default().max_clients - extra;
+    if cfg.clients > max_clients {
+        return invalid(format!(
+            "--clients {} is more than the replicator's limit of {max_clients}{}",
+            cfg.clients,
+            if cfg.adversary {
+                " (with --adversary's three extra clients)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let max_entities = StoreConfig::default().max_entities;
+    if cfg.entities > max_entities {
+        return invalid(format!(
+            "--entities {} is more than the store's limit of {max_entities}",
+            cfg.entities
+        ));
+    }
+    let client_max = ClientConfig::default().max_entities;
+    if cfg.interest_radius == 0.0 && cfg.entities > client_max {
+        return invalid(format!(
+            "--entities {} is more than a client may hold ({client_max}); give an \
+             --interest-radius so each client sees fewer",
+            cfg.entities
+        ));
+    }
+    if !(cfg.interest_radius.is_finite() && cfg.interest_radius >= 0.0) {
+        return invalid(format!(
+            "--interest-radius {} must be a finite number of metres, 0 or more",
+            cfg.interest_radius
+        ));
+    }
+    if let Some(m) = cfg.moving {
+        if m > cfg.entities {
+            return invalid(format!(
+                "--moving {m} is more than --entities {}",
+                cfg.entities
+            ));
+        }
+    }
+    if let Some(total) = mem_total_bytes() {
+        let (estimate, in_view) = estimate_memory(cfg);
+        if estimate.saturating_mul(5) > total.saturating_mul(4) {
+            return Err(SimError::TooMuchMemory {
+                estimate_mib: estimate >> 20,
+                total_mib: total >> 20,
+                entities: cfg.entities,
+                clients: cfg.clients,
+                in_view,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Estimated bytes of a run and the entities each client sees: entities × 200 + clients ×
+/// (entities in view) × 60 + clients × 2 MiB.
+fn estimate_memory(cfg: &SimConfig) -> (u64, usize) {
+    let enemies = cfg.entities - cfg.clients;
+    let in_view = if cfg.interest_radius == 0.0 {
+        cfg.entities
+    } else {
+        // The share of the arena within the radius (plus the replicator's hysteresis margin).
+        let side = 2.0 * f64::from(Game::arena_for(enemies));
+        let r = f64::from(cfg.interest_radius + ServerConfig::default().interest_margin);
+        let share = (std::f64::consts::PI * r * r / (side * side)).min(1.0);
+        ((cfg.entities as f64 * share).ceil() as usize).min(cfg.entities)
+    };
+    let clients = cfg.clients as u64;
+    let est = cfg.entities as u64 * EST_PER_ENTITY
+        + clients * in_view as u64 * EST_PER_VIEWED
+        + clients * EST_PER_CLIENT;
+    (est, in_view)
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes (`None` if unreadable).
+fn mem_total_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The `p`th percentile (nearest rank) of `sorted`.
+fn percentile(sorted: &[u32], p: usize) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
 }
 
 type Link = NetSim<Box<dyn Transport>>;
@@ -246,9 +428,7 @@ pub(crate) fn run(
     cfg: &SimConfig,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<SimReport, SimError> {
-    if cfg.clients == 0 || cfg.entities < cfg.clients {
-        return Err(SimError::BadCounts);
-    }
+    validate(cfg)?;
     let link = LinkConfig::profile(&cfg.profile)
         .ok_or_else(|| SimError::UnknownProfile(cfg.profile.clone()))?;
     let n_clients = cfg.clients + usize::from(cfg.adversary);
@@ -262,11 +442,16 @@ pub(crate) fn run(
     let attack_ts: Vec<Box<dyn Transport>> = client_ts.split_off(n_clients);
     let mut server = GameServer::new(
         NetSim::new(server_t, link.clone(), cfg.seed),
-        cfg.entities - cfg.clients,
-        n_clients + extra.saturating_sub(1),
-        cfg.max_packet_bytes,
-        cfg.seed,
-        cfg.coding.coding(),
+        &GameParams {
+            enemies: cfg.entities - cfg.clients,
+            max_clients: n_clients + extra.saturating_sub(1),
+            max_packet_bytes: cfg.max_packet_bytes,
+            budget: cfg.budget,
+            interest_radius: cfg.interest_radius,
+            moving: cfg.moving,
+            seed: cfg.seed,
+            coding: cfg.coding.coding(),
+        },
         // The simulation is a closed world run for reproducible figures, so its server key
         // comes from the seed; `serve` takes its key from the operating system's CSPRNG.
         Security {
@@ -372,15 +557,19 @@ pub(crate) fn run(
     let mut converged_at: Vec<Option<u32>> = vec![None; n_clients];
     let mut down_active = NetSimStats::default();
     let mut up_active = 0u64;
+    let mut server_mem = 0usize;
+    let mut client_mem = 0usize;
     for i in 0..cfg.ticks + cfg.quiet_ticks {
         let active = i < cfg.ticks;
         step_all(&mut server, &mut clients, &mut attack, t, active)?;
         t += 1;
+        server_mem = server_mem.max(server.replication_bytes());
+        client_mem = client_mem.max(clients.iter().map(|c| c.repl.memory_bytes()).sum());
         if active {
             for c in &clients {
                 let lag = c
                     .repl
-                    .ack()
+                    .tick()
                     .map_or(i + 1, |a| server.tick().diff(a).max(0) as u32);
                 max_lag = max_lag.max(lag);
             }
@@ -394,7 +583,7 @@ pub(crate) fn run(
             }
         } else {
             for (k, c) in clients.iter().enumerate() {
-                if converged_at[k].is_none() && c.repl.state() == &server.snapshot {
+                if converged_at[k].is_none() && client_matches(&server, c) {
                     converged_at[k] = Some(i - cfg.ticks + 1);
                 }
             }
@@ -405,9 +594,23 @@ pub(crate) fn run(
         down_active = server.session.transport().stats();
     }
 
+    // The incremental copy of the game into the store missed nothing.
+    #[cfg(test)]
+    assert!(server.store_matches_game(), "store differs from the game");
     let converged = clients.iter().all(|c| {
-        c.repl.state() == &server.snapshot && c.world.entities.len() == server.snapshot.len()
+        client_matches(&server, c)
+            && c.session
+                .id()
+                .is_some_and(|id| c.world.entities.len() == server.view_len(id))
     });
+    let avg_view_entities = clients
+        .iter()
+        .filter_map(|c| c.session.id())
+        .map(|id| server.view_len(id) as f64)
+        .sum::<f64>()
+        / clients.len().max(1) as f64;
+    let mut tick_us = server.replication_us.clone();
+    tick_us.sort_unstable();
     let max_convergence_ticks = if converged {
         converged_at.iter().flatten().copied().max()
     } else {
@@ -514,7 +717,25 @@ pub(crate) fn run(
         replays_sent: counts.map_or(0, |c| c.replays),
         bytes_to_unacking_peer: counts.map_or(0, |c| c.bytes_to_unacking_peer),
         bytes_to_unacking_peer_first_sec: counts.map_or(0, |c| c.bytes_to_unacking_peer_first_sec),
+        moving: cfg.moving,
+        interest_radius: cfg.interest_radius,
+        budget: cfg.budget.unwrap_or(cfg.max_packet_bytes),
+        avg_view_entities,
+        server_tick_us_p50: percentile(&tick_us, 50),
+        server_tick_us_p99: percentile(&tick_us, 99),
+        server_replication_bytes: server_mem,
+        client_replication_bytes: client_mem,
+        budget_exceeded: counters.budget_exceeded,
+        max_staleness_ticks: counters.max_staleness_ticks,
     })
+}
+
+/// Whether client `c`'s replicated state is exactly the server's world restricted to `c`'s
+/// view.
+fn client_matches(server: &GameServer<Link>, c: &GameClient<Link>) -> bool {
+    c.session
+        .id()
+        .is_some_and(|id| server.view_matches(id, &c.repl.snapshot()))
 }
 
 /// For the honest bots: datagrams their links delivered to the server (duplicates left out),
@@ -570,6 +791,10 @@ impl SimReport {
              \x20 authority        {aw} owner writes applied, {rw} writes rejected, {ri} inputs rejected{adv}\n\
              \x20 flicker          {resp} entities came back after vanishing\n\
              \x20 errors           {derr} decode, {werr} framing\n\
+             \x20 interest         radius {radius} m{moving}; {view:.0} entities in view per client\n\
+             \x20 replication      {p50} µs median, {p99} µs p99 per tick (update + encode, all clients)\n\
+             \x20 memory           {smem} B server (store + records), {cmem} B all clients (peak)\n\
+             \x20 budget           {budget} B per packet, {bex} packets over it; changes waited at most {stale} ticks\n\
              \x20 security         {fa} forged and {ra} replayed packets accepted; {pf} clients disconnected for faults; upstream delivery {ud:.3}{attack}\n\
              \x20 converged        {conv}",
             clients = self.clients,
@@ -610,6 +835,19 @@ impl SimReport {
             resp = self.respawned_entities,
             derr = self.decode_errors,
             werr = self.wire_errors,
+            radius = self.interest_radius,
+            moving = match self.moving {
+                Some(m) => format!(", {m} enemies moving every tick"),
+                None => String::new(),
+            },
+            view = self.avg_view_entities,
+            p50 = self.server_tick_us_p50,
+            p99 = self.server_tick_us_p99,
+            smem = self.server_replication_bytes,
+            cmem = self.client_replication_bytes,
+            budget = self.budget,
+            bex = self.budget_exceeded,
+            stale = self.max_staleness_ticks,
             fa = self.forged_accepted,
             ra = self.replayed_accepted,
             pf = self.peers_disconnected_for_faults,
@@ -653,6 +891,9 @@ mod tests {
             transport: TransportKind::Loopback,
             adversary: false,
             coding: CodecKind::Packed,
+            moving: None,
+            interest_radius: 0.0,
+            budget: None,
         }
     }
 
@@ -672,7 +913,16 @@ mod tests {
         let a = run(&cfg("hostile", 3), &mut |_, _| {}).unwrap();
         let b = run(&cfg("hostile", 3), &mut |_, _| {}).unwrap();
         let c = run(&cfg("hostile", 4), &mut |_, _| {}).unwrap();
-        let json = |r: &SimReport| serde_json::to_string(r).unwrap();
+        // Everything but the wall-clock timings and the memory figures is reproducible (the
+        // hash tables' capacities depend on their random hash seeds).
+        let json = |r: &SimReport| {
+            let mut r = r.clone();
+            r.server_tick_us_p50 = 0;
+            r.server_tick_us_p99 = 0;
+            r.server_replication_bytes = 0;
+            r.client_replication_bytes = 0;
+            serde_json::to_string(&r).unwrap()
+        };
         assert_eq!(json(&a), json(&b), "seed 3 not reproducible");
         assert_ne!(json(&a), json(&c), "seeds 3 and 4 gave identical runs");
     }
@@ -713,6 +963,9 @@ mod tests {
             transport: TransportKind::Loopback,
             adversary: false,
             coding: CodecKind::Packed,
+            moving: None,
+            interest_radius: 0.0,
+            budget: None,
         };
         let r = run(&c, &mut |_, _| {}).unwrap();
         let seed = c.seed;
@@ -789,5 +1042,87 @@ mod tests {
         let mut c = cfg("perfect", 1);
         c.entities = 1;
         assert!(matches!(run(&c, &mut |_, _| {}), Err(SimError::BadCounts)));
+        let bad = |f: &dyn Fn(&mut SimConfig)| {
+            let mut c = cfg("perfect", 1);
+            f(&mut c);
+            match run(&c, &mut |_, _| {}) {
+                Err(e @ SimError::Invalid(_)) => assert!(e.is_usage()),
+                other => panic!(
+                    "expected a usage error, got {:?}",
+                    other.map(|r| r.render())
+                ),
+            }
+        };
+        bad(&|c| c.max_packet_bytes = 63);
+        bad(&|c| c.max_packet_bytes = 1135);
+        bad(&|c| c.budget = Some(10));
+        bad(&|c| c.budget = Some(100_000));
+        bad(&|c| {
+            c.clients = 5000;
+            c.entities = 6000;
+        });
+        bad(&|c| c.moving = Some(201));
+        bad(&|c| c.interest_radius = -1.0);
+        bad(&|c| c.interest_radius = f32::NAN);
+    }
+
+    #[test]
+    fn memory_estimate_follows_the_formula() {
+        let mut c = cfg("perfect", 1);
+        c.clients = 10;
+        c.entities = 1000;
+        let (est, in_view) = estimate_memory(&c);
+        assert_eq!(in_view, 1000);
+        assert_eq!(est, 1000 * 200 + 10 * 1000 * 60 + 10 * (2 << 20));
+        c.interest_radius = 20.0;
+        let (small, in_view) = estimate_memory(&c);
+        assert!(in_view < 1000 && small < est, "{in_view} {small}");
+        // A run beyond this machine is refused with the estimate in the message (about
+        // 62 GB; a machine with more than 78 GB takes it).
+        c.clients = 1000;
+        c.entities = 1_000_000;
+        c.interest_radius = 2000.0;
+        let (est, _) = estimate_memory(&c);
+        match (validate(&c), mem_total_bytes()) {
+            (Err(SimError::TooMuchMemory { estimate_mib, .. }), Some(_)) => {
+                assert_eq!(estimate_mib, est >> 20);
+            }
+            (Ok(()), Some(total)) => assert!(est * 5 <= total * 4),
+            (Ok(()), None) => {}
+            (Err(e), _) => panic!("{e}"),
+        }
+    }
+
+    /// With an interest radius and a small per-client budget, every client converges to the
+    /// part of the world it sees, and no packet goes over its budget.
+    #[test]
+    fn interest_and_small_budget_converge() {
+        let c = SimConfig {
+            clients: 4,
+            entities: 404,
+            ticks: 150,
+            quiet_ticks: 150,
+            profile: "poor".into(),
+            seed: 11,
+            max_packet_bytes: 1100,
+            transport: TransportKind::Loopback,
+            adversary: false,
+            coding: CodecKind::Packed,
+            moving: Some(100),
+            interest_radius: 40.0,
+            budget: Some(200),
+        };
+        let r = run(&c, &mut |_, _| {}).unwrap();
+        assert!(r.converged, "{}", r.render());
+        assert_eq!(r.budget_exceeded, 0, "{}", r.render());
+        assert_eq!(r.decode_errors, 0, "{}", r.render());
+        assert!(r.max_packet_bytes <= 200 + 1, "{}", r.render());
+        // The radius limits what each client sees.
+        assert!(
+            r.avg_view_entities > 0.0 && r.avg_view_entities < 300.0,
+            "{}",
+            r.render()
+        );
+        assert!(r.server_replication_bytes > 0 && r.client_replication_bytes > 0);
     }
 }

@@ -4,19 +4,22 @@
 //! server → client, unreliable:  0x01  replication packet (snapshot + events)
 //! server → client, reliable:    0x03  tick:u32le  state_digest:u64le        (end of a run)
 //! server → client, reliable:    0x06  seq:u32le                             (proposal rejected)
-//! client → server, unreliable:  0x02  has_ack:u8(0|1) ack:u32le input_tick:u32le dx:i8 dy:i8
+//! client → server, unreliable:  0x02  has_ack:u8(0|1) ack:[u8; 8] input_tick:u32le dx:i8 dy:i8
+//!                                     (ack: statewire_core::AckFrame, zeros without one)
 //! client → server, unreliable:  0x04  state writes (statewire_core::authority format)
 //! client → server, reliable:    0x05  event proposal (statewire_core::events format)
 //! ```
 //! Fixed-size messages must have exactly their size.
 
-use statewire_core::Tick;
+use statewire_core::{AckFrame, Tick};
 
 use crate::game::Input;
 
 const SNAPSHOT: u8 = 0x01;
 const CLIENT: u8 = 0x02;
-const CLIENT_LEN: usize = 12;
+const CLIENT_LEN: usize = 2 + AckFrame::LEN + 6;
+/// Where the input tick starts in a client message.
+const INPUT_AT: usize = 2 + AckFrame::LEN;
 const FINAL: u8 = 0x03;
 const FINAL_LEN: usize = 13;
 const WRITES: u8 = 0x04;
@@ -44,7 +47,7 @@ pub(crate) enum WireError {
 /// The client's per-tick message: its ack and its steering input for a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientMsg {
-    pub(crate) ack: Option<Tick>,
+    pub(crate) ack: Option<AckFrame>,
     pub(crate) input_tick: Tick,
     pub(crate) input: Input,
 }
@@ -93,13 +96,13 @@ fn fixed<const N: usize>(bytes: &[u8]) -> Result<&[u8; N], WireError> {
 pub(crate) fn encode_client(msg: ClientMsg) -> [u8; CLIENT_LEN] {
     let mut b = [0u8; CLIENT_LEN];
     b[0] = CLIENT;
-    if let Some(t) = msg.ack {
+    if let Some(a) = msg.ack {
         b[1] = 1;
-        b[2..6].copy_from_slice(&t.0.to_le_bytes());
+        b[2..INPUT_AT].copy_from_slice(&a.encode());
     }
-    b[6..10].copy_from_slice(&msg.input_tick.0.to_le_bytes());
-    b[10] = msg.input.dx as u8;
-    b[11] = msg.input.dy as u8;
+    b[INPUT_AT..INPUT_AT + 4].copy_from_slice(&msg.input_tick.0.to_le_bytes());
+    b[INPUT_AT + 4] = msg.input.dx as u8;
+    b[INPUT_AT + 5] = msg.input.dy as u8;
     b
 }
 
@@ -111,15 +114,17 @@ pub(crate) fn parse_to_server(bytes: &[u8]) -> Result<ToServer<'_>, WireError> {
             let b = fixed::<CLIENT_LEN>(bytes)?;
             let ack = match b[1] {
                 0 => None,
-                1 => Some(Tick(u32::from_le_bytes([b[2], b[3], b[4], b[5]]))),
+                // Exactly AckFrame::LEN bytes, so it always decodes.
+                1 => AckFrame::decode(&b[2..INPUT_AT]),
                 f => return Err(WireError::BadFlag(f)),
             };
+            let t = &b[INPUT_AT..];
             Ok(ToServer::Tick(ClientMsg {
                 ack,
-                input_tick: Tick(u32::from_le_bytes([b[6], b[7], b[8], b[9]])),
+                input_tick: Tick(u32::from_le_bytes([t[0], t[1], t[2], t[3]])),
                 input: Input {
-                    dx: b[10] as i8,
-                    dy: b[11] as i8,
+                    dx: t[4] as i8,
+                    dy: t[5] as i8,
                 },
             }))
         }
@@ -177,7 +182,10 @@ mod tests {
     #[test]
     fn round_trips_and_errors() {
         let m = ClientMsg {
-            ack: Some(Tick(77)),
+            ack: Some(AckFrame {
+                newest: Tick(77),
+                earlier: 0x8000_0005,
+            }),
             input_tick: Tick(80),
             input: Input { dx: -5, dy: 127 },
         };
@@ -194,6 +202,11 @@ mod tests {
         assert_eq!(parse_to_server(&[]), Err(WireError::Empty));
         assert_eq!(parse_to_server(&[9]), Err(WireError::UnknownTag(9)));
         assert_eq!(parse_to_server(&[2, 0]), Err(WireError::BadLength(2)));
+        // The old 12-byte message (4-byte ack) is refused.
+        assert_eq!(
+            parse_to_server(&encode_client(m)[..12]),
+            Err(WireError::BadLength(12))
+        );
         let mut bad = encode_client(m);
         bad[1] = 7;
         assert_eq!(parse_to_server(&bad), Err(WireError::BadFlag(7)));

@@ -98,8 +98,13 @@ pub struct EncodeStats {
     pub bytes: usize,
     /// Events carried (see [`crate::ServerReplicator::encode_for_with_events`]).
     pub events: usize,
-    /// Where the next packet should start its round-robin walk.
+    /// Where the next packet should start its round-robin walk (0 for replicator packets,
+    /// which choose by priority).
     pub next_cursor: u32,
+    /// The longest a change carried by this packet waited for it, in ticks.
+    pub max_staleness_ticks: u32,
+    /// Whether the packet came out larger than its budget (never expected; counted by callers).
+    pub over_budget: bool,
 }
 
 /// Decoder limits, from the receiving peer's configuration.
@@ -126,10 +131,10 @@ struct Candidate {
 
 /// A delta of an entropy-coded field, waiting for the range-coded tail.
 #[derive(Debug, Clone, Copy)]
-struct TailValue {
+pub(crate) struct TailValue {
     /// Index of the field among all registered fields (its model).
-    field: usize,
-    delta: i32,
+    pub(crate) field: usize,
+    pub(crate) delta: i32,
 }
 
 /// Values of [`ComponentCoding::Entropy`] components, coded after the bit-packed records.
@@ -141,7 +146,7 @@ struct Tail {
 }
 
 /// Whether `codec` (of a component coded `coding`) goes to the range-coded tail.
-fn in_tail(coding: ComponentCoding, codec: &FieldCodec) -> bool {
+pub(crate) fn in_tail(coding: ComponentCoding, codec: &FieldCodec) -> bool {
     coding == ComponentCoding::Entropy
         && matches!(codec.kind, FieldKind::Float { .. } | FieldKind::Int { .. })
         && (5..=30).contains(&codec.bits)
@@ -150,14 +155,14 @@ fn in_tail(coding: ComponentCoding, codec: &FieldCodec) -> bool {
 /// Bits reserved for a tail value: what the bit-packed code would take. The range coder is
 /// usually below that once its models have seen a few values; when a packet still comes out
 /// over budget, `encode_delta` encodes it again with a smaller budget.
-fn tail_cost(bits: u32, delta: i32) -> usize {
+pub(crate) fn tail_cost(bits: u32, delta: i32) -> usize {
     let s = bits / 2;
     let z = zigzag(i64::from(delta));
     1 + if z < (1u64 << s) { s } else { bits } as usize
 }
 
 /// Bytes the tail framing adds: a 2-byte length of the bit-packed part and the coder's flush.
-const TAIL_FRAMING_BITS: usize = 8 * 4;
+pub(crate) const TAIL_FRAMING_BITS: usize = 8 * 4;
 
 /// Reusable buffers for [`encode_delta`], so a server does not allocate per packet.
 #[derive(Debug, Default)]
@@ -403,23 +408,6 @@ pub fn encode_delta(
     stats
 }
 
-/// Appends (ascending) the ids of entities that differ between `a` and `b`: those present in
-/// only one of them go to `presence`, those whose state differs to `values`.
-pub(crate) fn changed_between(
-    a: &Snapshot,
-    b: &Snapshot,
-    presence: &mut Vec<EntityId>,
-    values: &mut Vec<EntityId>,
-) {
-    merge_walk(a, b, |i, j| match (i, j) {
-        (Some(i), Some(j)) if !same_entity(a, i, b, j) => values.push(a.entities[i].id),
-        (Some(_), Some(_)) => {}
-        (Some(i), None) => presence.push(a.entities[i].id),
-        (None, Some(j)) => presence.push(b.entities[j].id),
-        (None, None) => {}
-    });
-}
-
 /// Calls `f` once per entity id in either snapshot, ascending, with its index in each.
 fn merge_walk(a: &Snapshot, b: &Snapshot, mut f: impl FnMut(Option<usize>, Option<usize>)) {
     let (mut i, mut j) = (0, 0);
@@ -452,7 +440,7 @@ fn same_entity(a: &Snapshot, i: usize, b: &Snapshot, j: usize) -> bool {
     x.owner == y.owner && x.mask == y.mask && a.entity_words(x) == b.entity_words(y)
 }
 
-fn write_gap(w: &mut BitWriter<'_>, gap: u32) {
+pub(crate) fn write_gap(w: &mut BitWriter<'_>, gap: u32) {
     if gap == 1 {
         w.write_bool(true);
     } else if (2..18).contains(&gap) {
@@ -464,7 +452,7 @@ fn write_gap(w: &mut BitWriter<'_>, gap: u32) {
     }
 }
 
-fn read_gap(r: &mut BitReader<'_>) -> Result<u32, BitError> {
+pub(crate) fn read_gap(r: &mut BitReader<'_>) -> Result<u32, BitError> {
     if r.read_bool()? {
         return Ok(1);
     }
@@ -474,7 +462,7 @@ fn read_gap(r: &mut BitReader<'_>) -> Result<u32, BitError> {
     r.read_varint()
 }
 
-fn write_owner(w: &mut BitWriter<'_>, owner: Owner) {
+pub(crate) fn write_owner(w: &mut BitWriter<'_>, owner: Owner) {
     match owner {
         Owner::Server => w.write_bool(false),
         Owner::Client(c) => {
@@ -484,7 +472,7 @@ fn write_owner(w: &mut BitWriter<'_>, owner: Owner) {
     }
 }
 
-fn read_owner(r: &mut BitReader<'_>) -> Result<Owner, BitError> {
+pub(crate) fn read_owner(r: &mut BitReader<'_>) -> Result<Owner, BitError> {
     Ok(if r.read_bool()? {
         Owner::Client(ClientId(r.read_varint64()?))
     } else {
@@ -492,7 +480,7 @@ fn read_owner(r: &mut BitReader<'_>) -> Result<Owner, BitError> {
     })
 }
 
-fn write_mask(w: &mut BitWriter<'_>, registry: &Registry, mask: u64) {
+pub(crate) fn write_mask(w: &mut BitWriter<'_>, registry: &Registry, mask: u64) {
     let n = registry.len() as u32;
     if n > 32 {
         w.write(mask as u32, 32);
@@ -502,7 +490,7 @@ fn write_mask(w: &mut BitWriter<'_>, registry: &Registry, mask: u64) {
     }
 }
 
-fn read_mask(r: &mut BitReader<'_>, registry: &Registry) -> Result<u64, DecodeError> {
+pub(crate) fn read_mask(r: &mut BitReader<'_>, registry: &Registry) -> Result<u64, DecodeError> {
     let n = registry.len() as u32;
     let mask = if n > 32 {
         u64::from(r.read(32)?) | u64::from(r.read(n - 32)?) << 32
@@ -653,7 +641,7 @@ fn read_small(r: &mut BitReader<'_>, bits: u32, old: u32, max: u32) -> Result<u3
     Ok(v)
 }
 
-fn write_value(w: &mut BitWriter<'_>, codec: &FieldCodec, old: u32, new: u32) {
+pub(crate) fn write_value(w: &mut BitWriter<'_>, codec: &FieldCodec, old: u32, new: u32) {
     if let FieldKind::Quat { bits } = codec.kind {
         let b = u32::from(bits);
         if old >> (3 * b) == new >> (3 * b) {
@@ -671,7 +659,11 @@ fn write_value(w: &mut BitWriter<'_>, codec: &FieldCodec, old: u32, new: u32) {
     write_small(w, codec.bits, old, new);
 }
 
-fn read_value(r: &mut BitReader<'_>, codec: &FieldCodec, old: u32) -> Result<u32, DecodeError> {
+pub(crate) fn read_value(
+    r: &mut BitReader<'_>,
+    codec: &FieldCodec,
+    old: u32,
+) -> Result<u32, DecodeError> {
     if let FieldKind::Quat { bits } = codec.kind {
         let b = u32::from(bits);
         if r.read_bool()? {
@@ -687,7 +679,7 @@ fn read_value(r: &mut BitReader<'_>, codec: &FieldCodec, old: u32) -> Result<u32
     read_small(r, codec.bits, old, codec.max_q)
 }
 
-fn read_full(r: &mut BitReader<'_>, codec: &FieldCodec) -> Result<u32, DecodeError> {
+pub(crate) fn read_full(r: &mut BitReader<'_>, codec: &FieldCodec) -> Result<u32, DecodeError> {
     let v = r.read(codec.bits)?;
     if v > codec.max_q {
         return Err(DecodeError::ValueOutOfRange);
@@ -740,13 +732,13 @@ struct TailDecoder<'a> {
 }
 
 /// Reads the backwards varint at the end of an entropy-framed packet: (value, its length).
-fn read_trailer(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
+pub(crate) fn read_trailer(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
     crate::bits::read_trailer(bytes)
         .ok_or_else(|| crate::events::EventDecodeError::Malformed.into())
 }
 
 /// Fresh models, one per registered field (only entropy-coded fields use theirs).
-fn field_models(registry: &Registry) -> impl Iterator<Item = IntModel> + '_ {
+pub(crate) fn field_models(registry: &Registry) -> impl Iterator<Item = IntModel> + '_ {
     (0..registry.len()).flat_map(move |i| {
         registry
             .schema_at(i)

@@ -6,13 +6,18 @@
 //! [`Replicate`] to describe their fields and how each is quantized ([`FieldKind`]). Every
 //! entity has an [`Owner`]: the server, or one client allowed to write it.
 //!
-//! Each server tick the engine describes its replicated world through a [`SnapshotBuilder`]
-//! (implement [`WorldSource`] or call the builder directly), producing a quantized [`Snapshot`].
-//! A [`ServerReplicator`] encodes it for each client as a delta against the newest state that
-//! client acknowledged, within a packet byte budget; a [`ClientReplicator`] decodes it, applies
-//! the changes to the client's world through [`WorldSink`], and names the tick to acknowledge.
-//! After applying, the client's quantized state equals the state the server recorded for that
-//! packet bit for bit; once everything fits, it equals the server's world.
+//! The server keeps its replicated world in a [`Store`]. Each tick the engine tells it what
+//! changed ([`Store::spawn`], [`Store::set`], [`Store::remove`], [`Store::despawn`]), or builds
+//! a whole [`Snapshot`] with a [`SnapshotBuilder`] (implement [`WorldSource`] or call the
+//! builder directly) and hands it to [`Store::apply_snapshot`], which records only what
+//! differs. A [`ServerReplicator`] takes in the tick's changes once
+//! ([`ServerReplicator::update`]) and encodes a packet for each client
+//! ([`ServerReplicator::encode_for`]): the entities with unsent changes, by priority within a
+//! byte budget, each as a delta against the state that client acknowledged for it. A
+//! [`ClientReplicator`] decodes a packet, applies the changes to the client's world through
+//! [`WorldSink`], and says what to acknowledge ([`AckFrame`]). Every entity a packet carries is
+//! then bit for bit the server's state at that packet's tick; once everything fits, the
+//! client's state equals the store's.
 //!
 //! Who may write what is the server's call ([`Authority`]): clients send inputs stamped with a
 //! tick ([`InputBuffer`]) and, for entities they own, state writes that the server validates
@@ -57,6 +62,7 @@
 //!
 //! let mut registry = Registry::new();
 //! registry.register::<Pos>().unwrap();
+//! let mut store = Store::new(registry.clone(), StoreConfig::default());
 //! let mut server = ServerReplicator::new(ServerConfig::default());
 //! let mut client = ClientReplicator::new(ClientConfig::default());
 //! let me = ClientId(1);
@@ -64,16 +70,21 @@
 //! let mut world = Positions::default();
 //!
 //! for tick in 1..=3u32 {
-//!     let mut b = SnapshotBuilder::new(&registry);
-//!     b.entity(EntityId(7), Owner::Server).component(&Pos(tick as f32));
-//!     let snapshot = b.finish().unwrap();
+//!     // The engine records this tick's changes in the store.
+//!     store.begin_tick(Tick(tick)).unwrap();
+//!     if tick == 1 {
+//!         store.spawn(EntityId(7), Owner::Server).unwrap();
+//!     }
+//!     store.set(EntityId(7), &Pos(tick as f32)).unwrap();
+//!     // Once per tick, then one packet per client.
+//!     server.update(&mut store, None);
 //!     let mut packet = Vec::new();
-//!     server.encode_for(&registry, me, Tick(tick), &snapshot, &mut packet).unwrap();
+//!     server.encode_for(&store, me, &mut packet).unwrap();
 //!     // ... packet crosses the network ...
 //!     client.handle_packet(&registry, &packet, &mut world).unwrap();
 //!     // ... the ack crosses back ...
 //!     server.handle_ack(me, client.ack().unwrap()).unwrap();
-//!     assert_eq!(client.state(), &snapshot);
+//!     assert_eq!(client.snapshot(), store.snapshot());
 //! }
 //! assert_eq!(world.0, vec![(EntityId(7), 3.0)]);
 //! ```
@@ -88,6 +99,7 @@ mod ids;
 pub mod replication;
 mod schema;
 mod snapshot;
+pub mod store;
 
 pub use authority::{
     Authority, AuthorityConfig, InputBuffer, InputRejection, RejectionCounts, StateWrite,
@@ -100,7 +112,7 @@ pub use events::{
 };
 pub use ids::{ClientId, EntityId, Owner, Tick, Writer};
 pub use replication::{
-    AckOutcome, Applied, ClientConfig, ClientReplicator, ReplicationError, ServerConfig,
+    AckFrame, AckOutcome, Applied, ClientConfig, ClientReplicator, ReplicationError, ServerConfig,
     ServerReplicator, packet_header,
 };
 pub use schema::{
@@ -108,6 +120,7 @@ pub use schema::{
     FieldWriter, MAX_COMPONENT_TYPES, RawValue, Registry, Replicate, SchemaError, ValueError,
 };
 pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};
+pub use store::{Store, StoreConfig, StoreError};
 
 // Compiles and runs the README's example as a doctest.
 #[cfg(doctest)]

@@ -407,7 +407,8 @@ impl EntityBuilder<'_, '_> {
     }
 }
 
-/// What a server-side engine implements: write its replicated entities into a builder.
+/// What a server-side engine implements: write its replicated entities into a builder (the
+/// resulting [`Snapshot`] goes to [`Store::apply_snapshot`](crate::Store::apply_snapshot)).
 pub trait WorldSource {
     /// Adds every replicated entity with its owner and components.
     fn build(&self, builder: &mut SnapshotBuilder<'_>);

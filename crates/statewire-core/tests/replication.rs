@@ -1,8 +1,12 @@
-//! Property tests: for arbitrary worlds, changes, losses, reordering and acks, the client's
-//! quantized state equals the state the server recorded for every packet it applies, and equals
-//! the server's world once the network is quiet. Random and mutated bytes only ever give errors.
+//! Property tests over the store + per-client replicator: for arbitrary worlds, changes,
+//! losses, duplication, reordering, budgets and acks, every entity the client holds after a
+//! packet is a state the server's store had (the entities a packet carried: the store's state at
+//! that packet's tick), and once the network is quiet the client's quantized state equals the
+//! store's bit for bit. Random and mutated bytes only ever give errors.
 
 mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use proptest::prelude::*;
@@ -148,12 +152,140 @@ fn apply(world: &mut VecWorld, op: &Op) {
     }
 }
 
-/// One tick of network behaviour: whether the snapshot and the ack get through, after how many
-/// ticks, and the packet budget used.
+/// A client world that also records what each packet did to it.
+#[derive(Debug, Default)]
+struct Recorder {
+    world: VecWorld,
+    /// Entities spawned or changed since the last `clear`.
+    touched: BTreeSet<u32>,
+    /// Entities despawned since the last `clear`.
+    despawned: Vec<u32>,
+}
+
+impl Recorder {
+    fn clear(&mut self) {
+        self.touched.clear();
+        self.despawned.clear();
+    }
+}
+
+impl WorldSink for Recorder {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.world.spawn(id, owner);
+        self.touched.insert(id.0);
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.world.despawn(id);
+        self.despawned.push(id.0);
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        self.world.set_owner(id, owner);
+        self.touched.insert(id.0);
+    }
+    fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.world.insert(id, c);
+        self.touched.insert(id.0);
+    }
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.world.remove(id, c);
+        self.touched.insert(id.0);
+    }
+}
+
+/// The dequantized entities of `snap`, by id.
+fn ents(registry: &Registry, snap: &Snapshot) -> BTreeMap<u32, Ent> {
+    VecWorld::from_snapshot(registry, snap)
+        .ents
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect()
+}
+
+/// One server, one client, a lossless link unless the test drops things itself.
+struct Loop {
+    registry: Registry,
+    store: Store,
+    server: ServerReplicator,
+    client: ClientReplicator,
+    sink: Recorder,
+    me: ClientId,
+}
+
+impl Loop {
+    fn new(registry: Registry, history: u32, server: ServerConfig) -> Loop {
+        let me = ClientId(1);
+        let store = Store::new(
+            registry.clone(),
+            StoreConfig {
+                history_ticks: history,
+                ..StoreConfig::default()
+            },
+        );
+        let mut server = ServerReplicator::new(server);
+        server.add_client(me).unwrap();
+        let client = ClientReplicator::new(ClientConfig {
+            history_len: history,
+            ..ClientConfig::default()
+        });
+        Loop {
+            registry,
+            store,
+            server,
+            client,
+            sink: Recorder::default(),
+            me,
+        }
+    }
+
+    /// Starts tick `t` with the store equal to `world`.
+    fn set_world(&mut self, t: u32, world: &VecWorld) {
+        self.store.begin_tick(Tick(t)).unwrap();
+        self.store
+            .apply_snapshot(&world.snapshot(&self.registry))
+            .unwrap();
+    }
+
+    /// Takes in the tick's changes and encodes the client's packet.
+    fn packet(&mut self) -> (Vec<u8>, EncodeStats) {
+        self.server.update(&mut self.store, None);
+        let mut pkt = Vec::new();
+        let stats = self
+            .server
+            .encode_for(&self.store, self.me, &mut pkt)
+            .unwrap();
+        (pkt, stats)
+    }
+
+    fn deliver(&mut self, pkt: &[u8]) -> Result<Applied, DecodeError> {
+        self.sink.clear();
+        let r = self
+            .client
+            .handle_packet(&self.registry, pkt, &mut self.sink);
+        assert_eq!(
+            self.sink.world.sorted(),
+            VecWorld::from_snapshot(&self.registry, &self.client.snapshot()),
+            "the sink disagrees with the client's state"
+        );
+        r
+    }
+
+    fn ack(&mut self) -> AckOutcome {
+        let a = self.client.ack().expect("nothing to acknowledge");
+        self.server.handle_ack(self.me, a).unwrap()
+    }
+
+    fn converged(&self) -> bool {
+        self.client.snapshot() == self.store.snapshot()
+    }
+}
+
+/// One tick of network behaviour: whether the packet and the ack get through, after how many
+/// ticks, whether the packet is duplicated, and the packet budget used.
 #[derive(Debug, Clone)]
 struct Net {
     snap_delay: Option<u8>,
     ack_delay: Option<u8>,
+    duplicate: bool,
     budget: u16,
 }
 
@@ -161,11 +293,13 @@ fn net() -> impl Strategy<Value = Net> {
     (
         proptest::option::weighted(0.7, 0u8..4),
         proptest::option::weighted(0.7, 0u8..4),
+        proptest::bool::weighted(0.15),
         prop_oneof![3 => Just(1200u16), 1 => 60u16..400, 1 => Just(u16::MAX)],
     )
-        .prop_map(|(snap_delay, ack_delay, budget)| Net {
+        .prop_map(|(snap_delay, ack_delay, duplicate, budget)| Net {
             snap_delay,
             ack_delay,
+            duplicate,
             budget,
         })
 }
@@ -174,59 +308,71 @@ fn run(
     registry: &Registry,
     ops: Vec<Vec<Op>>,
     nets: Vec<Net>,
-    history_len: usize,
+    history: u32,
 ) -> Result<(), TestCaseError> {
     let me = ClientId(9);
-    let mut server = ServerReplicator::new(ServerConfig {
-        history_len,
-        ..ServerConfig::default()
-    });
+    let mut store = Store::new(
+        registry.clone(),
+        StoreConfig {
+            history_ticks: history,
+            ..StoreConfig::default()
+        },
+    );
+    let mut server = ServerReplicator::new(ServerConfig::default());
     server.add_client(me).unwrap();
     let mut client = ClientReplicator::new(ClientConfig {
-        history_len,
+        history_len: history,
         ..ClientConfig::default()
     });
     let mut world = VecWorld::default();
-    let mut mirror = VecWorld::default();
+    let mut mirror = Recorder::default();
+    // The store's (dequantized) state at the end of every tick, by tick index.
+    let mut past: Vec<BTreeMap<u32, Ent>> = Vec::new();
     let mut in_flight: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut acks: Vec<(u32, Tick)> = Vec::new();
+    let mut acks: Vec<(u32, AckFrame)> = Vec::new();
+    // Exercise wrap-around, tick u32::MAX included.
+    let first = u32::MAX - 20;
+    let tick_at = |now: u32| Tick(first.wrapping_add(now));
     let quiet = 40u32;
     let total = ops.len() as u32 + quiet;
     for now in 0..total {
-        let tick = Tick(now.wrapping_add(u32::MAX - 20)); // exercise wrap-around
+        let tick = tick_at(now);
+        store.begin_tick(tick).unwrap();
         if let Some(batch) = ops.get(now as usize) {
             for o in batch {
                 apply(&mut world, o);
             }
         }
         let snap = world.snapshot(registry);
+        store.apply_snapshot(&snap).unwrap();
+        prop_assert_eq!(&store.snapshot(), &snap);
+        past.push(ents(registry, &snap));
         let quiet_phase = now as usize >= ops.len();
         let n = if quiet_phase {
             Net {
                 snap_delay: Some(0),
                 ack_delay: Some(0),
+                duplicate: false,
                 budget: u16::MAX,
             }
         } else {
             nets[now as usize % nets.len()].clone()
         };
-        server
-            .set_packet_budget(me, Some(usize::from(n.budget)))
-            .unwrap();
+        let budget = usize::from(n.budget);
+        server.set_packet_budget(me, Some(budget)).unwrap();
+        server.update(&mut store, None);
         let mut pkt = Vec::new();
-        let stats = server
-            .encode_for(registry, me, tick, &snap, &mut pkt)
-            .unwrap();
+        let stats = server.encode_for(&store, me, &mut pkt).unwrap();
         prop_assert!(
-            pkt.len() <= usize::from(n.budget),
-            "packet of {} bytes",
-            pkt.len()
+            pkt.len() <= budget && !stats.over_budget,
+            "packet of {} bytes, budget {}",
+            pkt.len(),
+            budget
         );
-        let recorded = server.sent_state(me, tick).unwrap().clone();
-        if stats.pending == 0 && stats.oversized == 0 {
-            prop_assert_eq!(&recorded, &snap);
-        }
         if let Some(d) = n.snap_delay {
+            if n.duplicate {
+                in_flight.push((now + u32::from(d) + 1, pkt.clone()));
+            }
             in_flight.push((now + u32::from(d), pkt));
         }
         // Deliver due packets (in arrival order; equal times keep send order).
@@ -239,26 +385,56 @@ fn run(
         due.sort_by_key(|(t, _)| *t);
         for (_, p) in due {
             let header = statewire_core::packet_header(&p).unwrap();
-            let expected = server.sent_state(me, header.tick).cloned();
+            let before = client.snapshot();
+            let newest = client.tick();
+            mirror.clear();
             match client.handle_packet(registry, &p, &mut mirror) {
                 Ok(Applied::Applied(h)) => {
-                    if let Some(exp) = expected {
-                        prop_assert_eq!(client.state(), &exp, "tick {}", h.tick);
+                    prop_assert_eq!(h.tick, header.tick);
+                    prop_assert!(newest.is_none_or(|n| h.tick.is_after(n)));
+                    let at = (0..total)
+                        .position(|k| tick_at(k) == h.tick)
+                        .expect("a tick the server sent");
+                    // What the packet carried is the store's state at its tick; everything
+                    // else the client holds is a state the store had before.
+                    for (id, e) in &ents(registry, &client.snapshot()) {
+                        if mirror.touched.contains(id) {
+                            prop_assert_eq!(
+                                Some(e),
+                                past[at].get(id),
+                                "entity {} after packet {}",
+                                id,
+                                h.tick
+                            );
+                        } else {
+                            prop_assert!(
+                                past[..=at].iter().any(|s| s.get(id) == Some(e)),
+                                "entity {} after packet {}: never the server's state",
+                                id,
+                                h.tick
+                            );
+                        }
                     }
-                    let ack = client.ack().unwrap();
-                    // The mirror world, rebuilt from dequantized values, re-quantizes to the
-                    // same state: the sink saw every change.
+                    // The mirror world, rebuilt from dequantized values, matches: the sink
+                    // saw every change.
                     prop_assert_eq!(
-                        mirror.sorted(),
-                        VecWorld::from_snapshot(registry, client.state())
+                        mirror.world.sorted(),
+                        VecWorld::from_snapshot(registry, &client.snapshot())
                     );
+                    let ack = client.ack().unwrap();
+                    prop_assert!(ack.covers(h.tick));
                     if let Some(d) = if quiet_phase { Some(0) } else { n.ack_delay } {
                         acks.push((now + u32::from(d), ack));
                     }
                 }
-                Ok(_) => {}
-                Err(DecodeError::MissingBaseline(_)) => {}
-                Err(e) => prop_assert!(false, "decode error {e}"),
+                Ok(Applied::Stale(h)) => {
+                    // Late or duplicate: ignored.
+                    prop_assert!(newest.is_some_and(|n| !h.tick.is_after(n)));
+                    prop_assert_eq!(client.snapshot(), before);
+                    prop_assert!(mirror.touched.is_empty() && mirror.despawned.is_empty());
+                }
+                Ok(other) => prop_assert!(false, "unexpected {other:?}"),
+                Err(e) => prop_assert!(false, "decode error {e} on packet {}", header.tick),
             }
         }
         let (due_acks, rest): (Vec<_>, Vec<_>) = acks.iter().partition(|(t, _)| *t <= now);
@@ -267,7 +443,12 @@ fn run(
             server.handle_ack(me, a).unwrap();
         }
     }
-    prop_assert_eq!(client.state(), &world.snapshot(registry), "not converged");
+    prop_assert_eq!(client.snapshot(), store.snapshot(), "not converged");
+    prop_assert_eq!(client.snapshot(), world.snapshot(registry));
+    prop_assert_eq!(
+        mirror.world.sorted(),
+        VecWorld::from_snapshot(registry, &store.snapshot())
+    );
     Ok(())
 }
 
@@ -278,9 +459,9 @@ proptest! {
     fn client_state_matches_server(
         ops in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..60),
         nets in proptest::collection::vec(net(), 1..16),
-        history_len in prop_oneof![Just(64usize), 2usize..8],
+        history in prop_oneof![Just(64u32), 2u32..8],
     ) {
-        run(&registry(), ops, nets, history_len)?;
+        run(&registry(), ops, nets, history)?;
     }
 
     /// The same with positions and health in the range-coded tail.
@@ -288,9 +469,9 @@ proptest! {
     fn client_state_matches_server_entropy_coded(
         ops in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..60),
         nets in proptest::collection::vec(net(), 1..16),
-        history_len in prop_oneof![Just(64usize), 2usize..8],
+        history in prop_oneof![Just(64u32), 2u32..8],
     ) {
-        run(&registry_entropy(), ops, nets, history_len)?;
+        run(&registry_entropy(), ops, nets, history)?;
     }
 
     #[test]
@@ -303,7 +484,7 @@ proptest! {
         let mut sink = VecWorld::default();
         let _ = client.handle_packet(&registry, &data, &mut sink);
         // Whatever happened, the sink and the state agree.
-        prop_assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, client.state()));
+        prop_assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, &client.snapshot()));
     }
 
     /// Bit flips and cuts in a delta packet (updates included, so entropy-coded values too):
@@ -321,19 +502,16 @@ proptest! {
         for o in &ops {
             apply(&mut world, o);
         }
-        let mut server = ServerReplicator::new(ServerConfig::default());
-        server.add_client(ClientId(1)).unwrap();
-        let mut first = Vec::new();
-        server.encode_for(&registry, ClientId(1), Tick(5), &world.snapshot(&registry), &mut first).unwrap();
-        let mut client = ClientReplicator::new(ClientConfig::default());
-        let mut sink = VecWorld::default();
-        client.handle_packet(&registry, &first, &mut sink).unwrap();
-        server.handle_ack(ClientId(1), Tick(5)).unwrap();
+        let mut l = Loop::new(registry, 32, ServerConfig::default());
+        l.set_world(5, &world);
+        let (first, _) = l.packet();
+        prop_assert!(matches!(l.deliver(&first), Ok(Applied::Applied(_))));
+        l.ack();
         for o in &moves {
             apply(&mut world, o);
         }
-        let mut pkt = Vec::new();
-        server.encode_for(&registry, ClientId(1), Tick(6), &world.snapshot(&registry), &mut pkt).unwrap();
+        l.set_world(6, &world);
+        let (mut pkt, _) = l.packet();
         for (at, bit) in flips {
             let i = at % pkt.len();
             pkt[i] ^= 1 << bit;
@@ -341,62 +519,50 @@ proptest! {
         if let Some(c) = cut {
             pkt.truncate(c % (pkt.len() + 1));
         }
-        let _ = client.handle_packet(&registry, &pkt, &mut sink);
-        prop_assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, client.state()));
+        // `deliver` checks that the sink agrees with the client's state.
+        let _ = l.deliver(&pkt);
     }
 
-    /// Entropy coding changes the bytes, not the result: both registries give the same state.
+    /// Entropy coding changes the bytes, not the result: both registries give the same state,
+    /// the store's.
     #[test]
     fn entropy_and_packed_agree(
         ops in proptest::collection::vec(op(), 1..80),
         moves in proptest::collection::vec(op(), 1..40),
     ) {
         let mut states = Vec::new();
-        let mut sizes = Vec::new();
         for registry in [registry(), registry_entropy()] {
             let mut world = VecWorld::default();
             for o in &ops {
                 apply(&mut world, o);
             }
-            let mut server = ServerReplicator::new(ServerConfig::default());
-            server.add_client(ClientId(1)).unwrap();
-            let mut client = ClientReplicator::new(ClientConfig::default());
-            let mut sink = VecWorld::default();
-            let mut pkt = Vec::new();
-            server.encode_for(&registry, ClientId(1), Tick(1), &world.snapshot(&registry), &mut pkt).unwrap();
-            client.handle_packet(&registry, &pkt, &mut sink).unwrap();
-            server.handle_ack(ClientId(1), Tick(1)).unwrap();
+            let mut l = Loop::new(registry, 32, ServerConfig {
+                max_packet_bytes: 1 << 16,
+                ..ServerConfig::default()
+            });
+            l.set_world(1, &world);
+            let (pkt, stats) = l.packet();
+            prop_assert_eq!(stats.pending, 0);
+            l.deliver(&pkt).unwrap();
+            l.ack();
             for o in &moves {
                 apply(&mut world, o);
             }
-            pkt.clear();
-            server.encode_for(&registry, ClientId(1), Tick(2), &world.snapshot(&registry), &mut pkt).unwrap();
-            prop_assert!(pkt.len() <= 1200);
-            client.handle_packet(&registry, &pkt, &mut sink).unwrap();
-            states.push(VecWorld::from_snapshot(&registry, client.state()));
-            sizes.push(pkt.len());
+            l.set_world(2, &world);
+            let (pkt, stats) = l.packet();
+            prop_assert_eq!(stats.pending, 0);
+            l.deliver(&pkt).unwrap();
+            prop_assert!(l.converged());
+            states.push(l.client.snapshot());
         }
         prop_assert_eq!(&states[0], &states[1]);
     }
 }
 
-/// A budget too small for everything: every packet stays within it, and the client still
-/// converges once changes stop.
-#[test]
-fn tight_budget_converges_round_robin() {
-    let registry = registry();
-    let me = ClientId(1);
-    let mut server = ServerReplicator::new(ServerConfig {
-        max_packet_bytes: 200,
-        ..ServerConfig::default()
-    });
-    server.add_client(me).unwrap();
-    let mut client = ClientReplicator::new(ClientConfig::default());
-    let mut sink = VecWorld::default();
-    let mut world = VecWorld::default();
-    for id in 0..500 {
+fn spawn_many(world: &mut VecWorld, n: u32) {
+    for id in 0..n {
         apply(
-            &mut world,
+            world,
             &Op::Spawn {
                 id,
                 owner: None,
@@ -405,51 +571,202 @@ fn tight_budget_converges_round_robin() {
             },
         );
     }
-    let snap = world.snapshot(&registry);
-    let mut packets = 0;
+}
+
+/// A budget far too small for the world: every packet stays within it, every entity is
+/// eventually sent, and the client converges in about as few packets as the full state needs.
+/// (Replaces the round-robin cursor test of the snapshot-per-client model.)
+#[test]
+fn tight_budget_sends_every_entity_and_converges() {
+    let mut l = Loop::new(
+        registry(),
+        32,
+        ServerConfig {
+            max_packet_bytes: 200,
+            ..ServerConfig::default()
+        },
+    );
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, 500);
+    let mut received = BTreeSet::new();
+    let mut packets = 0u32;
     for t in 1..=200u32 {
-        let mut pkt = Vec::new();
-        let stats = server
-            .encode_for(&registry, me, Tick(t), &snap, &mut pkt)
-            .unwrap();
+        if t == 1 {
+            l.set_world(t, &world);
+        } else {
+            l.store.begin_tick(Tick(t)).unwrap();
+        }
+        let (pkt, stats) = l.packet();
         assert!(pkt.len() <= 200, "packet {} bytes", pkt.len());
         assert_eq!(stats.oversized, 0);
-        client.handle_packet(&registry, &pkt, &mut sink).unwrap();
-        server.handle_ack(me, client.ack().unwrap()).unwrap();
+        assert!(!stats.over_budget);
+        assert!(matches!(l.deliver(&pkt), Ok(Applied::Applied(_))));
+        assert!(l.sink.despawned.is_empty(), "despawn of a live entity");
+        received.extend(l.sink.touched.iter().copied());
+        assert_eq!(l.ack(), AckOutcome::Advanced);
         packets += 1;
-        if client.state() == &snap {
+        if l.converged() {
             break;
         }
     }
-    assert_eq!(
-        client.state(),
-        &snap,
-        "did not converge in {packets} packets"
-    );
+    assert!(l.converged(), "did not converge in {packets} packets");
+    assert_eq!(received.len(), 500);
     // The full state alone needs this many 200-byte packets.
     let bits: u32 = (0..3)
-        .map(|i| registry.schema(ComponentId(i)).unwrap().full_bits())
+        .map(|i| l.registry.schema(ComponentId(i)).unwrap().full_bits())
         .sum();
     let floor = (500 * bits).div_ceil(200 * 8);
     assert!(packets >= floor, "{packets} packets < {floor}");
-    assert_eq!(sink.sorted(), VecWorld::from_snapshot(&registry, &snap));
+    assert!(
+        packets <= floor * 2 + 2,
+        "{packets} packets for a floor of {floor}"
+    );
+    assert_eq!(
+        l.sink.world.sorted(),
+        VecWorld::from_snapshot(&l.registry, &world.snapshot(&l.registry))
+    );
 }
 
-/// An ack older than the ring forces a full-state packet that still decodes.
+/// Every entity changes every tick and a packet holds a fraction of them: priority still sends
+/// each one within a bounded number of packets (nothing starves), and the client converges
+/// once the changes stop.
 #[test]
-fn baseline_out_of_ring_falls_back_to_full_state() {
-    let registry = registry();
-    let me = ClientId(1);
-    let mut server = ServerReplicator::new(ServerConfig {
-        history_len: 4,
-        ..ServerConfig::default()
-    });
-    server.add_client(me).unwrap();
-    let mut client = ClientReplicator::new(ClientConfig {
-        history_len: 4,
-        ..ClientConfig::default()
-    });
-    let mut sink = VecWorld::default();
+fn tight_budget_with_constant_changes_starves_nothing() {
+    let n = 300u32;
+    let mut l = Loop::new(
+        registry(),
+        32,
+        ServerConfig {
+            max_packet_bytes: 200,
+            ..ServerConfig::default()
+        },
+    );
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, n);
+    let mut last_seen = vec![0u32; n as usize];
+    let mut min_records = usize::MAX;
+    let mut worst = 0u32;
+    let moving = 300u32;
+    for t in 1..=moving + 200 {
+        if t <= moving {
+            for e in &mut world.ents {
+                if let Some(p) = &mut e.pos {
+                    p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
+                }
+            }
+        }
+        l.set_world(t, &world);
+        let (pkt, stats) = l.packet();
+        assert!(pkt.len() <= 200 && !stats.over_budget);
+        if t <= moving {
+            min_records = min_records.min(stats.records);
+        }
+        l.deliver(&pkt).unwrap();
+        l.ack();
+        for &id in &l.sink.touched {
+            last_seen[id as usize] = t;
+        }
+        if t <= moving && t > 50 {
+            for (id, &s) in last_seen.iter().enumerate() {
+                worst = worst.max(t - s);
+                assert!(
+                    t - s <= 2 * n.div_ceil(min_records as u32) + 2,
+                    "entity {id} waited {} packets at tick {t} (min {min_records} records/packet)",
+                    t - s
+                );
+            }
+        }
+        if t > moving && l.converged() {
+            break;
+        }
+    }
+    assert!(l.converged(), "did not converge after the changes stopped");
+    assert!(worst > 0);
+}
+
+/// A small xorshift generator for the seeded tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// A small budget while packets and acks are lost in bursts: entities the server keeps never
+/// disappear from the client (no flicker: no despawn, no double spawn), and the client
+/// converges once the link is clean. (Replaces the history-ring "flicker" caveat of the
+/// snapshot-per-client model.)
+#[test]
+fn tight_budget_and_lost_acks_never_flicker() {
+    for seed in 1..=8u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut l = Loop::new(
+            registry(),
+            8,
+            ServerConfig {
+                max_packet_bytes: 150,
+                ..ServerConfig::default()
+            },
+        );
+        let mut world = VecWorld::default();
+        spawn_many(&mut world, 150);
+        let mut held = 0;
+        let mut burst = 0;
+        for t in 1..=600u32 {
+            let noisy = t <= 300;
+            if noisy {
+                for _ in 0..10 {
+                    let i = (rng.next() % 150) as usize;
+                    if let Some(p) = &mut world.ents[i].pos {
+                        p.y = ((rng.next() % 512) as f32) / 4.0;
+                    }
+                }
+            }
+            l.set_world(t, &world);
+            let (pkt, stats) = l.packet();
+            assert!(pkt.len() <= 150 && !stats.over_budget, "seed {seed}");
+            if noisy && burst == 0 && rng.chance(10) {
+                burst = 1 + rng.next() % 12;
+            }
+            let lost = noisy && (burst > 0 || rng.chance(20));
+            burst = burst.saturating_sub(1);
+            if !lost {
+                l.deliver(&pkt)
+                    .unwrap_or_else(|e| panic!("seed {seed} tick {t}: {e}"));
+                assert!(
+                    l.sink.despawned.is_empty(),
+                    "seed {seed} tick {t}: despawned {:?}",
+                    l.sink.despawned
+                );
+                assert!(
+                    l.client.len() >= held,
+                    "seed {seed} tick {t}: entities vanished"
+                );
+                held = l.client.len();
+                if !noisy || !rng.chance(40) {
+                    l.ack();
+                }
+            }
+            if !noisy && l.converged() {
+                break;
+            }
+        }
+        assert!(l.converged(), "seed {seed}: did not converge");
+    }
+}
+
+/// Lost packets for longer than the shared history: the entity's next record is a full state
+/// (a client holding nothing can apply it), and acks are judged per packet.
+#[test]
+fn baseline_older_than_history_falls_back_to_full_state() {
+    let mut l = Loop::new(registry(), 4, ServerConfig::default());
     let mut world = VecWorld::default();
     apply(
         &mut world,
@@ -460,16 +777,12 @@ fn baseline_out_of_ring_falls_back_to_full_state() {
             seed: 1,
         },
     );
+    l.set_world(1, &world);
+    let (pkt, _) = l.packet();
+    l.deliver(&pkt).unwrap();
+    assert_eq!(l.ack(), AckOutcome::Advanced);
+    // Ten packets lost: the acknowledged tick 1 leaves the history window.
     let mut pkt = Vec::new();
-    server
-        .encode_for(&registry, me, Tick(1), &world.snapshot(&registry), &mut pkt)
-        .unwrap();
-    client.handle_packet(&registry, &pkt, &mut sink).unwrap();
-    assert_eq!(
-        server.handle_ack(me, Tick(1)).unwrap(),
-        AckOutcome::Advanced
-    );
-    // Ten packets lost: tick 1 leaves the server's ring.
     for t in 2..12 {
         apply(
             &mut world,
@@ -479,30 +792,90 @@ fn baseline_out_of_ring_falls_back_to_full_state() {
                 dy: 5,
             },
         );
-        pkt.clear();
-        server
-            .encode_for(&registry, me, Tick(t), &world.snapshot(&registry), &mut pkt)
-            .unwrap();
+        l.set_world(t, &world);
+        pkt = l.packet().0;
     }
-    let header = statewire_core::packet_header(&pkt).unwrap();
-    assert_eq!(header.baseline, None, "expected a full-state packet");
-    client.handle_packet(&registry, &pkt, &mut sink).unwrap();
-    assert_eq!(client.state(), &world.snapshot(&registry));
-    assert_eq!(server.handle_ack(me, Tick(1)).unwrap(), AckOutcome::Stale);
+    let mut fresh = ClientReplicator::new(ClientConfig::default());
+    let mut fresh_sink = VecWorld::default();
+    assert!(
+        matches!(
+            fresh.handle_packet(&l.registry, &pkt, &mut fresh_sink),
+            Ok(Applied::Applied(_))
+        ),
+        "expected a full-state record"
+    );
+    assert_eq!(fresh.snapshot(), l.store.snapshot());
+    l.deliver(&pkt).unwrap();
+    assert!(l.converged());
+    let me = l.me;
     assert_eq!(
-        server.handle_ack(me, Tick(500)).unwrap(),
+        l.server.handle_ack(me, AckFrame::single(Tick(1))).unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(
+        l.server
+            .handle_ack(me, AckFrame::single(Tick(500)))
+            .unwrap(),
         AckOutcome::Unknown
     );
+    assert_eq!(l.ack(), AckOutcome::Advanced);
+    assert_eq!(l.server.acked(me), Some(Tick(11)));
+    // Acknowledged again: the next change is a delta (a client holding nothing cannot use it).
+    apply(
+        &mut world,
+        &Op::Move {
+            idx: 0,
+            dx: 1,
+            dy: 0,
+        },
+    );
+    l.set_world(12, &world);
+    let (pkt, _) = l.packet();
+    let mut fresh = ClientReplicator::new(ClientConfig::default());
+    assert!(matches!(
+        fresh.handle_packet(&l.registry, &pkt, &mut VecWorld::default()),
+        Err(DecodeError::MissingBaseline(Tick(11)))
+    ));
+    l.deliver(&pkt).unwrap();
+    assert!(l.converged());
+}
+
+/// An entity that does not change for longer than the history window keeps its one version,
+/// and its next change is still a delta against the state the client acknowledged.
+#[test]
+fn idle_entity_deltas_against_its_old_acknowledged_state() {
+    let mut l = Loop::new(registry(), 4, ServerConfig::default());
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, 2);
+    l.set_world(1, &world);
+    let (pkt, _) = l.packet();
+    l.deliver(&pkt).unwrap();
+    l.ack();
+    // Entity 1 keeps changing; entity 0 sits still for 40 ticks.
+    for t in 2..=41 {
+        world.ents[1].health.as_mut().unwrap().hp = i64::from(t);
+        l.set_world(t, &world);
+        let (pkt, _) = l.packet();
+        l.deliver(&pkt).unwrap();
+        l.ack();
+    }
+    world.ents[0].health.as_mut().unwrap().hp = 7;
+    l.set_world(42, &world);
+    let (pkt, _) = l.packet();
+    // Both records are deltas: a client holding nothing cannot apply the packet.
+    let mut fresh = ClientReplicator::new(ClientConfig::default());
+    assert!(matches!(
+        fresh.handle_packet(&l.registry, &pkt, &mut VecWorld::default()),
+        Err(DecodeError::MissingBaseline(_))
+    ));
+    l.deliver(&pkt).unwrap();
+    assert!(l.converged());
+    assert_eq!(l.sink.touched, BTreeSet::from([0]));
 }
 
 #[test]
 fn stale_and_duplicate_packets_are_ignored_and_missing_baseline_is_an_error() {
-    let registry = registry();
-    let me = ClientId(1);
-    let mut server = ServerReplicator::new(ServerConfig::default());
-    server.add_client(me).unwrap();
-    let mut client = ClientReplicator::new(ClientConfig::default());
-    let mut sink = VecWorld::default();
+    let mut l = Loop::new(registry(), 32, ServerConfig::default());
     let mut world = VecWorld::default();
     apply(
         &mut world,
@@ -513,11 +886,15 @@ fn stale_and_duplicate_packets_are_ignored_and_missing_baseline_is_an_error() {
             seed: 1,
         },
     );
-    let mut p1 = Vec::new();
-    server
-        .encode_for(&registry, me, Tick(1), &world.snapshot(&registry), &mut p1)
-        .unwrap();
-    server.handle_ack(me, Tick(1)).unwrap(); // server believes tick 1 arrived
+    l.set_world(1, &world);
+    let (p1, _) = l.packet();
+    // The server is told tick 1 arrived, though this client never got it.
+    assert_eq!(
+        l.server
+            .handle_ack(l.me, AckFrame::single(Tick(1)))
+            .unwrap(),
+        AckOutcome::Advanced
+    );
     apply(
         &mut world,
         &Op::Move {
@@ -526,31 +903,219 @@ fn stale_and_duplicate_packets_are_ignored_and_missing_baseline_is_an_error() {
             dy: 0,
         },
     );
-    let mut p2 = Vec::new();
-    server
-        .encode_for(&registry, me, Tick(2), &world.snapshot(&registry), &mut p2)
-        .unwrap();
-    // p2 is a delta against tick 1, which this client never got.
+    l.set_world(2, &world);
+    let (p2, _) = l.packet();
+    // p2 is a delta against tick 1.
+    assert_eq!(l.deliver(&p2), Err(DecodeError::MissingBaseline(Tick(1))));
+    assert!(l.client.is_empty());
+    assert_eq!(l.client.ack(), None);
+    assert!(matches!(l.deliver(&p1), Ok(Applied::Applied(_))));
+    assert!(matches!(l.deliver(&p1), Ok(Applied::Stale(_))));
+    assert!(matches!(l.deliver(&p2), Ok(Applied::Applied(_))));
+    assert!(matches!(l.deliver(&p2), Ok(Applied::Stale(_))));
+    assert_eq!(l.client.late_packets(), 2);
+    assert_eq!(l.client.tick(), Some(Tick(2)));
+    assert!(l.converged());
+    let mut out = Vec::new();
     assert_eq!(
-        client.handle_packet(&registry, &p2, &mut sink),
-        Err(DecodeError::MissingBaseline(Tick(1)))
-    );
-    assert!(client.state().is_empty());
-    assert!(matches!(
-        client.handle_packet(&registry, &p1, &mut sink),
-        Ok(Applied::Applied(_))
-    ));
-    assert!(matches!(
-        client.handle_packet(&registry, &p1, &mut sink),
-        Ok(Applied::Stale(_))
-    ));
-    assert!(matches!(
-        client.handle_packet(&registry, &p2, &mut sink),
-        Ok(Applied::Applied(_))
-    ));
-    assert_eq!(client.state(), &world.snapshot(&registry));
-    assert_eq!(
-        server.encode_for(&registry, me, Tick(2), &world.snapshot(&registry), &mut p2),
+        l.server.encode_for(&l.store, l.me, &mut out),
         Err(ReplicationError::StaleTick(Tick(2)))
+    );
+}
+
+/// A packet overtaken by a newer one is dropped and not acknowledged; the server learns from
+/// the ack that it was lost and sends what it carried again.
+#[test]
+fn reordered_packet_is_dropped_and_its_content_resent() {
+    let mut l = Loop::new(registry(), 32, ServerConfig::default());
+    let mut world = VecWorld::default();
+    let spawn = |world: &mut VecWorld, id| {
+        apply(
+            world,
+            &Op::Spawn {
+                id,
+                owner: None,
+                comps: 5,
+                seed: id,
+            },
+        );
+    };
+    spawn(&mut world, 1);
+    l.set_world(1, &world);
+    let (p1, _) = l.packet();
+    spawn(&mut world, 2);
+    l.set_world(2, &world);
+    let (p2, s2) = l.packet();
+    assert_eq!(s2.records, 1, "entity 1 is in flight, only entity 2 is new");
+    assert!(matches!(l.deliver(&p2), Ok(Applied::Applied(_))));
+    assert!(matches!(l.deliver(&p1), Ok(Applied::Stale(_))));
+    assert_eq!(l.client.late_packets(), 1);
+    let ack = l.client.ack().unwrap();
+    assert_eq!(ack, AckFrame::single(Tick(2)));
+    assert!(!ack.covers(Tick(1)));
+    assert!(!l.client.contains(EntityId(1)));
+    assert_eq!(
+        l.server.handle_ack(l.me, ack).unwrap(),
+        AckOutcome::Advanced
+    );
+    l.store.begin_tick(Tick(3)).unwrap();
+    let (p3, s3) = l.packet();
+    assert_eq!(s3.records, 1, "entity 1 again");
+    l.deliver(&p3).unwrap();
+    assert!(l.converged());
+    assert_eq!(l.ack(), AckOutcome::Advanced);
+    l.store.begin_tick(Tick(4)).unwrap();
+    assert_eq!(l.packet().1.records, 0, "nothing left to send");
+}
+
+#[test]
+fn ack_frames_cover_the_packets_they_name_and_round_trip() {
+    let a = AckFrame {
+        newest: Tick(1),
+        earlier: 0b101,
+    };
+    assert!(a.covers(Tick(1)));
+    assert!(a.covers(Tick(0)));
+    assert!(!a.covers(Tick(u32::MAX)));
+    assert!(a.covers(Tick(u32::MAX - 1)), "across wrap-around");
+    assert!(!a.covers(Tick(2)));
+    assert_eq!(AckFrame::decode(&a.encode()), Some(a));
+    assert_eq!(AckFrame::decode(&a.encode()[..7]), None);
+    // The client's frame after applying ticks 10, 11 and 13.
+    let mut l = Loop::new(registry(), 32, ServerConfig::default());
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, 1);
+    for t in 10..=13 {
+        world.ents[0].health.as_mut().unwrap().hp = i64::from(t);
+        l.set_world(t, &world);
+        let (pkt, _) = l.packet();
+        if t != 12 {
+            l.deliver(&pkt).unwrap();
+        }
+    }
+    assert_eq!(
+        l.client.ack(),
+        Some(AckFrame {
+            newest: Tick(13),
+            earlier: 0b110
+        })
+    );
+    assert_eq!(l.ack(), AckOutcome::Advanced);
+    assert!(l.converged());
+}
+
+/// Regression: tick `u32::MAX` is an ordinary tick (records once used it as "no tick", so an
+/// entity sent at `u32::MAX` and despawned at 0 kept living on the client).
+#[test]
+fn entity_sent_at_tick_u32_max_gets_its_despawn() {
+    let mut l = Loop::new(registry(), 32, ServerConfig::default());
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, 1);
+    l.set_world(u32::MAX, &world);
+    let (pkt, _) = l.packet();
+    l.deliver(&pkt).unwrap();
+    assert_eq!(l.ack(), AckOutcome::Advanced);
+    assert!(l.client.contains(EntityId(0)));
+    world.ents.clear();
+    l.set_world(0, &world);
+    let (pkt, _) = l.packet();
+    l.deliver(&pkt).unwrap();
+    l.ack();
+    assert!(
+        !l.client.contains(EntityId(0)),
+        "the client still holds entity 0, despawned at tick 0"
+    );
+    assert!(l.converged());
+}
+
+/// A client world that also collects events and despawns per packet.
+#[derive(Debug, Default)]
+struct EventWorld {
+    world: VecWorld,
+    events: Vec<GameEvent>,
+    despawned: Vec<EntityId>,
+}
+
+impl WorldSink for EventWorld {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.world.spawn(id, owner);
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.world.despawn(id);
+        self.despawned.push(id);
+    }
+    fn insert(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.world.insert(id, c);
+    }
+    fn remove(&mut self, id: EntityId, c: ComponentView<'_>) {
+        self.world.remove(id, c);
+    }
+}
+
+impl EventSink for EventWorld {
+    fn event(&mut self, e: &GameEvent) {
+        self.events.push(e.clone());
+    }
+}
+
+/// Regression: the despawn of an entity an event names travels in every packet that carries
+/// the event, even while an earlier copy of the despawn is still in flight (it may be lost).
+#[test]
+fn event_resent_after_loss_carries_its_despawn() {
+    let registry = registry();
+    let me = ClientId(1);
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    server.add_client(me).unwrap();
+    let mut events = EventServer::new(EventConfig::default());
+    let mut client = ClientReplicator::new(ClientConfig::default());
+    let mut sink = EventWorld::default();
+    let enemy = EntityId(100);
+    // Tick 1: the enemy exists; delivered and acknowledged.
+    store.begin_tick(Tick(1)).unwrap();
+    store.spawn(enemy, Owner::Server).unwrap();
+    server.update(&mut store, Some(&events));
+    let mut pkt = Vec::new();
+    server
+        .encode_for_with_events(&store, me, &events, &mut pkt)
+        .unwrap();
+    client
+        .handle_packet_with_events(&registry, &pkt, &mut sink)
+        .unwrap();
+    server.handle_ack(me, client.ack().unwrap()).unwrap();
+    // Tick 2: it is killed and despawned; the packet is lost.
+    store.begin_tick(Tick(2)).unwrap();
+    events
+        .propose(Proposal {
+            proposer: Writer::Server,
+            seq: 0,
+            tick: Tick(2),
+            kind: 1,
+            entities: [enemy].into_iter().collect(),
+            data: Default::default(),
+        })
+        .unwrap();
+    assert_eq!(events.resolve(Tick(2), |_| true).len(), 1);
+    store.despawn(enemy).unwrap();
+    server.update(&mut store, Some(&events));
+    pkt.clear();
+    server
+        .encode_for_with_events(&store, me, &events, &mut pkt)
+        .unwrap();
+    // Tick 3: the event is sent again, and must bring the despawn with it.
+    store.begin_tick(Tick(3)).unwrap();
+    server.update(&mut store, Some(&events));
+    pkt.clear();
+    server
+        .encode_for_with_events(&store, me, &events, &mut pkt)
+        .unwrap();
+    client
+        .handle_packet_with_events(&registry, &pkt, &mut sink)
+        .unwrap();
+    assert_eq!(sink.events.len(), 1, "the death arrives");
+    assert_eq!(
+        sink.despawned,
+        vec![enemy],
+        "the death arrived without the despawn of the entity it names"
     );
 }

@@ -1,0 +1,1393 @@
+//! The server half: per-client views over the shared [`Store`], interest, priority, packets and
+//! per-packet acknowledgements.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use super::records::{TailBuf, copy_bits, write_despawn, write_full, write_update};
+use super::{AckFrame, AckOutcome, ReplicationError, ServerConfig};
+use crate::bits::BitWriter;
+use crate::codec::range::RangeEncoder;
+use crate::delta::{EncodeStats, TAIL_FRAMING_BITS, field_models, write_gap};
+use crate::events::{EventId, EventServer, GameEvent, encode_events, put_varint};
+use crate::ids::{ClientId, EntityId, Owner, Tick};
+use crate::schema::ComponentId;
+use crate::store::{Slot, Store};
+
+/// Record flags.
+const PENDING: u16 = 1;
+/// Out of interest (or despawned): the client must be told to despawn it.
+const LEAVING: u16 = 2;
+/// A despawn is in flight in the packet of tick `sent`.
+const DESPAWN_SENT: u16 = 4;
+/// An event the client has not acknowledged names it: keep it in view.
+const PINNED: u16 = 8;
+/// A packet that may have carried a newer state was given up without a definite answer.
+const MAYBE_NEWER: u16 = 16;
+/// Marked for removal (compacted in the next update).
+const DEAD: u16 = 32;
+/// The client may hold some state of it that `known` does not name (a despawn was sent and
+/// not yet confirmed): only a full record or a despawn is safe.
+const HELD: u16 = 64;
+/// `known` holds a tick.
+const HAS_KNOWN: u16 = 128;
+/// `sent` holds a tick.
+const HAS_SENT: u16 = 256;
+
+/// What a client holds of one entity: 16 bytes, kept with the entity's slot (one per client
+/// that sees it), so a change fans out to exactly the clients that see it.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    client: u16,
+    flags: u16,
+    /// Tick of the newest packet the client acknowledged with this entity's state (if
+    /// `HAS_KNOWN`; otherwise the client is not known to hold it).
+    known: u32,
+    /// Tick of the newest packet in flight carrying it (if `HAS_SENT`).
+    sent: u32,
+    /// Priority accumulator: grows while changes wait, drops to zero when sent.
+    prio: f32,
+}
+
+impl Rec {
+    fn fresh(client: u16) -> Rec {
+        Rec {
+            client,
+            flags: 0,
+            known: 0,
+            sent: 0,
+            prio: 0.0,
+        }
+    }
+
+    fn known(&self) -> Option<u32> {
+        (self.flags & HAS_KNOWN != 0).then_some(self.known)
+    }
+
+    fn sent(&self) -> Option<u32> {
+        (self.flags & HAS_SENT != 0).then_some(self.sent)
+    }
+
+    fn set_known(&mut self, t: Option<u32>) {
+        self.known = t.unwrap_or(0);
+        self.flags = (self.flags & !HAS_KNOWN) | if t.is_some() { HAS_KNOWN } else { 0 };
+    }
+
+    fn set_sent(&mut self, t: Option<u32>) {
+        self.sent = t.unwrap_or(0);
+        self.flags = (self.flags & !HAS_SENT) | if t.is_some() { HAS_SENT } else { 0 };
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    State,
+    Despawn,
+}
+
+#[derive(Debug, Default)]
+struct SentPacket {
+    tick: Tick,
+    entries: Vec<(u32, EntryKind)>,
+    events_upto: u64,
+}
+
+type Filter = Box<dyn Fn(EntityId) -> bool + Send + Sync>;
+
+struct ClientState {
+    id: ClientId,
+    viewer: Option<[f32; 2]>,
+    radius: f32,
+    rooms: u64,
+    filter: Option<Filter>,
+    /// Slots that may be in its view (compacted at each requery).
+    view: Vec<u32>,
+    view_len: usize,
+    /// Slots with the `PENDING` flag.
+    pending: Vec<u32>,
+    in_flight: VecDeque<SentPacket>,
+    last_sent: Option<Tick>,
+    last_ack: Option<Tick>,
+    events_acked: u64,
+    pinned: Vec<(u32, u64)>,
+    budget: Option<usize>,
+    requery: bool,
+    /// Whether it has been filled with its initial view.
+    populated: bool,
+}
+
+impl std::fmt::Debug for ClientState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientState")
+            .field("id", &self.id)
+            .field("view", &self.view_len)
+            .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A candidate record for one packet.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    slot: u32,
+    id: EntityId,
+    kind: CandKind,
+    required: bool,
+    prio: f32,
+    /// Body bits in the scratch buffer.
+    start: usize,
+    len: usize,
+    tail: (usize, usize),
+    tail_bits: usize,
+    staleness: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CandKind {
+    Full,
+    Update,
+    Despawn,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    cands: Vec<Cand>,
+    chosen: Vec<usize>,
+    bits: Vec<u8>,
+    tail: TailBuf,
+    packet_bits: Vec<u8>,
+    section: Vec<u8>,
+    hold: Vec<u32>,
+    need: Vec<u32>,
+}
+
+/// Server half of replication. One per [`Store`]. Sans-IO: the caller moves the bytes.
+///
+/// Per tick: change the store, [`ServerReplicator::update`] once, then
+/// [`ServerReplicator::encode_for`] (or `_with_events`) for each client; feed acknowledgements
+/// to [`ServerReplicator::handle_ack`] as they arrive.
+pub struct ServerReplicator {
+    config: ServerConfig,
+    clients: Vec<Option<ClientState>>,
+    by_id: HashMap<ClientId, u16>,
+    free_idx: Vec<u16>,
+    /// Per store slot, the clients that hold it, sorted by client index.
+    viewers: Vec<Vec<Rec>>,
+    /// Slots whose records changed structurally and must be compacted / unreferenced.
+    dirty_slots: Vec<u32>,
+    /// Store slots that lost a reference (their record was removed).
+    unref: Vec<u32>,
+    log_seen: Option<Tick>,
+    tick_count: u32,
+    component_weights: Vec<f32>,
+    events_seen: u64,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for ServerReplicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerReplicator")
+            .field("config", &self.config)
+            .field("clients", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerReplicator {
+    /// A replicator with no clients.
+    #[must_use]
+    pub fn new(config: ServerConfig) -> Self {
+        let mut config = config;
+        config.max_clients = config.max_clients.clamp(1, usize::from(u16::MAX));
+        config.max_in_flight = config.max_in_flight.clamp(1, 1024);
+        ServerReplicator {
+            config,
+            clients: Vec::new(),
+            by_id: HashMap::new(),
+            free_idx: Vec::new(),
+            viewers: Vec::new(),
+            dirty_slots: Vec::new(),
+            unref: Vec::new(),
+            log_seen: None,
+            tick_count: 0,
+            component_weights: Vec::new(),
+            events_seen: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Starts replicating to `client` (from the empty state); its view is filled at the next
+    /// [`ServerReplicator::update`].
+    pub fn add_client(&mut self, client: ClientId) -> Result<(), ReplicationError> {
+        if self.by_id.contains_key(&client) {
+            return Err(ReplicationError::DuplicateClient(client));
+        }
+        if self.by_id.len() >= self.config.max_clients {
+            return Err(ReplicationError::TooManyClients(self.config.max_clients));
+        }
+        let idx = match self.free_idx.pop() {
+            Some(i) => i,
+            None => {
+                self.clients.push(None);
+                (self.clients.len() - 1) as u16
+            }
+        };
+        self.clients[usize::from(idx)] = Some(ClientState {
+            id: client,
+            viewer: None,
+            radius: self.config.interest_radius,
+            rooms: u64::MAX,
+            filter: None,
+            view: Vec::new(),
+            view_len: 0,
+            pending: Vec::new(),
+            in_flight: VecDeque::new(),
+            last_sent: None,
+            last_ack: None,
+            events_acked: self.events_seen,
+            pinned: Vec::new(),
+            budget: None,
+            requery: true,
+            populated: false,
+        });
+        self.by_id.insert(client, idx);
+        Ok(())
+    }
+
+    /// Forgets `client` and everything kept for it. Returns whether it was known.
+    pub fn remove_client(&mut self, client: ClientId) -> bool {
+        let Some(idx) = self.by_id.remove(&client) else {
+            return false;
+        };
+        if let Some(c) = self.clients[usize::from(idx)].take() {
+            for &s in &c.view {
+                if let Some(list) = self.viewers.get_mut(s as usize) {
+                    if let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) {
+                        if list[k].flags & DEAD == 0 {
+                            list[k].flags |= DEAD;
+                            self.unref.push(s);
+                            self.dirty_slots.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        self.free_idx.push(idx);
+        // Give back trailing slots of departed clients.
+        while self.clients.last().is_some_and(Option::is_none) {
+            self.clients.pop();
+            let top = self.clients.len() as u16;
+            self.free_idx.retain(|&i| i != top);
+        }
+        if self.clients.len() < self.clients.capacity() / 4 {
+            self.clients.shrink_to(self.clients.len() * 2);
+        }
+        true
+    }
+
+    /// Registered clients, in no particular order.
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.by_id.keys().copied()
+    }
+
+    /// The newest packet tick `client` acknowledged.
+    #[must_use]
+    pub fn acked(&self, client: ClientId) -> Option<Tick> {
+        self.client(client)?.last_ack
+    }
+
+    /// Entities in `client`'s view (including those whose despawn is still on its way).
+    #[must_use]
+    pub fn view_len(&self, client: ClientId) -> Option<usize> {
+        Some(self.client(client)?.view_len)
+    }
+
+    /// Whether `id` is in `client`'s view (it holds it or will receive it).
+    #[must_use]
+    pub fn in_view(&self, store: &Store, client: ClientId, id: EntityId) -> bool {
+        let (Some(&idx), Some(s)) = (self.by_id.get(&client), store.live_slot(id)) else {
+            return false;
+        };
+        self.rec_of(s, idx)
+            .is_some_and(|r| r.flags & (LEAVING | DEAD | DESPAWN_SENT) == 0)
+    }
+
+    /// Sets a per-client packet byte budget (`None`: [`ServerConfig::max_packet_bytes`]), e.g.
+    /// to follow a bandwidth estimate.
+    pub fn set_packet_budget(
+        &mut self,
+        client: ClientId,
+        bytes: Option<usize>,
+    ) -> Result<(), ReplicationError> {
+        self.client_mut(client)?.budget = bytes;
+        Ok(())
+    }
+
+    /// Sets where `client` looks from (its player's position on the interest plane) and its
+    /// interest radius (`None`: [`ServerConfig::interest_radius`]; 0: everything).
+    pub fn set_viewer(
+        &mut self,
+        client: ClientId,
+        at: Option<[f32; 2]>,
+        radius: Option<f32>,
+    ) -> Result<(), ReplicationError> {
+        let default = self.config.interest_radius;
+        let c = self.client_mut(client)?;
+        c.viewer = at.filter(|p| p[0].is_finite() && p[1].is_finite());
+        let r = radius.unwrap_or(default);
+        c.radius = if r.is_finite() { r.max(0.0) } else { 0.0 };
+        Ok(())
+    }
+
+    /// Sets the rooms (or teams) `client` sees: bit `i` is room `i`. Entities in no room are seen
+    /// by everyone; others by clients sharing one of their rooms. Default: every room.
+    pub fn set_rooms(&mut self, client: ClientId, rooms: u64) -> Result<(), ReplicationError> {
+        let c = self.client_mut(client)?;
+        c.rooms = rooms;
+        c.requery = true;
+        Ok(())
+    }
+
+    /// Sets a custom filter: `client` sees only entities for which it returns true (on top of
+    /// distance and rooms). Entities it owns are always seen.
+    pub fn set_filter(
+        &mut self,
+        client: ClientId,
+        filter: Option<Box<dyn Fn(EntityId) -> bool + Send + Sync>>,
+    ) -> Result<(), ReplicationError> {
+        let c = self.client_mut(client)?;
+        c.filter = filter;
+        c.requery = true;
+        Ok(())
+    }
+
+    /// Sets how much a change of component `cid` raises its entity's priority (default 1): a
+    /// score at 0.1 goes out about a tenth as often as a position when both wait.
+    pub fn set_component_weight(&mut self, cid: ComponentId, weight: f32) {
+        let i = usize::from(cid.0);
+        if self.component_weights.len() <= i {
+            self.component_weights.resize(i + 1, 1.0);
+        }
+        let w = if weight.is_finite() { weight } else { 1.0 };
+        self.component_weights[i] = w.clamp(0.01, 100.0);
+    }
+
+    /// The lowest event id every client has acknowledged: events up to it can be trimmed with
+    /// [`EventServer::trim_through`].
+    #[must_use]
+    pub fn min_acked_event(&self) -> Option<EventId> {
+        self.clients
+            .iter()
+            .flatten()
+            .map(|c| c.events_acked)
+            .min()
+            .filter(|&m| m > 0)
+            .map(EventId)
+    }
+
+    /// Bytes this replicator holds for its clients (records, views, packets in flight), from
+    /// capacities: the per-client cost of replication (the shared store is
+    /// [`Store::memory_bytes`]).
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        let rec = std::mem::size_of::<Rec>();
+        let mut n = self.viewers.capacity() * std::mem::size_of::<Vec<Rec>>()
+            + self
+                .viewers
+                .iter()
+                .map(|v| v.capacity() * rec)
+                .sum::<usize>()
+            + self.clients.capacity() * std::mem::size_of::<Option<ClientState>>()
+            + (self.dirty_slots.capacity() + self.unref.capacity()) * 4;
+        for c in self.clients.iter().flatten() {
+            n += (c.view.capacity() + c.pending.capacity()) * 4;
+            n += c.pinned.capacity() * 16;
+            n += c.in_flight.capacity() * std::mem::size_of::<SentPacket>();
+            n += c
+                .in_flight
+                .iter()
+                .map(|p| p.entries.capacity() * 8)
+                .sum::<usize>();
+        }
+        n
+    }
+
+    fn client(&self, id: ClientId) -> Option<&ClientState> {
+        let &idx = self.by_id.get(&id)?;
+        self.clients[usize::from(idx)].as_ref()
+    }
+
+    fn client_mut(&mut self, id: ClientId) -> Result<&mut ClientState, ReplicationError> {
+        let &idx = self
+            .by_id
+            .get(&id)
+            .ok_or(ReplicationError::UnknownClient(id))?;
+        self.clients[usize::from(idx)]
+            .as_mut()
+            .ok_or(ReplicationError::UnknownClient(id))
+    }
+
+    fn rec_of(&self, slot: u32, idx: u16) -> Option<&Rec> {
+        let list = self.viewers.get(slot as usize)?;
+        let k = list.binary_search_by_key(&idx, |r| r.client).ok()?;
+        Some(&list[k]).filter(|r| r.flags & DEAD == 0)
+    }
+
+    /// Takes in the store's changes since the last call, once per tick and before encoding:
+    /// moves entities in and out of views (distance with hysteresis, rooms, filters, events'
+    /// entities) and marks what each client must be sent. `events` (if the game uses them)
+    /// keeps entities that unacknowledged events name in view.
+    pub fn update(&mut self, store: &mut Store, events: Option<&EventServer>) {
+        self.tick_count = self.tick_count.wrapping_add(1);
+        // References released by acks or departures.
+        for s in std::mem::take(&mut self.unref) {
+            if let Some(sl) = store.slots.get_mut(s as usize) {
+                sl.refs = sl.refs.saturating_sub(1);
+            }
+            store.release_if_unused(s);
+        }
+        let mut dirty = std::mem::take(&mut self.dirty_slots);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &s in &dirty {
+            if let Some(list) = self.viewers.get_mut(s as usize) {
+                list.retain(|r| r.flags & DEAD == 0);
+                if list.is_empty() {
+                    *list = Vec::new();
+                } else if list.len() < list.capacity() / 4 {
+                    list.shrink_to(list.len() * 2);
+                }
+            }
+        }
+        dirty.clear();
+        if dirty.capacity() > 4096 {
+            dirty.shrink_to(1024);
+        }
+        self.dirty_slots = dirty;
+        if self.unref.capacity() > 4096 {
+            self.unref.shrink_to(1024);
+        }
+        if self.viewers.len() < store.slots.len() {
+            self.viewers.resize_with(store.slots.len(), Vec::new);
+        }
+        if let Some(ev) = events {
+            self.events_seen = ev.next_id().0 - 1;
+        }
+
+        // Changes since the last update, once for all clients.
+        let (entries, covered) = store.log_after(self.log_seen);
+        let mut changed: Vec<u32> = Vec::new();
+        let mut moved: Vec<u32> = Vec::new();
+        let mut rescan = !covered;
+        for e in entries {
+            changed.extend_from_slice(&e.changed);
+            moved.extend_from_slice(&e.moved);
+        }
+        if self.log_seen.is_none() {
+            rescan = true;
+        }
+        self.log_seen = store.log.back().map(|e| e.tick).or(self.log_seen);
+        if rescan {
+            changed = (0..store.slots.len() as u32).collect();
+            moved = changed.clone();
+        } else {
+            changed.sort_unstable();
+            changed.dedup();
+            moved.sort_unstable();
+            moved.dedup();
+        }
+        let weights = std::mem::take(&mut self.component_weights);
+        for &s in &changed {
+            let sl = &store.slots[s as usize];
+            let list = &mut self.viewers[s as usize];
+            for r in list.iter_mut() {
+                if r.flags & DEAD != 0 {
+                    continue;
+                }
+                if !sl.alive && r.flags & LEAVING == 0 {
+                    r.flags |= LEAVING;
+                }
+                if r.flags & PENDING == 0 && needs_send(r, sl) {
+                    r.flags |= PENDING;
+                    if let Some(c) = self.clients[usize::from(r.client)].as_mut() {
+                        c.pending.push(s);
+                    }
+                }
+            }
+        }
+        self.component_weights = weights;
+        // New entities, owner, room and position changes: who should see them now. Clients and
+        // each slot's records are both in client-index order, so one merge walks them.
+        let margin = self.config.interest_margin;
+        for &s in &moved {
+            if !store.slots[s as usize].alive {
+                continue;
+            }
+            let mut k = 0;
+            for ci in 0..self.clients.len() {
+                let sl = &store.slots[s as usize];
+                let Some(c) = self.clients[ci].as_ref() else {
+                    continue;
+                };
+                if !c.populated {
+                    continue;
+                }
+                let list = &self.viewers[s as usize];
+                while k < list.len() && usize::from(list[k].client) < ci {
+                    k += 1;
+                }
+                let has = k < list.len() && usize::from(list[k].client) == ci;
+                if !has {
+                    if wants(c, sl, 0.0) {
+                        self.add_rec(store, ci as u16, s);
+                        k += 1;
+                    }
+                    continue;
+                }
+                let keep = wants(c, sl, margin);
+                let enter = keep && wants(c, sl, 0.0);
+                let r = &mut self.viewers[s as usize][k];
+                if r.flags & DEAD != 0 {
+                    continue;
+                }
+                if !keep && r.flags & (LEAVING | PINNED) == 0 {
+                    r.flags |= LEAVING;
+                    mark_pending(r, sl, &mut self.clients, s);
+                } else if enter && r.flags & LEAVING != 0 {
+                    r.flags &= !LEAVING;
+                    if r.flags & DESPAWN_SENT == 0 {
+                        mark_pending(r, sl, &mut self.clients, s);
+                    }
+                }
+            }
+        }
+        // Full requeries: new clients, changed rooms/filters, and a staggered periodic pass for
+        // clients with a radius (their own movement brings static entities in and out).
+        let interval = self.config.interest_interval.max(1);
+        for ci in 0..self.clients.len() {
+            let due = match self.clients[ci].as_ref() {
+                None => false,
+                Some(c) => {
+                    !c.populated
+                        || c.requery
+                        || (c.radius > 0.0
+                            && c.viewer.is_some()
+                            && (self.tick_count.wrapping_add(ci as u32)) % interval == 0)
+                }
+            };
+            if due {
+                self.requery(store, ci as u16);
+            }
+        }
+        // Entities named by events a client has not acknowledged stay in (or come into) view.
+        if let Some(ev) = events {
+            self.pin_event_entities(store, ev);
+        }
+    }
+
+    fn add_rec(&mut self, store: &mut Store, idx: u16, s: u32) {
+        let list = &mut self.viewers[s as usize];
+        let pos = match list.binary_search_by_key(&idx, |r| r.client) {
+            Ok(k) => {
+                if list[k].flags & DEAD == 0 {
+                    return;
+                }
+                // Revive a record marked dead in this tick: its reference is still counted.
+                list[k] = Rec::fresh(idx);
+                if let Some(i) = self.unref.iter().position(|&x| x == s) {
+                    self.unref.swap_remove(i);
+                } else {
+                    store.slots[s as usize].refs += 1;
+                }
+                k
+            }
+            Err(k) => {
+                list.insert(k, Rec::fresh(idx));
+                store.slots[s as usize].refs += 1;
+                k
+            }
+        };
+        let r = &mut list[pos];
+        // Entering gets a head start so new entities appear quickly.
+        r.prio = self.config.enter_boost;
+        let sl = &store.slots[s as usize];
+        mark_pending(r, sl, &mut self.clients, s);
+        if let Some(c) = self.clients[usize::from(idx)].as_mut() {
+            c.view.push(s);
+            c.view_len += 1;
+        }
+    }
+
+    fn requery(&mut self, store: &mut Store, idx: u16) {
+        let Some(mut c) = self.clients[usize::from(idx)].take() else {
+            return;
+        };
+        let margin = self.config.interest_margin;
+        // Leaving: entities in view that are no longer wanted.
+        let mut view = std::mem::take(&mut c.view);
+        view.sort_unstable();
+        view.dedup();
+        view.retain(|&s| {
+            let Some(list) = self.viewers.get_mut(s as usize) else {
+                return false;
+            };
+            let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) else {
+                return false;
+            };
+            let r = &mut list[k];
+            if r.flags & DEAD != 0 {
+                return false;
+            }
+            let sl = &store.slots[s as usize];
+            if r.flags & (LEAVING | PINNED) == 0 && !wants(&c, sl, margin) {
+                r.flags |= LEAVING;
+                if r.flags & PENDING == 0 && needs_send(r, sl) {
+                    r.flags |= PENDING;
+                    c.pending.push(s);
+                }
+            }
+            true
+        });
+        c.view_len = view.len();
+        c.view = view;
+        // Entering.
+        let mut enter = Vec::new();
+        let spatial = c.radius > 0.0 && c.viewer.is_some();
+        if spatial {
+            let p = c.viewer.unwrap_or([0.0, 0.0]);
+            let r = c.radius;
+            let lo = store.cell_of([p[0] - r, p[1] - r]);
+            let hi = store.cell_of([p[0] + r, p[1] + r]);
+            let cells =
+                (i64::from(hi.0) - i64::from(lo.0) + 1) * (i64::from(hi.1) - i64::from(lo.1) + 1);
+            if cells <= store.grid.len() as i64 * 2 {
+                for x in lo.0..=hi.0 {
+                    for y in lo.1..=hi.1 {
+                        if let Some(v) = store.grid.get(&(x, y)) {
+                            enter.extend_from_slice(v);
+                        }
+                    }
+                }
+            } else {
+                for v in store.grid.values() {
+                    enter.extend_from_slice(v);
+                }
+            }
+            // Entities without a position and global ones are not on the grid.
+            enter.extend_from_slice(&store.anywhere);
+        } else {
+            enter.extend((0..store.slots.len() as u32).filter(|&s| store.slots[s as usize].alive));
+        }
+        let first = !c.populated;
+        c.populated = true;
+        c.requery = false;
+        self.clients[usize::from(idx)] = Some(c);
+        for s in enter {
+            let Some(c) = self.clients[usize::from(idx)].as_ref() else {
+                return;
+            };
+            let sl = &store.slots[s as usize];
+            if !sl.alive {
+                continue;
+            }
+            let has = self.viewers[s as usize]
+                .binary_search_by_key(&idx, |r| r.client)
+                .is_ok_and(|k| self.viewers[s as usize][k].flags & DEAD == 0);
+            if !has && wants(c, sl, 0.0) {
+                self.add_rec(store, idx, s);
+            }
+        }
+        // Owned entities anywhere (later ownership changes come through the store's log).
+        if spatial && first {
+            let me = self.clients[usize::from(idx)].as_ref().map(|c| c.id);
+            let owned: Vec<u32> = store
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, sl)| sl.alive && Some(sl.current().owner) == me.map(Owner::Client))
+                .map(|(s, _)| s as u32)
+                .collect();
+            for s in owned {
+                let has = self.viewers[s as usize]
+                    .binary_search_by_key(&idx, |r| r.client)
+                    .is_ok_and(|k| self.viewers[s as usize][k].flags & DEAD == 0);
+                if !has {
+                    self.add_rec(store, idx, s);
+                }
+            }
+        }
+    }
+
+    fn pin_event_entities(&mut self, store: &mut Store, ev: &EventServer) {
+        let horizon = ev.config().max_per_packet * 4;
+        for ci in 0..self.clients.len() {
+            let Some(c) = self.clients[ci].as_mut() else {
+                continue;
+            };
+            let acked = c.events_acked;
+            // Unpin what acknowledged events named.
+            let mut unpin = Vec::new();
+            c.pinned.retain(|&(s, id)| {
+                if id <= acked {
+                    unpin.push(s);
+                    false
+                } else {
+                    true
+                }
+            });
+            let Ok(iter) = ev.after(EventId(acked)) else {
+                continue;
+            };
+            let mut want: Vec<(u32, u64)> = Vec::new();
+            for e in iter.take(horizon) {
+                for &id in &e.entities {
+                    if let Some(s) = store.live_slot(id) {
+                        want.push((s, e.id.0));
+                    }
+                }
+            }
+            for s in unpin {
+                if let Some(list) = self.viewers.get_mut(s as usize) {
+                    if let Ok(k) = list.binary_search_by_key(&(ci as u16), |r| r.client) {
+                        list[k].flags &= !PINNED;
+                        // Interest decides again at the next requery.
+                    }
+                }
+                if let Some(c) = self.clients[ci].as_mut() {
+                    c.requery = true;
+                }
+            }
+            for (s, id) in want {
+                let has = self.viewers[s as usize]
+                    .binary_search_by_key(&(ci as u16), |r| r.client)
+                    .ok()
+                    .filter(|&k| self.viewers[s as usize][k].flags & DEAD == 0);
+                if has.is_none() {
+                    self.add_rec(store, ci as u16, s);
+                }
+                let list = &mut self.viewers[s as usize];
+                if let Ok(k) = list.binary_search_by_key(&(ci as u16), |r| r.client) {
+                    let r = &mut list[k];
+                    if r.flags & PINNED == 0 {
+                        r.flags |= PINNED;
+                        if r.flags & LEAVING != 0 && store.slots[s as usize].alive {
+                            r.flags &= !LEAVING;
+                            if r.flags & DESPAWN_SENT == 0 {
+                                let sl = &store.slots[s as usize];
+                                mark_pending(r, sl, &mut self.clients, s);
+                            }
+                        }
+                        if let Some(c) = self.clients[ci].as_mut() {
+                            c.pinned.push((s, id));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes the store's current tick for `client`, appending the packet to `out`. Ticks must
+    /// increase per client. Carries no events (see
+    /// [`ServerReplicator::encode_for_with_events`]).
+    pub fn encode_for(
+        &mut self,
+        store: &Store,
+        client: ClientId,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeStats, ReplicationError> {
+        self.encode(store, client, None, out)
+    }
+
+    /// Like [`ServerReplicator::encode_for`], and also carries the resolved events `client` has
+    /// not acknowledged, with the state they need: entities an event names are sent in the same
+    /// packet if the client is not known to hold them, and the despawn of an entity an event
+    /// names travels in the packet that carries the event. An event naming an entity the
+    /// client never held and that is gone arrives without it (the client's world lacks it).
+    pub fn encode_for_with_events(
+        &mut self,
+        store: &Store,
+        client: ClientId,
+        events: &EventServer,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeStats, ReplicationError> {
+        self.encode(store, client, Some(events), out)
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn encode(
+        &mut self,
+        store: &Store,
+        client: ClientId,
+        events: Option<&EventServer>,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeStats, ReplicationError> {
+        let &idx = self
+            .by_id
+            .get(&client)
+            .ok_or(ReplicationError::UnknownClient(client))?;
+        let tick = store.tick();
+        let registry = store.registry();
+        let history = store.config().history_ticks;
+        let Some(c) = self.clients[usize::from(idx)].as_mut() else {
+            return Err(ReplicationError::UnknownClient(client));
+        };
+        if c.last_sent.is_some_and(|l| !tick.is_after(l)) {
+            return Err(ReplicationError::StaleTick(tick));
+        }
+        let budget = c.budget.unwrap_or(self.config.max_packet_bytes);
+        let start_len = out.len();
+        let sc = &mut self.scratch;
+
+        // Events the client lacks, in order; at most half the packet.
+        let have = c.events_acked;
+        let mut pending_events: Vec<&GameEvent> = Vec::new();
+        if let Some(ev) = events {
+            let iter = ev
+                .after(EventId(have))
+                .map_err(|_| ReplicationError::EventsTrimmed(client))?;
+            pending_events.extend(iter.take(ev.config().max_per_packet * 4));
+        }
+        let max_events = events.map_or(0, |e| e.config().max_per_packet);
+        let mut chosen_events = 0;
+        let mut section_bytes = 0;
+        for e in pending_events.iter().take(max_events) {
+            sc.section.clear();
+            encode_events(&[e], &mut sc.section);
+            section_bytes += sc.section.len();
+            if section_bytes > budget / 2 {
+                break;
+            }
+            chosen_events += 1;
+        }
+        // Entities the chosen events need; despawns of entities that later events name wait.
+        sc.need.clear();
+        sc.hold.clear();
+        for (i, e) in pending_events.iter().enumerate() {
+            for &id in &e.entities {
+                let Some(&s) = store_index(store, id) else {
+                    continue;
+                };
+                if i < chosen_events {
+                    sc.need.push(s);
+                } else {
+                    sc.hold.push(s);
+                }
+            }
+        }
+        sc.need.sort_unstable();
+        sc.hold.sort_unstable();
+
+        // Entities a chosen event names that the client is not known to hold go in this packet
+        // even if a copy is in flight (it may be lost, and the event must find them).
+        for &s in &sc.need {
+            if let Some(list) = self.viewers.get_mut(s as usize) {
+                if let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) {
+                    let r = &mut list[k];
+                    let gone = r.flags & LEAVING != 0 || !store.slots[s as usize].alive;
+                    let missing = r.flags & DESPAWN_SENT == 0 && r.known().is_none() && !gone;
+                    // A despawn in flight may be lost: it goes again with the event.
+                    let despawn_again = r.flags & DESPAWN_SENT != 0 && gone;
+                    if r.flags & (PENDING | DEAD) == 0 && (missing || despawn_again) {
+                        r.flags |= PENDING;
+                        c.pending.push(s);
+                    }
+                }
+            }
+        }
+        // Candidates: every pending record, its body coded once into the scratch buffer.
+        sc.cands.clear();
+        sc.bits.clear();
+        sc.tail.values.clear();
+        sc.tail.reserved_bits = 0;
+        let margin_r = c.radius + self.config.interest_margin;
+        let default_base = c
+            .last_ack
+            .filter(|&a| tick.diff(a) > 0 && tick.diff(a) <= i32::from(u16::MAX));
+        {
+            let mut w = BitWriter::new(&mut sc.bits);
+            let mut keep = Vec::with_capacity(c.pending.len());
+            for &s in &c.pending {
+                let Some(list) = self.viewers.get_mut(s as usize) else {
+                    continue;
+                };
+                let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) else {
+                    continue;
+                };
+                let r = &mut list[k];
+                if r.flags & DEAD != 0 {
+                    continue;
+                }
+                let sl = &store.slots[s as usize];
+                let needed = sc.need.binary_search(&s).is_ok();
+                let gone = r.flags & LEAVING != 0 || !sl.alive;
+                let force = needed
+                    && if gone {
+                        r.flags & DESPAWN_SENT != 0
+                    } else {
+                        r.known().is_none() && r.flags & DESPAWN_SENT == 0
+                    };
+                if !needs_send(r, sl) && !force {
+                    r.flags &= !PENDING;
+                    // Left before it was ever sent: forget it.
+                    if r.flags & LEAVING != 0
+                        && r.known().is_none()
+                        && r.sent().is_none()
+                        && r.flags & HELD == 0
+                    {
+                        r.flags |= DEAD;
+                        self.unref.push(s);
+                        self.dirty_slots.push(s);
+                        c.view_len = c.view_len.saturating_sub(1);
+                    }
+                    continue;
+                }
+                keep.push(s);
+                let leaving = r.flags & LEAVING != 0 || !sl.alive;
+                let required = sc.need.binary_search(&s).is_ok();
+                if leaving && sc.hold.binary_search(&s).is_ok() && !required {
+                    // Its despawn goes with the event that names it.
+                    continue;
+                }
+                // Priority grows with the entity's weight, its components' weights, and
+                // nearness.
+                let mut g = sl.weight;
+                if !self.component_weights.is_empty() {
+                    let m = sl.current().mask;
+                    let mut wmax: f32 = 0.0;
+                    for i in registry.mask_iter(m) {
+                        wmax = wmax.max(self.component_weights.get(i).copied().unwrap_or(1.0));
+                    }
+                    if m != 0 {
+                        g *= wmax;
+                    }
+                }
+                if let (Some(v), Some(p)) = (c.viewer, sl.pos) {
+                    if margin_r > 0.0 {
+                        let d = ((v[0] - p[0]).powi(2) + (v[1] - p[1]).powi(2)).sqrt();
+                        g *= 1.0 / (1.0 + d / margin_r);
+                    }
+                }
+                r.prio += g;
+                let start = w.bit_len();
+                let tail_start = sc.tail.values.len();
+                let tail_bits0 = sc.tail.reserved_bits;
+                let kind;
+                let mut staleness = 0;
+                if leaving {
+                    write_despawn(&mut w);
+                    kind = CandKind::Despawn;
+                } else {
+                    let cur = sl.current();
+                    // The client decodes against the newest state it received at or before the
+                    // packet's baseline (its newest acknowledged packet): that is the state of
+                    // `known` unless a packet with a newer one may have arrived unseen.
+                    let base = r
+                        .known()
+                        .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
+                        .map(Tick)
+                        .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
+                        .and_then(|k| sl.version_at(k));
+                    match base {
+                        Some(b) => {
+                            write_update(&mut w, &mut sc.tail, registry, b, cur);
+                            kind = CandKind::Update;
+                            // How long the oldest change it carries waited.
+                            let after = Tick(r.sent().or(r.known()).unwrap_or(0));
+                            let i = sl.versions.partition_point(|v| !v.tick.is_after(after));
+                            if let Some(v) = sl.versions.get(i) {
+                                staleness = tick.diff(v.tick).max(0) as u32;
+                            }
+                        }
+                        None => {
+                            write_full(&mut w, registry, cur);
+                            kind = CandKind::Full;
+                        }
+                    }
+                }
+                let len = w.bit_len() - start;
+                sc.cands.push(Cand {
+                    slot: s,
+                    id: sl.id,
+                    kind,
+                    required,
+                    prio: r.prio,
+                    start,
+                    len,
+                    tail: (tail_start, sc.tail.values.len() - tail_start),
+                    tail_bits: sc.tail.reserved_bits - tail_bits0,
+                    staleness,
+                });
+            }
+            c.pending = keep;
+            w.finish();
+        }
+        // Required entities missing from the candidates (the client holds them already or they
+        // are in flight) need nothing; required ones the client is not known to hold and that
+        // are not pending (in flight) are sent again so the event finds them.
+        let entropy = registry.uses_entropy();
+        let header_bits = 32 + 1 + 16;
+        let framing = if entropy { TAIL_FRAMING_BITS } else { 0 };
+        let events_bytes = {
+            sc.section.clear();
+            if chosen_events > 0 {
+                encode_events(&pending_events[..chosen_events], &mut sc.section);
+            }
+            let mut v = Vec::new();
+            put_varint(&mut v, sc.section.len() as u64);
+            v.len() + sc.section.len()
+        };
+        let budget_bits =
+            (budget.saturating_sub(events_bytes) * 8).saturating_sub(header_bits + 1 + framing + 7);
+        // Worst-case gap code, so that choosing by priority never overruns once ids are sorted.
+        const GAP_MAX: usize = 2 + 6 + 31;
+        let cost = |cd: &Cand, gap: usize| 1 + gap + cd.len + cd.tail_bits;
+        let total: usize = sc.cands.iter().map(|cd| cost(cd, GAP_MAX)).sum();
+        sc.chosen.clear();
+        let mut oversized = 0;
+        if total <= budget_bits {
+            sc.chosen.extend(0..sc.cands.len());
+        } else {
+            let mut order: Vec<usize> = (0..sc.cands.len()).collect();
+            order.sort_unstable_by(|&a, &b| {
+                let (x, y) = (&sc.cands[a], &sc.cands[b]);
+                y.required
+                    .cmp(&x.required)
+                    .then(y.prio.total_cmp(&x.prio))
+                    .then(x.id.cmp(&y.id))
+            });
+            let mut used = 0;
+            for k in order {
+                let cd = &sc.cands[k];
+                let b = cost(cd, GAP_MAX);
+                if b > budget_bits {
+                    oversized += 1;
+                    continue;
+                }
+                if used + b <= budget_bits {
+                    used += b;
+                    sc.chosen.push(k);
+                }
+            }
+        }
+        // Events whose entities did not fit wait (except those that must be repeated).
+        let sent_upto = c
+            .in_flight
+            .iter()
+            .map(|p| p.events_upto)
+            .max()
+            .unwrap_or(have);
+        let must = pending_events
+            .iter()
+            .take_while(|e| e.id.0 <= sent_upto)
+            .count();
+        if chosen_events > must {
+            let fitted: Vec<u32> = sc
+                .chosen
+                .iter()
+                .map(|&k| sc.cands[k].slot)
+                .collect::<Vec<_>>();
+            let mut fitted = fitted;
+            fitted.sort_unstable();
+            let first_bad = pending_events[..chosen_events].iter().position(|e| {
+                e.entities.iter().any(|&id| {
+                    store_index(store, id).is_some_and(|&s| {
+                        let in_pending = sc.cands.iter().any(|cd| cd.slot == s);
+                        in_pending && fitted.binary_search(&s).is_err()
+                    })
+                })
+            });
+            if let Some(b) = first_bad {
+                chosen_events = b.max(must);
+                // Despawns of entities named by dropped events wait too.
+                let later: Vec<u32> = pending_events[chosen_events..]
+                    .iter()
+                    .flat_map(|e| e.entities.iter())
+                    .filter_map(|&id| store_index(store, id).copied())
+                    .collect();
+                sc.chosen.retain(|&k| {
+                    let cd = &sc.cands[k];
+                    !(cd.kind == CandKind::Despawn && later.contains(&cd.slot))
+                });
+            }
+        }
+        sc.chosen.sort_unstable_by_key(|&k| sc.cands[k].id);
+
+        // Assemble: events section, header, records in id order, tail.
+        sc.section.clear();
+        if chosen_events > 0 {
+            encode_events(&pending_events[..chosen_events], &mut sc.section);
+        }
+        put_varint(out, sc.section.len() as u64);
+        out.extend_from_slice(&sc.section);
+        sc.packet_bits.clear();
+        let mut tail_values = Vec::new();
+        {
+            let mut w = BitWriter::new(if entropy {
+                &mut sc.packet_bits
+            } else {
+                &mut *out
+            });
+            w.write(tick.0, 32);
+            match default_base {
+                Some(d) => {
+                    w.write_bool(true);
+                    w.write(tick.0.wrapping_sub(d.0), 16);
+                }
+                None => w.write_bool(false),
+            }
+            let mut prev = u32::MAX;
+            for &k in &sc.chosen {
+                let cd = sc.cands[k];
+                w.write_bool(true);
+                write_gap(&mut w, cd.id.0.wrapping_sub(prev));
+                prev = cd.id.0;
+                copy_bits(&mut w, &sc.bits, cd.start, cd.len);
+                let (ts, tl) = cd.tail;
+                tail_values.extend_from_slice(&sc.tail.values[ts..ts + tl]);
+            }
+            w.write_bool(false);
+            w.finish();
+        }
+        if entropy {
+            out.extend_from_slice(&sc.packet_bits);
+            let mut models: Vec<_> = field_models(registry).collect();
+            let mut enc = RangeEncoder::new(out);
+            for v in &tail_values {
+                enc.encode_int(&mut models[v.field], v.delta);
+            }
+            enc.finish();
+            crate::bits::put_trailer(out, sc.packet_bits.len());
+        }
+
+        // Commit: what was sent is in flight and loses its priority.
+        let mut packet = SentPacket {
+            tick,
+            entries: Vec::with_capacity(sc.chosen.len()),
+            events_upto: pending_events[..chosen_events]
+                .last()
+                .map_or(have, |e| e.id.0),
+        };
+        let mut max_staleness = 0;
+        for &k in &sc.chosen {
+            let cd = sc.cands[k];
+            max_staleness = max_staleness.max(cd.staleness);
+            let list = &mut self.viewers[cd.slot as usize];
+            let Ok(p) = list.binary_search_by_key(&idx, |r| r.client) else {
+                continue;
+            };
+            let r = &mut list[p];
+            r.prio = 0.0;
+            r.flags &= !PENDING;
+            r.set_sent(Some(tick.0));
+            if cd.kind == CandKind::Despawn {
+                r.flags |= DESPAWN_SENT | HELD;
+                r.set_known(None);
+                packet.entries.push((cd.slot, EntryKind::Despawn));
+            } else {
+                packet.entries.push((cd.slot, EntryKind::State));
+            }
+        }
+        // Pending list: keep those still flagged.
+        let viewers = &self.viewers;
+        c.pending.retain(|&s| {
+            viewers[s as usize]
+                .binary_search_by_key(&idx, |r| r.client)
+                .is_ok_and(|p| viewers[s as usize][p].flags & PENDING != 0)
+        });
+        let records = sc.chosen.len();
+        let pending_left = c.pending.len();
+        c.last_sent = Some(tick);
+        c.in_flight.push_back(packet);
+        let bytes = out.len() - start_len;
+        if c.in_flight.len() > self.config.max_in_flight {
+            // Given up without an answer: the client may or may not hold what it carried.
+            if let Some(old) = c.in_flight.pop_front() {
+                self.resolve_packet(idx, old, false, true);
+            }
+        }
+        Ok(EncodeStats {
+            records,
+            pending: pending_left,
+            oversized,
+            bytes,
+            events: chosen_events,
+            next_cursor: 0,
+            max_staleness_ticks: max_staleness,
+            over_budget: bytes > budget,
+        })
+    }
+
+    /// Records an acknowledgement from `client`: every packet up to `ack.newest` is now known to
+    /// have been applied (if `ack` says so) or lost for good (the client applies packets in
+    /// tick order only), so what they carried is known or sent again.
+    pub fn handle_ack(
+        &mut self,
+        client: ClientId,
+        ack: AckFrame,
+    ) -> Result<AckOutcome, ReplicationError> {
+        let &idx = self
+            .by_id
+            .get(&client)
+            .ok_or(ReplicationError::UnknownClient(client))?;
+        let Some(c) = self.clients[usize::from(idx)].as_mut() else {
+            return Err(ReplicationError::UnknownClient(client));
+        };
+        if c.last_ack.is_some_and(|a| !ack.newest.is_after(a)) {
+            return Ok(AckOutcome::Stale);
+        }
+        if c.last_sent.is_none_or(|l| ack.newest.is_after(l))
+            || !c.in_flight.iter().any(|p| p.tick == ack.newest)
+        {
+            return Ok(AckOutcome::Unknown);
+        }
+        c.last_ack = Some(ack.newest);
+        let mut done = Vec::new();
+        while c
+            .in_flight
+            .front()
+            .is_some_and(|p| !p.tick.is_after(ack.newest))
+        {
+            if let Some(p) = c.in_flight.pop_front() {
+                let applied = ack.covers(p.tick);
+                // Beyond the 32 packets the frame describes, "not listed" says nothing.
+                let uncertain = !applied && ack.newest.diff(p.tick) > 32;
+                done.push((p, applied, uncertain));
+            }
+        }
+        for (p, applied, uncertain) in done {
+            self.resolve_packet(idx, p, applied, uncertain);
+        }
+        Ok(AckOutcome::Advanced)
+    }
+
+    fn resolve_packet(&mut self, idx: u16, p: SentPacket, applied: bool, uncertain: bool) {
+        let Some(c) = self.clients[usize::from(idx)].as_mut() else {
+            return;
+        };
+        if applied {
+            c.events_acked = c.events_acked.max(p.events_upto);
+        }
+        for (s, kind) in p.entries {
+            let Some(list) = self.viewers.get_mut(s as usize) else {
+                continue;
+            };
+            let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) else {
+                continue;
+            };
+            let r = &mut list[k];
+            if r.flags & DEAD != 0 {
+                continue;
+            }
+            match kind {
+                EntryKind::State => {
+                    if r.flags & DESPAWN_SENT != 0 {
+                        continue;
+                    }
+                    if applied {
+                        r.set_known(Some(p.tick.0));
+                        r.flags &= !(HELD | MAYBE_NEWER);
+                    } else if uncertain {
+                        r.flags |= MAYBE_NEWER | HELD;
+                    }
+                    if r.sent() == Some(p.tick.0) {
+                        r.set_sent(None);
+                        if !applied && r.flags & PENDING == 0 {
+                            r.flags |= PENDING;
+                            c.pending.push(s);
+                        }
+                    }
+                }
+                EntryKind::Despawn => {
+                    if r.sent() != Some(p.tick.0) || r.flags & DESPAWN_SENT == 0 {
+                        continue;
+                    }
+                    if applied {
+                        r.flags |= DEAD;
+                        self.unref.push(s);
+                        self.dirty_slots.push(s);
+                        c.view_len = c.view_len.saturating_sub(1);
+                        // Wanted again meanwhile: the next requery brings it back.
+                        if r.flags & LEAVING == 0 {
+                            c.requery = true;
+                        }
+                    } else {
+                        r.flags &= !DESPAWN_SENT;
+                        r.set_sent(None);
+                        // The client may still hold it in any state: only a full record or a
+                        // despawn is safe now.
+                        r.set_known(None);
+                        if r.flags & PENDING == 0 {
+                            r.flags |= PENDING;
+                            c.pending.push(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn store_index(store: &Store, id: EntityId) -> Option<&u32> {
+    // Slots of dead entities still held by clients are found through the id index too.
+    store.index_of(id)
+}
+
+/// Whether `r` (for the entity in `sl`) has something to send.
+fn needs_send(r: &Rec, sl: &Slot) -> bool {
+    if r.flags & (DESPAWN_SENT | DEAD) != 0 {
+        return false;
+    }
+    if r.flags & LEAVING != 0 || !sl.alive {
+        return r.known().is_some() || r.sent().is_some() || r.flags & HELD != 0;
+    }
+    if r.known().is_none() && r.sent().is_none() {
+        return true;
+    }
+    let after = r.sent().or(r.known()).unwrap_or(0);
+    sl.changed.is_after(Tick(after))
+}
+
+fn mark_pending(r: &mut Rec, sl: &Slot, clients: &mut [Option<ClientState>], s: u32) {
+    if r.flags & PENDING == 0 && needs_send(r, sl) {
+        r.flags |= PENDING;
+        if let Some(c) = clients[usize::from(r.client)].as_mut() {
+            c.pending.push(s);
+        }
+    }
+}
+
+/// Whether client `c` wants the (alive) entity of `sl`, with `slack` added to its radius.
+fn wants(c: &ClientState, sl: &Slot, slack: f32) -> bool {
+    if !sl.alive {
+        return false;
+    }
+    if sl.current().owner == Owner::Client(c.id) {
+        return true;
+    }
+    if sl.rooms != 0 && sl.rooms & c.rooms == 0 {
+        return false;
+    }
+    if let Some(f) = &c.filter {
+        if !f(sl.id) {
+            return false;
+        }
+    }
+    if c.radius <= 0.0 || sl.global {
+        return true;
+    }
+    match (c.viewer, sl.pos) {
+        (Some(v), Some(p)) => {
+            let r = c.radius + slack;
+            (v[0] - p[0]).powi(2) + (v[1] - p[1]).powi(2) <= r * r
+        }
+        _ => true,
+    }
+}

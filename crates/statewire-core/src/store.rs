@@ -1,0 +1,838 @@
+//! The server's replicated store: the quantized state of every replicated entity, the tick of
+//! its last change, a bounded shared history of earlier values, and where it is (for interest).
+//!
+//! The engine tells the store what changed ([`Store::spawn`], [`Store::set`],
+//! [`Store::remove`], [`Store::despawn`], or a whole [`Snapshot`] diffed once with
+//! [`Store::apply_snapshot`]). Setting a component to a value that quantizes to what the store
+//! already holds is not a change. Each change is logged once per tick, so the replicator's work
+//! per tick grows with the number of changes, not with the size of the world; every client's
+//! deltas read their baselines from this one store instead of from copies of the world kept per
+//! client.
+//!
+//! # History
+//!
+//! For every entity the store keeps its current version and the versions it had during the last
+//! [`StoreConfig::history_ticks`] ticks (plus the one current at the start of that window), so a
+//! delta against any tick a client acknowledged within the window can be encoded. An entity
+//! that has not changed for that long keeps one version.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use crate::ids::{EntityId, Owner, Tick};
+use crate::schema::{ComponentId, ComponentView, Registry, Replicate, SchemaError};
+use crate::snapshot::Snapshot;
+
+/// Settings of a [`Store`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Most live entities. Default 1,048,576; [`Store::spawn`] refuses more.
+    pub max_entities: usize,
+    /// Ticks of shared history kept for deltas. Default 32 (about 1 s at 30 Hz). A client whose
+    /// newest acknowledged state of an entity is older than this receives that entity in full.
+    /// Clients must keep at least as many ([`crate::ClientConfig::history_len`]). At most 4,096.
+    pub history_ticks: u32,
+    /// Side of a cell of the interest grid, in world units. Default 32.
+    pub cell_size: f32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_entities: 1 << 20,
+            history_ticks: 32,
+            cell_size: 32.0,
+        }
+    }
+}
+
+/// Errors from changing a [`Store`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The entity does not exist (or was despawned).
+    #[error("entity {0} does not exist")]
+    UnknownEntity(EntityId),
+    /// The entity already exists.
+    #[error("entity {0} already exists")]
+    DuplicateEntity(EntityId),
+    /// [`StoreConfig::max_entities`] reached.
+    #[error("entity limit of {0} reached")]
+    TooManyEntities(usize),
+    /// A component could not be quantized.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A position is not finite.
+    #[error("position of entity {0} is not finite")]
+    BadPosition(EntityId),
+    /// The new tick is not after the current one.
+    #[error("tick {0} is not after the store's tick")]
+    StaleTick(Tick),
+}
+
+/// One state of an entity: what it looked like from `tick` on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Version {
+    pub(crate) tick: Tick,
+    pub(crate) owner: Owner,
+    pub(crate) mask: u64,
+    pub(crate) words: Vec<u32>,
+}
+
+/// Interest grid cell coordinates.
+pub(crate) type Cell = (i32, i32);
+
+/// Where a slot is listed for interest queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bucket {
+    /// Dead: listed nowhere.
+    Unlisted,
+    /// Alive without a position, or global: seen at any distance.
+    Anywhere,
+    /// On the grid.
+    Cell(Cell),
+}
+
+/// One entity slot. A slot outlives its entity while clients still hold it (`refs > 0`), so a
+/// despawn can be delivered; a slot index is never reused while referenced.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: EntityId,
+    pub(crate) alive: bool,
+    /// Tick it was (last) spawned: versions before it belong to an earlier life.
+    pub(crate) spawned: Tick,
+    /// Tick of the last change of anything (spawn, owner, components, despawn).
+    pub(crate) changed: Tick,
+    /// Oldest first; the back is the current state. Never empty.
+    pub(crate) versions: VecDeque<Version>,
+    /// Client views holding this slot.
+    pub(crate) refs: u32,
+    pub(crate) pos: Option<[f32; 2]>,
+    pub(crate) bucket: Bucket,
+    /// Index within its bucket's list.
+    bucket_pos: u32,
+    /// Rooms it belongs to (0: none, seen by everyone).
+    pub(crate) rooms: u64,
+    /// Replication weight (priority growth), from [`Store::set_weight`].
+    pub(crate) weight: f32,
+    /// Ignore distance: in every client's interest (rooms and filters still apply).
+    pub(crate) global: bool,
+}
+
+impl Slot {
+    pub(crate) fn current(&self) -> &Version {
+        // Invariant: never empty.
+        &self.versions[self.versions.len() - 1]
+    }
+
+    /// The version current at `tick`, if still held and from the current life.
+    pub(crate) fn version_at(&self, tick: Tick) -> Option<&Version> {
+        if self.spawned.is_after(tick) {
+            return None;
+        }
+        let i = self.versions.partition_point(|v| !v.tick.is_after(tick));
+        // Versions before index 0 were pruned; a miss means the state at `tick` is unknown,
+        // unless the oldest kept version started at or before it.
+        if i == 0 {
+            return None;
+        }
+        Some(&self.versions[i - 1])
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LogEntry {
+    pub(crate) tick: Tick,
+    /// Slots whose state changed at `tick` (each once).
+    pub(crate) changed: Vec<u32>,
+    /// Slots whose position changed at `tick` (each once).
+    pub(crate) moved: Vec<u32>,
+}
+
+/// The server's replicated world with change tracking and shared history. See the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    registry: Registry,
+    tick: Tick,
+    pub(crate) slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: HashMap<EntityId, u32>,
+    live: usize,
+    /// Per tick, newest last; at most `history_ticks` entries.
+    pub(crate) log: VecDeque<LogEntry>,
+    spare_logs: Vec<LogEntry>,
+    pub(crate) grid: HashMap<Cell, Vec<u32>>,
+    /// Alive slots without a position or marked global.
+    pub(crate) anywhere: Vec<u32>,
+    /// Last tick each slot was logged as changed / moved (dedup).
+    moved_at: Vec<Tick>,
+    logged_at: Vec<Tick>,
+    started: bool,
+    scratch: Vec<u32>,
+    spare_words: Vec<Vec<u32>>,
+}
+
+impl Store {
+    /// An empty store at tick 0 quantizing with `registry`.
+    #[must_use]
+    pub fn new(registry: Registry, config: StoreConfig) -> Self {
+        let mut config = config;
+        config.history_ticks = config.history_ticks.clamp(1, 4096);
+        if !(config.cell_size.is_finite() && config.cell_size > 0.0) {
+            config.cell_size = StoreConfig::default().cell_size;
+        }
+        Store {
+            config,
+            registry,
+            tick: Tick(0),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            live: 0,
+            log: VecDeque::new(),
+            spare_logs: Vec::new(),
+            grid: HashMap::new(),
+            anywhere: Vec::new(),
+            moved_at: Vec::new(),
+            logged_at: Vec::new(),
+            started: false,
+            scratch: Vec::new(),
+            spare_words: Vec::new(),
+        }
+    }
+
+    /// The registry used to quantize components.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The tick changes are recorded at.
+    #[must_use]
+    pub fn tick(&self) -> Tick {
+        self.tick
+    }
+
+    /// Starts tick `tick`: later changes are recorded at it. Ticks must increase.
+    pub fn begin_tick(&mut self, tick: Tick) -> Result<(), StoreError> {
+        if self.started && !tick.is_after(self.tick) {
+            return Err(StoreError::StaleTick(tick));
+        }
+        self.started = true;
+        self.tick = tick;
+        self.new_log_entry();
+        Ok(())
+    }
+
+    fn new_log_entry(&mut self) {
+        if self.log.back().is_some_and(|e| e.tick == self.tick) {
+            return;
+        }
+        let mut entry = if self.log.len() >= self.config.history_ticks as usize {
+            self.log.pop_front().unwrap_or_default()
+        } else {
+            self.spare_logs.pop().unwrap_or_default()
+        };
+        entry.tick = self.tick;
+        entry.changed.clear();
+        entry.moved.clear();
+        self.log.push_back(entry);
+    }
+
+    /// Number of live entities.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether there are no live entities.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Whether entity `id` is alive.
+    #[must_use]
+    pub fn contains(&self, id: EntityId) -> bool {
+        self.live_slot(id).is_some()
+    }
+
+    /// The owner of `id`, if alive.
+    #[must_use]
+    pub fn owner(&self, id: EntityId) -> Option<Owner> {
+        Some(self.slots[self.live_slot(id)? as usize].current().owner)
+    }
+
+    /// The tick `id` last changed at, if alive.
+    #[must_use]
+    pub fn changed_at(&self, id: EntityId) -> Option<Tick> {
+        Some(self.slots[self.live_slot(id)? as usize].changed)
+    }
+
+    /// Dequantized component `T` of `id`.
+    #[must_use]
+    pub fn component<T: Replicate>(&self, id: EntityId) -> Option<T> {
+        let cid = self.registry.id_of::<T>()?;
+        self.component_view(id, cid)?.get::<T>()
+    }
+
+    /// Quantized view of component `cid` of `id`.
+    #[must_use]
+    pub fn component_view(&self, id: EntityId, cid: ComponentId) -> Option<ComponentView<'_>> {
+        let v = self.slots[self.live_slot(id)? as usize].current();
+        let (off, n) = component_range(&self.registry, v.mask, cid)?;
+        Some(ComponentView {
+            registry: &self.registry,
+            id: cid,
+            words: &v.words[off..off + n],
+        })
+    }
+
+    /// Live entity ids, in no particular order.
+    pub fn entity_ids(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.slots.iter().filter(|s| s.alive).map(|s| s.id)
+    }
+
+    /// The slot of `id`, alive or a despawned one clients still hold.
+    pub(crate) fn index_of(&self, id: EntityId) -> Option<&u32> {
+        self.index.get(&id)
+    }
+
+    pub(crate) fn live_slot(&self, id: EntityId) -> Option<u32> {
+        let &s = self.index.get(&id)?;
+        self.slots[s as usize].alive.then_some(s)
+    }
+
+    /// Spawns entity `id` (no components yet) owned by `owner`.
+    pub fn spawn(&mut self, id: EntityId, owner: Owner) -> Result<(), StoreError> {
+        if self.live_slot(id).is_some() {
+            return Err(StoreError::DuplicateEntity(id));
+        }
+        if self.live >= self.config.max_entities {
+            return Err(StoreError::TooManyEntities(self.config.max_entities));
+        }
+        self.new_log_entry();
+        let tick = self.tick;
+        let mut words = self.spare_words.pop().unwrap_or_default();
+        words.clear();
+        let version = Version {
+            tick,
+            owner,
+            mask: 0,
+            words,
+        };
+        let slot = match self.index.get(&id) {
+            // A dead slot still referenced by clients: the entity starts a new life in it.
+            Some(&s) => {
+                let sl = &mut self.slots[s as usize];
+                sl.alive = true;
+                sl.spawned = tick;
+                for mut v in sl.versions.drain(..) {
+                    v.words.clear();
+                    self.spare_words.push(v.words);
+                }
+                sl.versions.push_back(version);
+                sl.weight = 1.0;
+                sl.global = false;
+                sl.rooms = 0;
+                s
+            }
+            None => {
+                let s = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.slots.push(Slot {
+                            id,
+                            alive: false,
+                            spawned: tick,
+                            changed: tick,
+                            versions: VecDeque::new(),
+                            refs: 0,
+                            pos: None,
+                            bucket: Bucket::Unlisted,
+                            bucket_pos: 0,
+                            rooms: 0,
+                            weight: 1.0,
+                            global: false,
+                        });
+                        self.moved_at.push(Tick(tick.0.wrapping_sub(1)));
+                        self.logged_at.push(Tick(tick.0.wrapping_sub(1)));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                let sl = &mut self.slots[s as usize];
+                sl.id = id;
+                sl.alive = true;
+                sl.spawned = tick;
+                sl.versions.clear();
+                sl.versions.push_back(version);
+                sl.refs = 0;
+                sl.pos = None;
+                sl.bucket = Bucket::Unlisted;
+                sl.rooms = 0;
+                sl.weight = 1.0;
+                sl.global = false;
+                self.index.insert(id, s);
+                s
+            }
+        };
+        self.live += 1;
+        self.set_bucket(slot, Bucket::Anywhere);
+        self.mark_changed(slot);
+        self.touch_interest(slot);
+        Ok(())
+    }
+
+    /// Despawns `id`. Clients that hold it receive the despawn.
+    pub fn despawn(&mut self, id: EntityId) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.new_log_entry();
+        self.set_bucket(s, Bucket::Unlisted);
+        let sl = &mut self.slots[s as usize];
+        sl.alive = false;
+        sl.pos = None;
+        self.live -= 1;
+        self.mark_changed(s);
+        self.release_if_unused(s);
+        Ok(())
+    }
+
+    /// Sets (inserts or changes) component `value` of `id`. Not a change if it quantizes to the
+    /// value already held.
+    pub fn set<T: Replicate>(&mut self, id: EntityId, value: &T) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let cid = match self.registry.quantize(value, &mut scratch) {
+            Ok(c) => c,
+            Err(e) => {
+                self.scratch = scratch;
+                return Err(e.into());
+            }
+        };
+        self.set_words(s, cid, &scratch);
+        self.scratch = scratch;
+        Ok(())
+    }
+
+    /// Sets component `cid` of `id` from already quantized words (e.g. a validated client
+    /// write). The words must be valid for the component (one per field, in range).
+    pub fn set_quantized(
+        &mut self,
+        id: EntityId,
+        cid: ComponentId,
+        words: &[u32],
+    ) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        let schema =
+            self.registry
+                .schema(cid)
+                .ok_or(StoreError::Schema(SchemaError::Unregistered(
+                    "unknown component",
+                )))?;
+        if schema.words() != words.len()
+            || schema.codecs.iter().zip(words).any(|(c, &w)| w > c.max_q)
+        {
+            return Err(StoreError::Schema(SchemaError::Mismatch {
+                component: schema.name(),
+                reason: "quantized words do not fit the schema",
+            }));
+        }
+        self.set_words(s, cid, words);
+        Ok(())
+    }
+
+    /// Removes component `T` from `id` (nothing if it has none).
+    pub fn remove<T: Replicate>(&mut self, id: EntityId) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        let cid = self
+            .registry
+            .id_of::<T>()
+            .ok_or(StoreError::Schema(SchemaError::Unregistered(T::NAME)))?;
+        self.remove_slot_component(s, cid);
+        Ok(())
+    }
+
+    /// Removes component `cid` from `id` (nothing if it has none).
+    pub fn remove_component(&mut self, id: EntityId, cid: ComponentId) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.remove_slot_component(s, cid);
+        Ok(())
+    }
+
+    fn remove_slot_component(&mut self, slot: u32, cid: ComponentId) {
+        let bit = 1u64 << cid.0;
+        if self.slots[slot as usize].current().mask & bit == 0 {
+            return;
+        }
+        let reg = &self.registry;
+        let cur = self.slots[slot as usize].current();
+        let (off, n) = component_range(reg, cur.mask, cid).unwrap_or((0, 0));
+        let mut words = self.spare_words.pop().unwrap_or_default();
+        words.clear();
+        words.extend_from_slice(&cur.words[..off]);
+        words.extend_from_slice(&cur.words[off + n..]);
+        let (owner, mask) = (cur.owner, cur.mask & !bit);
+        self.push_version(slot, owner, mask, words);
+    }
+
+    /// Gives `id` a new owner.
+    pub fn set_owner(&mut self, id: EntityId, owner: Owner) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        let cur = self.slots[s as usize].current();
+        if cur.owner == owner {
+            return Ok(());
+        }
+        let mut words = self.spare_words.pop().unwrap_or_default();
+        words.clear();
+        words.extend_from_slice(&cur.words);
+        let mask = cur.mask;
+        self.push_version(s, owner, mask, words);
+        // The new owner always sees it.
+        self.touch_interest(s);
+        Ok(())
+    }
+
+    /// Sets where `id` is on the interest grid's plane (x, y in world units); `None` makes it
+    /// seen at any distance. Not replicated by itself: replicate a position component too.
+    pub fn set_position(&mut self, id: EntityId, pos: Option<[f32; 2]>) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        if pos.is_some_and(|p| !(p[0].is_finite() && p[1].is_finite())) {
+            return Err(StoreError::BadPosition(id));
+        }
+        if self.slots[s as usize].pos == pos {
+            return Ok(());
+        }
+        self.new_log_entry();
+        self.slots[s as usize].pos = pos;
+        let b = self.bucket_for(s);
+        self.set_bucket(s, b);
+        if self.moved_at[s as usize] != self.tick {
+            self.moved_at[s as usize] = self.tick;
+            if let Some(e) = self.log.back_mut() {
+                e.moved.push(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `id` in the rooms of `rooms` (bit `i`: room `i`, up to 64 rooms or teams); 0 means
+    /// no room, seen by every client. Clients see an entity in rooms only if they share one
+    /// ([`crate::ServerReplicator::set_rooms`]).
+    pub fn set_rooms(&mut self, id: EntityId, rooms: u64) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.slots[s as usize].rooms = rooms;
+        self.touch_interest(s);
+        Ok(())
+    }
+
+    /// Marks `id` as seen at any distance (rooms and filters still apply).
+    pub fn set_global(&mut self, id: EntityId, global: bool) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.slots[s as usize].global = global;
+        let b = self.bucket_for(s);
+        self.set_bucket(s, b);
+        self.touch_interest(s);
+        Ok(())
+    }
+
+    /// Sets how fast `id` gains replication priority while it has unsent changes (default 1;
+    /// clamped to 0.01..=100): a projectile might use 4, a distant prop 0.25.
+    pub fn set_weight(&mut self, id: EntityId, weight: f32) -> Result<(), StoreError> {
+        let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        let w = if weight.is_finite() { weight } else { 1.0 };
+        self.slots[s as usize].weight = w.clamp(0.01, 100.0);
+        Ok(())
+    }
+
+    /// Makes the whole state equal to `snapshot` (as of the current tick), recording only what
+    /// differs: the convenience path for engines that rebuild a [`Snapshot`] every tick.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.new_log_entry();
+        let mut gone = Vec::new();
+        for sl in &self.slots {
+            if sl.alive && !snapshot.contains(sl.id) {
+                gone.push(sl.id);
+            }
+        }
+        for id in gone {
+            self.despawn(id)?;
+        }
+        for e in &snapshot.entities {
+            let words = snapshot.entity_words(e);
+            let s = match self.live_slot(e.id) {
+                Some(s) => s,
+                None => {
+                    self.spawn(e.id, e.owner)?;
+                    self.live_slot(e.id)
+                        .ok_or(StoreError::UnknownEntity(e.id))?
+                }
+            };
+            let cur = self.slots[s as usize].current();
+            if cur.owner != e.owner {
+                self.touch_interest(s);
+            }
+            let cur = self.slots[s as usize].current();
+            if cur.owner != e.owner || cur.mask != e.mask || cur.words != words {
+                let mut w = self.spare_words.pop().unwrap_or_default();
+                w.clear();
+                w.extend_from_slice(words);
+                self.push_version(s, e.owner, e.mask, w);
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole current state as a [`Snapshot`] (O(world); for tests and checks).
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let mut ids: Vec<(EntityId, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.alive)
+            .map(|(i, s)| (s.id, i as u32))
+            .collect();
+        ids.sort_unstable();
+        let mut out = Snapshot::new();
+        for (id, s) in ids {
+            let v = self.slots[s as usize].current();
+            out.push(id, v.owner, v.mask, &v.words);
+        }
+        out
+    }
+
+    /// Bytes the store holds on the heap (slots, versions, logs, grid, index), from capacities.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        let mut n = self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.moved_at.capacity() * 4
+            + self.free.capacity() * 4
+            + self.index.capacity() * (std::mem::size_of::<(EntityId, u32)>() + 1);
+        for s in &self.slots {
+            n += s.versions.capacity() * std::mem::size_of::<Version>();
+            n += s
+                .versions
+                .iter()
+                .map(|v| v.words.capacity() * 4)
+                .sum::<usize>();
+        }
+        for e in self.log.iter().chain(&self.spare_logs) {
+            n += (e.changed.capacity() + e.moved.capacity()) * 4;
+        }
+        n += self.grid.capacity() * (std::mem::size_of::<(Cell, Vec<u32>)>() + 1);
+        n += self.grid.values().map(|v| v.capacity() * 4).sum::<usize>();
+        n += self.anywhere.capacity() * 4;
+        n += self
+            .spare_words
+            .iter()
+            .map(|w| w.capacity() * 4 + 24)
+            .sum::<usize>();
+        n
+    }
+
+    pub(crate) fn cell_of(&self, p: [f32; 2]) -> Cell {
+        let c = self.config.cell_size;
+        // Saturating float-to-int casts keep far positions in the outermost cells.
+        ((p[0] / c).floor() as i32, (p[1] / c).floor() as i32)
+    }
+
+    fn bucket_for(&self, s: u32) -> Bucket {
+        let sl = &self.slots[s as usize];
+        match sl.pos {
+            _ if !sl.alive => Bucket::Unlisted,
+            Some(p) if !sl.global => Bucket::Cell(self.cell_of(p)),
+            _ => Bucket::Anywhere,
+        }
+    }
+
+    fn set_bucket(&mut self, s: u32, to: Bucket) {
+        let (from, at) = {
+            let sl = &self.slots[s as usize];
+            (sl.bucket, sl.bucket_pos as usize)
+        };
+        if from == to {
+            return;
+        }
+        // Swap-remove from the old list, fixing the moved element's index.
+        let list = match from {
+            Bucket::Unlisted => None,
+            Bucket::Anywhere => Some(&mut self.anywhere),
+            Bucket::Cell(c) => self.grid.get_mut(&c),
+        };
+        if let Some(list) = list {
+            if at < list.len() && list[at] == s {
+                list.swap_remove(at);
+                if let Some(&moved) = list.get(at) {
+                    self.slots[moved as usize].bucket_pos = at as u32;
+                }
+            }
+            if let Bucket::Cell(c) = from {
+                if self.grid.get(&c).is_some_and(Vec::is_empty) {
+                    self.grid.remove(&c);
+                }
+            }
+        }
+        let list = match to {
+            Bucket::Unlisted => None,
+            Bucket::Anywhere => Some(&mut self.anywhere),
+            Bucket::Cell(c) => Some(self.grid.entry(c).or_default()),
+        };
+        let pos = list.map_or(0, |l| {
+            l.push(s);
+            l.len() - 1
+        });
+        let sl = &mut self.slots[s as usize];
+        sl.bucket = to;
+        sl.bucket_pos = pos as u32;
+    }
+
+    fn touch_interest(&mut self, s: u32) {
+        self.new_log_entry();
+        if self.moved_at[s as usize] != self.tick {
+            self.moved_at[s as usize] = self.tick;
+            if let Some(e) = self.log.back_mut() {
+                e.moved.push(s);
+            }
+        }
+    }
+
+    fn set_words(&mut self, s: u32, cid: ComponentId, new: &[u32]) {
+        let reg = &self.registry;
+        let cur = self.slots[s as usize].current();
+        let bit = 1u64 << cid.0;
+        let mut words = self.spare_words.pop().unwrap_or_default();
+        words.clear();
+        if cur.mask & bit != 0 {
+            let (off, n) = component_range(reg, cur.mask, cid).unwrap_or((0, 0));
+            if &cur.words[off..off + n] == new {
+                self.spare_words.push(words);
+                return;
+            }
+            words.extend_from_slice(&cur.words[..off]);
+            words.extend_from_slice(new);
+            words.extend_from_slice(&cur.words[off + n..]);
+        } else {
+            // Insert at the position of `cid` in ascending component order.
+            let off: usize = reg
+                .mask_iter(cur.mask & (bit - 1))
+                .map(|i| reg.schema_at(i).words())
+                .sum();
+            words.extend_from_slice(&cur.words[..off]);
+            words.extend_from_slice(new);
+            words.extend_from_slice(&cur.words[off..]);
+        }
+        let (owner, mask) = (cur.owner, cur.mask | bit);
+        self.push_version(s, owner, mask, words);
+    }
+
+    /// Makes (`owner`, `mask`, `words`) the current version of slot `s` at the current tick.
+    fn push_version(&mut self, s: u32, owner: Owner, mask: u64, words: Vec<u32>) {
+        self.new_log_entry();
+        let tick = self.tick;
+        let horizon = Tick(tick.0.wrapping_sub(self.config.history_ticks));
+        let sl = &mut self.slots[s as usize];
+        let last = sl.versions.len() - 1;
+        if sl.versions[last].tick == tick {
+            // Changed twice in one tick: only the last state exists for clients.
+            let v = &mut sl.versions[last];
+            v.owner = owner;
+            v.mask = mask;
+            let mut old = std::mem::replace(&mut v.words, words);
+            old.clear();
+            self.spare_words.push(old);
+        } else {
+            // Drop versions no delta can need: all but the newest one current at the horizon.
+            while sl.versions.len() >= 2 && !sl.versions[1].tick.is_after(horizon) {
+                if let Some(mut v) = sl.versions.pop_front() {
+                    v.words.clear();
+                    self.spare_words.push(v.words);
+                }
+            }
+            sl.versions.push_back(Version {
+                tick,
+                owner,
+                mask,
+                words,
+            });
+        }
+        self.mark_changed(s);
+    }
+
+    fn mark_changed(&mut self, s: u32) {
+        let tick = self.tick;
+        self.slots[s as usize].changed = tick;
+        if self.logged_at[s as usize] != tick {
+            self.logged_at[s as usize] = tick;
+            if let Some(e) = self.log.back_mut() {
+                e.changed.push(s);
+            }
+        }
+    }
+
+    /// Frees a dead slot no client holds any more.
+    pub(crate) fn release_if_unused(&mut self, s: u32) {
+        let sl = &mut self.slots[s as usize];
+        if sl.alive || sl.refs > 0 {
+            return;
+        }
+        for mut v in sl.versions.drain(..) {
+            v.words.clear();
+            self.spare_words.push(v.words);
+        }
+        sl.versions.shrink_to(1);
+        // A placeholder keeps `versions` non-empty for `current()`.
+        sl.versions.push_back(Version::default());
+        if self.index.get(&sl.id) == Some(&s) {
+            self.index.remove(&sl.id);
+        }
+        self.free.push(s);
+        // Keep the spare pool bounded.
+        self.spare_words.truncate(4096);
+    }
+
+    /// Log entries after `since` (all held ones when `since` is `None`), oldest first, and
+    /// whether the log still covers everything after `since`.
+    pub(crate) fn log_after(&self, since: Option<Tick>) -> (impl Iterator<Item = &LogEntry>, bool) {
+        let covered = match (since, self.log.front()) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(t), Some(first)) => !first.tick.is_after(t.next()),
+        };
+        let iter = self
+            .log
+            .iter()
+            .filter(move |e| since.is_none_or(|t| e.tick.is_after(t)));
+        (iter, covered)
+    }
+}
+
+/// Offset and length (in words) of component `cid` within an entity with `mask`.
+pub(crate) fn component_range(
+    registry: &Registry,
+    mask: u64,
+    cid: ComponentId,
+) -> Option<(usize, usize)> {
+    let bit = 1u64.checked_shl(u32::from(cid.0))?;
+    if mask & bit == 0 {
+        return None;
+    }
+    let mut off = 0;
+    for i in registry.mask_iter(mask) {
+        let n = registry.schema_at(i).words();
+        if i == usize::from(cid.0) {
+            return Some((off, n));
+        }
+        off += n;
+    }
+    None
+}

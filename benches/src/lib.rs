@@ -282,12 +282,13 @@ impl BenchWorld {
     }
 
     fn write_entity(e: &BenchEntity, store: &mut Store) -> Result<(), StoreError> {
-        store.set(e.id, &e.pos)?;
-        store.set(e.id, &e.rot)?;
+        let mut m = store.entity_mut(e.id)?;
+        m.set(&e.pos)?.set(&e.rot)?;
         if let Some(s) = &e.status {
-            store.set(e.id, s)?;
+            m.set(s)?;
         }
-        store.set_position(e.id, Some([e.pos.x, e.pos.y]))
+        m.set_position(Some([e.pos.x, e.pos.y]))?;
+        Ok(())
     }
 
     /// The quantized snapshot of the current state.

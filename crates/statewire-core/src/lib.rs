@@ -120,7 +120,7 @@ pub use schema::{
     FieldWriter, MAX_COMPONENT_TYPES, RawValue, Registry, Replicate, SchemaError, ValueError,
 };
 pub use snapshot::{BuildError, EntityBuilder, Snapshot, SnapshotBuilder, WorldSink, WorldSource};
-pub use store::{Store, StoreConfig, StoreError};
+pub use store::{EntityMut, Store, StoreConfig, StoreError};
 
 // Compiles and runs the README's example as a doctest.
 #[cfg(doctest)]

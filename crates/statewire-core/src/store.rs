@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::ids::{EntityId, Owner, Tick};
 use crate::schema::{ComponentId, ComponentView, Registry, Replicate, SchemaError};
@@ -77,8 +78,11 @@ pub(crate) struct Version {
     pub(crate) tick: Tick,
     pub(crate) owner: Owner,
     pub(crate) mask: u64,
-    pub(crate) words: Vec<u32>,
+    pub(crate) words: Words,
 }
+
+/// Quantized words of one entity, inline up to 8 (two positions and a rotation fit).
+pub(crate) type Words = SmallVec<[u32; 8]>;
 
 /// Interest grid cell coordinates.
 pub(crate) type Cell = (i32, i32);
@@ -104,8 +108,10 @@ pub(crate) struct Slot {
     pub(crate) spawned: Tick,
     /// Tick of the last change of anything (spawn, owner, components, despawn).
     pub(crate) changed: Tick,
-    /// Oldest first; the back is the current state. Never empty.
-    pub(crate) versions: VecDeque<Version>,
+    /// The current state.
+    pub(crate) cur: Version,
+    /// Earlier states still inside the history window, oldest first.
+    pub(crate) history: VecDeque<Version>,
     /// Client views holding this slot.
     pub(crate) refs: u32,
     pub(crate) pos: Option<[f32; 2]>,
@@ -122,8 +128,7 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub(crate) fn current(&self) -> &Version {
-        // Invariant: never empty.
-        &self.versions[self.versions.len() - 1]
+        &self.cur
     }
 
     /// The version current at `tick`, if still held and from the current life.
@@ -131,13 +136,27 @@ impl Slot {
         if self.spawned.is_after(tick) {
             return None;
         }
-        let i = self.versions.partition_point(|v| !v.tick.is_after(tick));
-        // Versions before index 0 were pruned; a miss means the state at `tick` is unknown,
-        // unless the oldest kept version started at or before it.
-        if i == 0 {
+        // Newest first: the tick asked for is usually recent. Nothing found means the versions
+        // around `tick` were pruned.
+        if !self.cur.tick.is_after(tick) {
+            return Some(&self.cur);
+        }
+        self.history.iter().rev().find(|v| !v.tick.is_after(tick))
+    }
+
+    /// The tick of the oldest version after `tick` (the first change `tick` lacks).
+    pub(crate) fn first_change_after(&self, tick: Tick) -> Option<Tick> {
+        if !self.cur.tick.is_after(tick) {
             return None;
         }
-        Some(&self.versions[i - 1])
+        let mut first = Some(self.cur.tick);
+        for v in self.history.iter().rev() {
+            if !v.tick.is_after(tick) {
+                break;
+            }
+            first = Some(v.tick);
+        }
+        first
     }
 }
 
@@ -171,8 +190,9 @@ pub struct Store {
     moved_at: Vec<Tick>,
     logged_at: Vec<Tick>,
     started: bool,
+    /// Bumped by every change of state.
+    revision: u64,
     scratch: Vec<u32>,
-    spare_words: Vec<Vec<u32>>,
 }
 
 impl Store {
@@ -199,8 +219,8 @@ impl Store {
             moved_at: Vec::new(),
             logged_at: Vec::new(),
             started: false,
+            revision: 0,
             scratch: Vec::new(),
-            spare_words: Vec::new(),
         }
     }
 
@@ -246,6 +266,11 @@ impl Store {
         entry.changed.clear();
         entry.moved.clear();
         self.log.push_back(entry);
+    }
+
+    /// A number that changes whenever any replicated state changes (for caches).
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Number of live entities.
@@ -322,13 +347,11 @@ impl Store {
         }
         self.new_log_entry();
         let tick = self.tick;
-        let mut words = self.spare_words.pop().unwrap_or_default();
-        words.clear();
         let version = Version {
             tick,
             owner,
             mask: 0,
-            words,
+            words: Words::new(),
         };
         let slot = match self.index.get(&id) {
             // A dead slot still referenced by clients: the entity starts a new life in it.
@@ -336,11 +359,8 @@ impl Store {
                 let sl = &mut self.slots[s as usize];
                 sl.alive = true;
                 sl.spawned = tick;
-                for mut v in sl.versions.drain(..) {
-                    v.words.clear();
-                    self.spare_words.push(v.words);
-                }
-                sl.versions.push_back(version);
+                sl.history.clear();
+                sl.cur = version;
                 sl.weight = 1.0;
                 sl.global = false;
                 sl.rooms = 0;
@@ -355,7 +375,8 @@ impl Store {
                             alive: false,
                             spawned: tick,
                             changed: tick,
-                            versions: VecDeque::new(),
+                            cur: Version::default(),
+                            history: VecDeque::new(),
                             refs: 0,
                             pos: None,
                             bucket: Bucket::Unlisted,
@@ -373,8 +394,8 @@ impl Store {
                 sl.id = id;
                 sl.alive = true;
                 sl.spawned = tick;
-                sl.versions.clear();
-                sl.versions.push_back(version);
+                sl.history.clear();
+                sl.cur = version;
                 sl.refs = 0;
                 sl.pos = None;
                 sl.bucket = Bucket::Unlisted;
@@ -410,6 +431,20 @@ impl Store {
     /// value already held.
     pub fn set<T: Replicate>(&mut self, id: EntityId, value: &T) -> Result<(), StoreError> {
         let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.set_in_slot(s, value)
+    }
+
+    /// One live entity, to change several of its parts with one lookup.
+    pub fn entity_mut(&mut self, id: EntityId) -> Result<EntityMut<'_>, StoreError> {
+        let slot = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        Ok(EntityMut {
+            store: self,
+            id,
+            slot,
+        })
+    }
+
+    fn set_in_slot<T: Replicate>(&mut self, s: u32, value: &T) -> Result<(), StoreError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let cid = match self.registry.quantize(value, &mut scratch) {
@@ -477,8 +512,7 @@ impl Store {
         let reg = &self.registry;
         let cur = self.slots[slot as usize].current();
         let (off, n) = component_range(reg, cur.mask, cid).unwrap_or((0, 0));
-        let mut words = self.spare_words.pop().unwrap_or_default();
-        words.clear();
+        let mut words = Words::new();
         words.extend_from_slice(&cur.words[..off]);
         words.extend_from_slice(&cur.words[off + n..]);
         let (owner, mask) = (cur.owner, cur.mask & !bit);
@@ -492,9 +526,7 @@ impl Store {
         if cur.owner == owner {
             return Ok(());
         }
-        let mut words = self.spare_words.pop().unwrap_or_default();
-        words.clear();
-        words.extend_from_slice(&cur.words);
+        let words = cur.words.clone();
         let mask = cur.mask;
         self.push_version(s, owner, mask, words);
         // The new owner always sees it.
@@ -506,6 +538,15 @@ impl Store {
     /// seen at any distance. Not replicated by itself: replicate a position component too.
     pub fn set_position(&mut self, id: EntityId, pos: Option<[f32; 2]>) -> Result<(), StoreError> {
         let s = self.live_slot(id).ok_or(StoreError::UnknownEntity(id))?;
+        self.set_slot_position(s, id, pos)
+    }
+
+    fn set_slot_position(
+        &mut self,
+        s: u32,
+        id: EntityId,
+        pos: Option<[f32; 2]>,
+    ) -> Result<(), StoreError> {
         if pos.is_some_and(|p| !(p[0].is_finite() && p[1].is_finite())) {
             return Err(StoreError::BadPosition(id));
         }
@@ -582,11 +623,8 @@ impl Store {
                 self.touch_interest(s);
             }
             let cur = self.slots[s as usize].current();
-            if cur.owner != e.owner || cur.mask != e.mask || cur.words != words {
-                let mut w = self.spare_words.pop().unwrap_or_default();
-                w.clear();
-                w.extend_from_slice(words);
-                self.push_version(s, e.owner, e.mask, w);
+            if cur.owner != e.owner || cur.mask != e.mask || !words_eq(&cur.words, words) {
+                self.push_version(s, e.owner, e.mask, Words::from_slice(words));
             }
         }
         Ok(())
@@ -618,13 +656,16 @@ impl Store {
             + self.moved_at.capacity() * 4
             + self.free.capacity() * 4
             + self.index.capacity() * (std::mem::size_of::<(EntityId, u32)>() + 1);
+        let spilled = |v: &Version| {
+            if v.words.spilled() {
+                v.words.capacity() * 4
+            } else {
+                0
+            }
+        };
         for s in &self.slots {
-            n += s.versions.capacity() * std::mem::size_of::<Version>();
-            n += s
-                .versions
-                .iter()
-                .map(|v| v.words.capacity() * 4)
-                .sum::<usize>();
+            n += s.history.capacity() * std::mem::size_of::<Version>();
+            n += spilled(&s.cur) + s.history.iter().map(spilled).sum::<usize>();
         }
         for e in self.log.iter().chain(&self.spare_logs) {
             n += (e.changed.capacity() + e.moved.capacity()) * 4;
@@ -632,11 +673,6 @@ impl Store {
         n += self.grid.capacity() * (std::mem::size_of::<(Cell, Vec<u32>)>() + 1);
         n += self.grid.values().map(|v| v.capacity() * 4).sum::<usize>();
         n += self.anywhere.capacity() * 4;
-        n += self
-            .spare_words
-            .iter()
-            .map(|w| w.capacity() * 4 + 24)
-            .sum::<usize>();
         n
     }
 
@@ -708,16 +744,24 @@ impl Store {
 
     fn set_words(&mut self, s: u32, cid: ComponentId, new: &[u32]) {
         let reg = &self.registry;
+        let tick = self.tick;
         let cur = self.slots[s as usize].current();
         let bit = 1u64 << cid.0;
-        let mut words = self.spare_words.pop().unwrap_or_default();
-        words.clear();
         if cur.mask & bit != 0 {
             let (off, n) = component_range(reg, cur.mask, cid).unwrap_or((0, 0));
-            if &cur.words[off..off + n] == new {
-                self.spare_words.push(words);
+            if words_eq(&cur.words[off..off + n], new) {
                 return;
             }
+            if cur.tick == tick {
+                // Already changed this tick: overwrite in place.
+                self.slots[s as usize].cur.words[off..off + n].copy_from_slice(new);
+                self.mark_changed(s);
+                return;
+            }
+        }
+        let mut words = Words::new();
+        if cur.mask & bit != 0 {
+            let (off, n) = component_range(reg, cur.mask, cid).unwrap_or((0, 0));
             words.extend_from_slice(&cur.words[..off]);
             words.extend_from_slice(new);
             words.extend_from_slice(&cur.words[off + n..]);
@@ -736,39 +780,44 @@ impl Store {
     }
 
     /// Makes (`owner`, `mask`, `words`) the current version of slot `s` at the current tick.
-    fn push_version(&mut self, s: u32, owner: Owner, mask: u64, words: Vec<u32>) {
+    fn push_version(&mut self, s: u32, owner: Owner, mask: u64, words: Words) {
         self.new_log_entry();
         let tick = self.tick;
         let horizon = Tick(tick.0.wrapping_sub(self.config.history_ticks));
         let sl = &mut self.slots[s as usize];
-        let last = sl.versions.len() - 1;
-        if sl.versions[last].tick == tick {
+        if sl.cur.tick == tick {
             // Changed twice in one tick: only the last state exists for clients.
-            let v = &mut sl.versions[last];
-            v.owner = owner;
-            v.mask = mask;
-            let mut old = std::mem::replace(&mut v.words, words);
-            old.clear();
-            self.spare_words.push(old);
+            sl.cur.owner = owner;
+            sl.cur.mask = mask;
+            sl.cur.words = words;
         } else {
-            // Drop versions no delta can need: all but the newest one current at the horizon.
-            while sl.versions.len() >= 2 && !sl.versions[1].tick.is_after(horizon) {
-                if let Some(mut v) = sl.versions.pop_front() {
-                    v.words.clear();
-                    self.spare_words.push(v.words);
-                }
+            let old = std::mem::replace(
+                &mut sl.cur,
+                Version {
+                    tick,
+                    owner,
+                    mask,
+                    words,
+                },
+            );
+            sl.history.push_back(old);
+            // Drop versions no delta can need: all but the newest one current at the horizon
+            // (versions in order: history, then the current one).
+            while !sl.history.is_empty()
+                && !sl
+                    .history
+                    .get(1)
+                    .map_or(sl.cur.tick, |v| v.tick)
+                    .is_after(horizon)
+            {
+                sl.history.pop_front();
             }
-            sl.versions.push_back(Version {
-                tick,
-                owner,
-                mask,
-                words,
-            });
         }
         self.mark_changed(s);
     }
 
     fn mark_changed(&mut self, s: u32) {
+        self.revision = self.revision.wrapping_add(1);
         let tick = self.tick;
         self.slots[s as usize].changed = tick;
         if self.logged_at[s as usize] != tick {
@@ -785,19 +834,12 @@ impl Store {
         if sl.alive || sl.refs > 0 {
             return;
         }
-        for mut v in sl.versions.drain(..) {
-            v.words.clear();
-            self.spare_words.push(v.words);
-        }
-        sl.versions.shrink_to(1);
-        // A placeholder keeps `versions` non-empty for `current()`.
-        sl.versions.push_back(Version::default());
+        sl.history = VecDeque::new();
+        sl.cur = Version::default();
         if self.index.get(&sl.id) == Some(&s) {
             self.index.remove(&sl.id);
         }
         self.free.push(s);
-        // Keep the spare pool bounded.
-        self.spare_words.truncate(4096);
     }
 
     /// Log entries after `since` (all held ones when `since` is `None`), oldest first, and
@@ -814,6 +856,41 @@ impl Store {
             .filter(move |e| since.is_none_or(|t| e.tick.is_after(t)));
         (iter, covered)
     }
+}
+
+/// A live entity of a [`Store`], from [`Store::entity_mut`]: changes without looking it up
+/// again.
+#[derive(Debug)]
+pub struct EntityMut<'s> {
+    store: &'s mut Store,
+    id: EntityId,
+    slot: u32,
+}
+
+impl EntityMut<'_> {
+    /// The entity's id.
+    #[must_use]
+    pub fn id(&self) -> EntityId {
+        self.id
+    }
+
+    /// Like [`Store::set`].
+    pub fn set<T: Replicate>(&mut self, value: &T) -> Result<&mut Self, StoreError> {
+        self.store.set_in_slot(self.slot, value)?;
+        Ok(self)
+    }
+
+    /// Like [`Store::set_position`].
+    pub fn set_position(&mut self, pos: Option<[f32; 2]>) -> Result<&mut Self, StoreError> {
+        self.store.set_slot_position(self.slot, self.id, pos)?;
+        Ok(self)
+    }
+}
+
+/// Word-slice equality without a `memcmp` call (slices here are a few words long).
+#[inline]
+pub(crate) fn words_eq(a: &[u32], b: &[u32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Offset and length (in words) of component `cid` within an entity with `mask`.

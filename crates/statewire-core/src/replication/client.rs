@@ -42,7 +42,6 @@ pub struct ClientReplicator {
     entities: HashMap<EntityId, VecDeque<Version>>,
     last_event: u64,
     scratch: Scratch,
-    spare: Vec<Vec<u32>>,
     late: u64,
 }
 
@@ -84,7 +83,6 @@ impl ClientReplicator {
             entities: HashMap::new(),
             last_event: 0,
             scratch: Scratch::default(),
-            spare: Vec::new(),
             late: 0,
         }
     }
@@ -164,13 +162,14 @@ impl ClientReplicator {
         let mut n =
             self.entities.capacity() * (std::mem::size_of::<(EntityId, VecDeque<Version>)>() + 1);
         for v in self.entities.values() {
-            n += v.capacity() * vs + v.iter().map(|x| x.words.capacity() * 4).sum::<usize>();
+            n += v.capacity() * vs;
+            n += v
+                .iter()
+                .filter(|x| x.words.spilled())
+                .map(|x| x.words.capacity() * 4)
+                .sum::<usize>();
         }
-        n + self
-            .spare
-            .iter()
-            .map(|w| w.capacity() * 4 + 24)
-            .sum::<usize>()
+        n
     }
 
     /// Decodes `bytes` and, if it is newer than every packet applied so far, applies it,
@@ -310,14 +309,11 @@ impl ClientReplicator {
             }
             let new = &mut sc.versions[k];
             new.tick = tick;
-            let mut words = self.spare.pop().unwrap_or_default();
-            words.clear();
-            words.extend_from_slice(&new.words);
             let version = Version {
                 tick,
                 owner: new.owner,
                 mask: new.mask,
-                words,
+                words: new.words.clone(),
             };
             match self.entities.get_mut(&id) {
                 None => {
@@ -337,9 +333,7 @@ impl ClientReplicator {
                     // Keep the states a delta may still name: those within the history window,
                     // and always the newest.
                     while vs.len() >= 2 && horizon.is_after(vs[0].tick) {
-                        if let Some(old) = vs.pop_front() {
-                            self.spare.push(old.words);
-                        }
+                        vs.pop_front();
                     }
                     vs.push_back(version);
                 }
@@ -352,16 +346,10 @@ impl ClientReplicator {
             }
         }
         for &(id, kind, _) in &sc.recs {
-            if kind == RecKind::Despawn {
-                if let Some(vs) = self.entities.remove(&id) {
-                    for v in vs {
-                        self.spare.push(v.words);
-                    }
-                    sink.despawn(id);
-                }
+            if kind == RecKind::Despawn && self.entities.remove(&id).is_some() {
+                sink.despawn(id);
             }
         }
-        self.spare.truncate(1024);
         if self.entities.capacity() > 64 && self.entities.len() < self.entities.capacity() / 4 {
             self.entities.shrink_to_fit();
         }

@@ -31,11 +31,6 @@ pub(crate) fn write_full(w: &mut BitWriter<'_>, registry: &Registry, v: &Version
     }
 }
 
-/// Writes a despawn record body: `'11'`.
-pub(crate) fn write_despawn(w: &mut BitWriter<'_>) {
-    w.write(0b11, 2);
-}
-
 /// Writes an update record body against `base`: `'0'`, owner and mask changes, then per
 /// component and field what changed.
 pub(crate) fn write_update(
@@ -64,7 +59,7 @@ pub(crate) fn write_update(
         match (base.mask & bit != 0, cur.mask & bit != 0) {
             (true, true) => {
                 let (old, new) = (&wa[oa..oa + n], &wb[ob..ob + n]);
-                let changed = old != new;
+                let changed = !crate::store::words_eq(old, new);
                 w.write_bool(changed);
                 if changed {
                     for (f, ((codec, &o), &v)) in codecs.iter().zip(old).zip(new).enumerate() {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 
-use super::records::{TailBuf, copy_bits, write_despawn, write_full, write_update};
+use super::records::{TailBuf, copy_bits, write_full, write_update};
 use super::{AckFrame, AckOutcome, ReplicationError, ServerConfig};
 use crate::bits::BitWriter;
 use crate::codec::range::RangeEncoder;
@@ -136,7 +136,7 @@ struct Cand {
     kind: CandKind,
     required: bool,
     prio: f32,
-    /// Body bits in the scratch buffer.
+    /// Body bits in the body cache (or [`DESPAWN_BITS`] for a despawn).
     start: usize,
     len: usize,
     tail: (usize, usize),
@@ -151,12 +151,77 @@ enum CandKind {
     Despawn,
 }
 
+/// A record body coded once per tick and shared by every client that needs the same one (same
+/// entity, same acknowledged state).
+#[derive(Debug, Clone, Copy)]
+struct Body {
+    start: usize,
+    len: usize,
+    tail: (usize, usize),
+    tail_bits: usize,
+}
+
+#[derive(Debug, Default)]
+struct BodyCache {
+    /// The store tick and revision the bodies were coded from.
+    tick: Option<(Tick, u64)>,
+    bits: Vec<u8>,
+    tail: TailBuf,
+    /// (slot, acknowledged tick, full?) -> body
+    map: HashMap<(u32, u32, bool), Body>,
+}
+
+impl BodyCache {
+    fn reset(&mut self, tick: Tick, revision: u64) {
+        if self.tick != Some((tick, revision)) {
+            self.tick = Some((tick, revision));
+            self.bits.clear();
+            self.tail.values.clear();
+            self.tail.reserved_bits = 0;
+            self.map.clear();
+        }
+    }
+
+    /// The body for `key`, coding it with `write` the first time this tick.
+    fn get(
+        &mut self,
+        key: (u32, u32, bool),
+        write: impl FnOnce(&mut BitWriter<'_>, &mut TailBuf),
+    ) -> Body {
+        if let Some(b) = self.map.get(&key) {
+            return *b;
+        }
+        let start = self.bits.len() * 8;
+        let tail_start = self.tail.values.len();
+        let tail_bits0 = self.tail.reserved_bits;
+        let mut w = BitWriter::new(&mut self.bits);
+        write(&mut w, &mut self.tail);
+        let len = w.bit_len();
+        w.finish();
+        let b = Body {
+            start,
+            len,
+            tail: (tail_start, self.tail.values.len() - tail_start),
+            tail_bits: self.tail.reserved_bits - tail_bits0,
+        };
+        self.map.insert(key, b);
+        b
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.bits.capacity()
+            + self.tail.values.capacity() * std::mem::size_of::<crate::delta::TailValue>()
+            + self.map.capacity() * (std::mem::size_of::<((u32, u32, bool), Body)>() + 1)
+    }
+}
+
+/// The despawn body, two bits, in a buffer of its own.
+const DESPAWN_BITS: [u8; 1] = [0b11];
+
 #[derive(Debug, Default)]
 struct Scratch {
     cands: Vec<Cand>,
     chosen: Vec<usize>,
-    bits: Vec<u8>,
-    tail: TailBuf,
     packet_bits: Vec<u8>,
     section: Vec<u8>,
     hold: Vec<u32>,
@@ -184,6 +249,7 @@ pub struct ServerReplicator {
     component_weights: Vec<f32>,
     events_seen: u64,
     scratch: Scratch,
+    bodies: BodyCache,
 }
 
 impl std::fmt::Debug for ServerReplicator {
@@ -215,6 +281,7 @@ impl ServerReplicator {
             component_weights: Vec::new(),
             events_seen: 0,
             scratch: Scratch::default(),
+            bodies: BodyCache::default(),
         }
     }
 
@@ -406,7 +473,8 @@ impl ServerReplicator {
                 .map(|v| v.capacity() * rec)
                 .sum::<usize>()
             + self.clients.capacity() * std::mem::size_of::<Option<ClientState>>()
-            + (self.dirty_slots.capacity() + self.unref.capacity()) * 4;
+            + (self.dirty_slots.capacity() + self.unref.capacity()) * 4
+            + self.bodies.memory_bytes();
         for c in self.clients.iter().flatten() {
             n += (c.view.capacity() + c.pending.capacity()) * 4;
             n += c.pinned.capacity() * 16;
@@ -902,17 +970,15 @@ impl ServerReplicator {
                 }
             }
         }
-        // Candidates: every pending record, its body coded once into the scratch buffer.
+        // Candidates: every pending record, its body coded once per tick for all clients.
         sc.cands.clear();
-        sc.bits.clear();
-        sc.tail.values.clear();
-        sc.tail.reserved_bits = 0;
+        let bodies = &mut self.bodies;
+        bodies.reset(tick, store.revision());
         let margin_r = c.radius + self.config.interest_margin;
         let default_base = c
             .last_ack
             .filter(|&a| tick.diff(a) > 0 && tick.diff(a) <= i32::from(u16::MAX));
         {
-            let mut w = BitWriter::new(&mut sc.bits);
             let mut keep = Vec::with_capacity(c.pending.len());
             for &s in &c.pending {
                 let Some(list) = self.viewers.get_mut(s as usize) else {
@@ -976,13 +1042,16 @@ impl ServerReplicator {
                     }
                 }
                 r.prio += g;
-                let start = w.bit_len();
-                let tail_start = sc.tail.values.len();
-                let tail_bits0 = sc.tail.reserved_bits;
                 let kind;
+                let body;
                 let mut staleness = 0;
                 if leaving {
-                    write_despawn(&mut w);
+                    body = Body {
+                        start: 0,
+                        len: 2,
+                        tail: (0, 0),
+                        tail_bits: 0,
+                    };
                     kind = CandKind::Despawn;
                 } else {
                     let cur = sl.current();
@@ -997,37 +1066,36 @@ impl ServerReplicator {
                         .and_then(|k| sl.version_at(k));
                     match base {
                         Some(b) => {
-                            write_update(&mut w, &mut sc.tail, registry, b, cur);
+                            body = bodies.get((s, r.known, false), |w, tail| {
+                                write_update(w, tail, registry, b, cur);
+                            });
                             kind = CandKind::Update;
                             // How long the oldest change it carries waited.
                             let after = Tick(r.sent().or(r.known()).unwrap_or(0));
-                            let i = sl.versions.partition_point(|v| !v.tick.is_after(after));
-                            if let Some(v) = sl.versions.get(i) {
-                                staleness = tick.diff(v.tick).max(0) as u32;
+                            if let Some(first) = sl.first_change_after(after) {
+                                staleness = tick.diff(first).max(0) as u32;
                             }
                         }
                         None => {
-                            write_full(&mut w, registry, cur);
+                            body = bodies.get((s, 0, true), |w, _| write_full(w, registry, cur));
                             kind = CandKind::Full;
                         }
                     }
                 }
-                let len = w.bit_len() - start;
                 sc.cands.push(Cand {
                     slot: s,
                     id: sl.id,
                     kind,
                     required,
                     prio: r.prio,
-                    start,
-                    len,
-                    tail: (tail_start, sc.tail.values.len() - tail_start),
-                    tail_bits: sc.tail.reserved_bits - tail_bits0,
+                    start: body.start,
+                    len: body.len,
+                    tail: body.tail,
+                    tail_bits: body.tail_bits,
                     staleness,
                 });
             }
             c.pending = keep;
-            w.finish();
         }
         // Required entities missing from the candidates (the client holds them already or they
         // are in flight) need nothing; required ones the client is not known to hold and that
@@ -1046,35 +1114,57 @@ impl ServerReplicator {
         };
         let budget_bits =
             (budget.saturating_sub(events_bytes) * 8).saturating_sub(header_bits + 1 + framing + 7);
-        // Worst-case gap code, so that choosing by priority never overruns once ids are sorted.
-        const GAP_MAX: usize = 2 + 6 + 31;
-        let cost = |cd: &Cand, gap: usize| 1 + gap + cd.len + cd.tail_bits;
-        let total: usize = sc.cands.iter().map(|cd| cost(cd, GAP_MAX)).sum();
+        // Choose: everything if it fits; otherwise the highest priority first, sized with a
+        // typical gap code, then checked exactly in id order (dropping the lowest until it fits).
+        let cands = &sc.cands;
+        let exact = |chosen: &[usize]| {
+            let mut prev = u32::MAX;
+            let mut bits = 0;
+            for &k in chosen {
+                let cd = &cands[k];
+                bits += 1 + gap_bits(cd.id.0.wrapping_sub(prev)) + cd.len + cd.tail_bits;
+                prev = cd.id.0;
+            }
+            bits
+        };
         sc.chosen.clear();
+        sc.chosen.extend(0..cands.len());
         let mut oversized = 0;
-        if total <= budget_bits {
-            sc.chosen.extend(0..sc.cands.len());
-        } else {
-            let mut order: Vec<usize> = (0..sc.cands.len()).collect();
+        let all_fit =
+            sc.chosen.is_sorted_by_key(|&k| cands[k].id) && exact(&sc.chosen) <= budget_bits;
+        if !all_fit {
+            let mut order: Vec<usize> = (0..cands.len()).collect();
             order.sort_unstable_by(|&a, &b| {
-                let (x, y) = (&sc.cands[a], &sc.cands[b]);
+                let (x, y) = (&cands[a], &cands[b]);
                 y.required
                     .cmp(&x.required)
                     .then(y.prio.total_cmp(&x.prio))
                     .then(x.id.cmp(&y.id))
             });
+            const GAP_TYPICAL: usize = 6;
             let mut used = 0;
+            let mut picked: Vec<usize> = Vec::new();
             for k in order {
-                let cd = &sc.cands[k];
-                let b = cost(cd, GAP_MAX);
-                if b > budget_bits {
+                let cd = &cands[k];
+                let b = 1 + GAP_TYPICAL + cd.len + cd.tail_bits;
+                if 1 + gap_bits(cd.id.0.wrapping_add(1)) + cd.len + cd.tail_bits > budget_bits {
                     oversized += 1;
                     continue;
                 }
                 if used + b <= budget_bits {
                     used += b;
-                    sc.chosen.push(k);
+                    picked.push(k);
                 }
+            }
+            loop {
+                sc.chosen.clear();
+                sc.chosen.extend_from_slice(&picked);
+                sc.chosen.sort_unstable_by_key(|&k| cands[k].id);
+                if exact(&sc.chosen) <= budget_bits || picked.is_empty() {
+                    break;
+                }
+                // Over by the gaps: drop the lowest priority and measure again.
+                picked.pop();
             }
         }
         // Events whose entities did not fit wait (except those that must be repeated).
@@ -1118,7 +1208,27 @@ impl ServerReplicator {
                 });
             }
         }
-        sc.chosen.sort_unstable_by_key(|&k| sc.cands[k].id);
+        if !sc.chosen.is_sorted_by_key(|&k| sc.cands[k].id) {
+            sc.chosen.sort_unstable_by_key(|&k| sc.cands[k].id);
+        }
+        // Dropping held despawns can only merge gaps; if that costs more than it saved, drop
+        // the lowest priority records until it fits again.
+        while !exact_fits(&sc.cands, &sc.chosen, budget_bits) {
+            let cands = &sc.cands;
+            let Some(pos) = sc
+                .chosen
+                .iter()
+                .enumerate()
+                .min_by(|a, b| {
+                    let (x, y) = (&cands[*a.1], &cands[*b.1]);
+                    x.required.cmp(&y.required).then(x.prio.total_cmp(&y.prio))
+                })
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            sc.chosen.remove(pos);
+        }
 
         // Assemble: events section, header, records in id order, tail.
         sc.section.clear();
@@ -1149,9 +1259,13 @@ impl ServerReplicator {
                 w.write_bool(true);
                 write_gap(&mut w, cd.id.0.wrapping_sub(prev));
                 prev = cd.id.0;
-                copy_bits(&mut w, &sc.bits, cd.start, cd.len);
-                let (ts, tl) = cd.tail;
-                tail_values.extend_from_slice(&sc.tail.values[ts..ts + tl]);
+                if cd.kind == CandKind::Despawn {
+                    copy_bits(&mut w, &DESPAWN_BITS, 0, 2);
+                } else {
+                    copy_bits(&mut w, &self.bodies.bits, cd.start, cd.len);
+                    let (ts, tl) = cd.tail;
+                    tail_values.extend_from_slice(&self.bodies.tail.values[ts..ts + tl]);
+                }
             }
             w.write_bool(false);
             w.finish();
@@ -1333,6 +1447,26 @@ impl ServerReplicator {
             }
         }
     }
+}
+
+/// Bits of the gap code for `gap` (see `delta::write_gap`).
+fn gap_bits(gap: u32) -> usize {
+    match gap {
+        1 => 1,
+        2..=17 => 6,
+        _ => 2 + 6 + (32 - gap.leading_zeros()).saturating_sub(1) as usize,
+    }
+}
+
+fn exact_fits(cands: &[Cand], chosen: &[usize], budget_bits: usize) -> bool {
+    let mut prev = u32::MAX;
+    let mut bits = 0;
+    for &k in chosen {
+        let cd = &cands[k];
+        bits += 1 + gap_bits(cd.id.0.wrapping_sub(prev)) + cd.len + cd.tail_bits;
+        prev = cd.id.0;
+    }
+    bits <= budget_bits
 }
 
 fn store_index(store: &Store, id: EntityId) -> Option<&u32> {

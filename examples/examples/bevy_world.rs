@@ -6,10 +6,11 @@
 //! cargo run -p statewire-examples --example bevy_world -- 7     # another seed
 //! ```
 //!
-//! The integration itself (the `WorldSource` over the server's bevy world, the `WorldSink` that
-//! maps `EntityId`s to bevy `Entity`s on each client, and the game loop) is in
-//! `examples/src/bevy_world.rs`, shared with the crate's tests. The run panics, naming the seed,
-//! if any client's world differs from the server's after the quiet period.
+//! The integration itself (the server's sync, which feeds its store the changes bevy's change
+//! detection finds, the `WorldSink` that maps `EntityId`s to bevy `Entity`s on each client, and
+//! the game loop) is in `examples/src/bevy_world.rs`, shared with the crate's tests. The run
+//! panics, naming the seed, if the server's store missed a change or any client's world differs
+//! from the server's after the quiet period.
 
 use statewire_examples::{bevy_world, seed_from_args};
 

@@ -7,9 +7,10 @@
 //! cargo run -p statewire-examples --example plain_vec -- 7     # another seed
 //! ```
 //!
-//! The `WorldSource`/`WorldSink` implementations and the loop are in `examples/src/plain_vec.rs`,
-//! shared with the crate's tests. The run panics, naming the seed, if any client's world
-//! differs from the server's after the quiet period.
+//! The server's sync (it feeds its store the ships the game noted as changed), the `WorldSink`
+//! and the loop are in `examples/src/plain_vec.rs`, shared with the crate's tests. The run
+//! panics, naming the seed, if the server's store missed a change or any client's world differs
+//! from the server's after the quiet period.
 
 use statewire_examples::{plain_vec, seed_from_args};
 

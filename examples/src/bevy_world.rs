@@ -1,7 +1,8 @@
 //! statewire over [bevy_ecs](https://docs.rs/bevy_ecs) (bevy's ECS alone, without the engine): a
-//! server `bevy_ecs::world::World` feeds snapshots through [`WorldSource`], and each client's
-//! own `World` receives them through [`WorldSink`], over loopback wrapped in netsim with the
-//! `poor` profile. The game, the loop and the checks are the same as in
+//! server `bevy_ecs::world::World` tells the server's [`Store`] what changed each tick, found
+//! with bevy's own change detection ([`BevyServer::sync`]), and each client's own `World`
+//! receives the replicated state through [`WorldSink`], over loopback wrapped in netsim with
+//! the `poor` profile. The game, the loop and the checks are the same as in
 //! [`hecs_world`](crate::hecs_world); only the storage differs.
 //!
 //! # Mapping entities
@@ -19,9 +20,39 @@
 //! [`Owner`] is a foreign type, so the orphan rule forbids making it a bevy `Component` here:
 //! both sides store it wrapped in [`NetOwner`].
 //!
+//! # Finding what changed
+//!
+//! The replicator's work per tick grows with the number of changes the store is told about, so
+//! the server tells it only those, and bevy already knows them: every component carries the
+//! change tick of its insertion and of its last mutable access, and every removal is recorded.
+//! [`BevyServer::sync`] reads them through the system parameters a bevy system would declare:
+//!
+//! - `Query<.., Added<NetId>>`: new replicated entities, spawned in the store with their owner;
+//! - `Query<.., Changed<NetOwner>>`, `Changed<Transform>`, `Changed<Health>`: values to `set`
+//!   (an insertion counts as a change, so a restored `Health` is among them);
+//! - `RemovedComponents<NetId>`: despawns (bevy reports a despawned entity as having lost each
+//!   of its components), and `RemovedComponents<Health>`: removals.
+//!
+//! bevy marks a component changed on any mutable access, even one that writes the same value;
+//! the store ignores a value that quantizes to what it already holds, so that costs a
+//! comparison and nothing else. A removal names the bevy [`Entity`], whose [`NetId`] is gone
+//! with it, so the server keeps an `Entity → EntityId` map of what it has spawned in the
+//! store.
+//!
+//! A replicated entity is spawned with its [`NetId`], [`NetOwner`] and [`Transform`] together
+//! (the queries above, and the end-of-run snapshot, read them together) and keeps them until
+//! it is despawned.
+//!
+//! In a bevy app `sync` would be a system (taking the store as a resource, say) scheduled
+//! after the game's systems. This example drives its world by hand, so it keeps the same
+//! parameters in a [`SystemState`], which remembers, like a system, the tick it last ran at
+//! and how far it has read the removals, and calls [`World::clear_trackers`] after each sync,
+//! as an app does at the end of every update, so the removal buffers do not grow forever.
+//!
 //! # Reading the server's world
 //!
-//! `WorldSource::build` takes `&self`, but bevy's `World::query` needs `&mut World` (it may
+//! The snapshot [`WorldSource`] builds is now only for the end-of-run check that the store
+//! missed no change. `WorldSource::build` takes `&self`, but bevy's `World::query` needs `&mut World` (it may
 //! register components and it fills the new `QueryState`'s archetype cache), and so does
 //! `QueryState::iter` (it refreshes that cache). [`BevyServer`] therefore keeps one
 //! `QueryState` for the replicated data, and [`BevyServer::source`] takes `&mut self`, refreshes
@@ -32,14 +63,17 @@
 //! or `Mutex` around the state hides a mutation behind `&self` for no benefit.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use bevy_ecs::component::Component;
 use bevy_ecs::entity::Entity;
-use bevy_ecs::query::{QueryFilter, QueryState, With, Without};
+use bevy_ecs::query::{Added, Changed, QueryFilter, QueryState, With, Without};
+use bevy_ecs::removal_detection::RemovedComponents;
+use bevy_ecs::system::{Query, SystemState};
 use bevy_ecs::world::World;
 use statewire_core::{
-    ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, WorldSink,
-    WorldSource,
+    ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, Store,
+    StoreError, WorldSink, WorldSource,
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
@@ -83,17 +117,46 @@ type Replicated = (
     Option<&'static Health>,
 );
 
-/// The server's game: a bevy world, the counter [`NetId`]s come from and the cached query the
-/// snapshots read through.
-#[derive(Debug)]
+/// The change-detection parameters [`BevyServer::sync`] reads, as a system would declare them
+/// (a `SystemState` needs them spelled with `'static` lifetimes).
+type Changes = (
+    Query<'static, 'static, (Entity, &'static NetId, &'static NetOwner), Added<NetId>>,
+    Query<'static, 'static, (&'static NetId, &'static NetOwner), Changed<NetOwner>>,
+    Query<'static, 'static, (&'static NetId, &'static Transform), Changed<Transform>>,
+    Query<'static, 'static, (&'static NetId, &'static Health), Changed<Health>>,
+    RemovedComponents<'static, 'static, NetId>,
+    RemovedComponents<'static, 'static, Health>,
+);
+
+/// The server's game: a bevy world, the counter [`NetId`]s come from, what
+/// [`sync`](Self::sync) needs to find the world's changes, and the cached query the end-of-run
+/// snapshot reads through.
 pub struct BevyServer {
-    /// The authoritative world.
+    /// The authoritative world. Any change made to it, through any API, reaches the store at
+    /// the next sync.
     pub world: World,
     replicated: QueryState<Replicated>,
+    /// The parameters of the sync "system" and its change ticks (see the [module docs](self)).
+    changes: SystemState<Changes>,
+    /// The wire id of every entity spawned in the store, to name an entity bevy reports as
+    /// despawned or as having lost a component.
+    net_ids: HashMap<Entity, EntityId>,
     clients: Vec<ClientId>,
     next_id: u32,
     /// What changed so far.
     pub events: GameEvents,
+}
+
+// `SystemState` has no `Debug`; show the sizes.
+impl fmt::Debug for BevyServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BevyServer")
+            .field("entities", &self.world.entities().len())
+            .field("in_store", &self.net_ids.len())
+            .field("next_id", &self.next_id)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BevyServer {
@@ -101,9 +164,14 @@ impl BevyServer {
     pub fn new(clients: &[ClientId], rng: &mut GameRng) -> Self {
         let mut world = World::new();
         let replicated = world.query::<Replicated>();
+        // Created before anything is spawned, but that does not matter: a new `SystemState`
+        // treats everything already in the world as added.
+        let changes = SystemState::new(&mut world);
         let mut s = BevyServer {
             world,
             replicated,
+            changes,
+            net_ids: HashMap::new(),
             clients: clients.to_vec(),
             next_id: 0,
             events: GameEvents::default(),
@@ -253,6 +321,48 @@ impl BevyServer {
                 }
             }
         }
+    }
+
+    /// Applies to `store` what changed in the world since the last call (on the first call:
+    /// everything), for a tick the caller has started with [`Store::begin_tick`].
+    pub fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        let (spawned, owners, transforms, healths, mut despawned, mut lost_health) =
+            self.changes.get_mut(&mut self.world);
+        // Despawns first. An entity spawned and despawned within one tick was never in the
+        // store, so it is not in the map either.
+        for e in despawned.read() {
+            if let Some(id) = self.net_ids.remove(&e) {
+                store.despawn(id)?;
+            }
+        }
+        // Spawns before any component: the store needs the entity before its values.
+        for (e, id, owner) in &spawned {
+            store.spawn(id.0, owner.0)?;
+            self.net_ids.insert(e, id.0);
+        }
+        // Includes the entities just spawned (`Added` implies `Changed`); for them this is
+        // the owner they already have, which is not a change.
+        for (id, owner) in &owners {
+            store.set_owner(id.0, owner.0)?;
+        }
+        // Removals before sets: a `Health` removed and given back within one tick is reported
+        // by both, and must end up present.
+        for e in lost_health.read() {
+            // Not in the map: the entity was despawned (and handled above).
+            if let Some(&id) = self.net_ids.get(&e) {
+                store.remove::<Health>(id)?;
+            }
+        }
+        for (id, t) in &transforms {
+            store.set(id.0, t)?;
+        }
+        for (id, h) in &healths {
+            store.set(id.0, h)?;
+        }
+        // What a bevy app does after every update: start new removal buffers (the reader has
+        // consumed these) and a new change tick.
+        self.world.clear_trackers();
+        Ok(())
     }
 
     /// The world as a [`WorldSource`], with the snapshot query's archetype cache brought up to
@@ -475,6 +585,9 @@ impl Engine for BevyServer {
     fn step(&mut self, tick: u32, rng: &mut GameRng) {
         BevyServer::step(self, tick, rng);
     }
+    fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        BevyServer::sync(self, store)
+    }
     fn build(&mut self, builder: &mut SnapshotBuilder<'_>) {
         self.source().build(builder);
     }
@@ -507,13 +620,22 @@ mod tests {
         ClientConfig, ClientReplicator, ServerConfig, ServerReplicator, Store, StoreConfig, Tick,
     };
 
+    /// A fresh one-client game (the same world every time).
+    fn new_game() -> BevyServer {
+        BevyServer::new(&[ClientId(1)], &mut GameRng::new(3))
+    }
+
+    /// Syncs `game` into a new store and sends it to a new client in one packet. The game's
+    /// change detection then has nothing left to report, so each call needs a game never
+    /// synced.
     fn replicate_once(game: &mut BevyServer, registry: &Registry) -> (Snapshot, BevyClient) {
-        let mut b = SnapshotBuilder::new(registry);
-        game.source().build(&mut b);
-        let snapshot = b.finish().unwrap();
         let mut store = Store::new(registry.clone(), StoreConfig::default());
         store.begin_tick(Tick(1)).unwrap();
-        store.apply_snapshot(&snapshot).unwrap();
+        game.sync(&mut store).unwrap();
+        let snapshot = store.snapshot();
+        let mut b = SnapshotBuilder::new(registry);
+        game.source().build(&mut b);
+        assert_eq!(snapshot, b.finish().unwrap(), "the store is the world");
         let mut server = ServerReplicator::new(ServerConfig::default());
         server.add_client(ClientId(1)).unwrap();
         server
@@ -536,7 +658,7 @@ mod tests {
     #[test]
     fn one_packet_fills_the_client_world_and_skips_server_only_state() {
         let registry = game::registry().unwrap();
-        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
+        let mut game = new_game();
         let (snapshot, mut client) = replicate_once(&mut game, &registry);
         verify(&registry, &snapshot, &game, &client).unwrap();
         // The spawn point has no NetId; NPC markers and velocities stay on the server.
@@ -554,7 +676,7 @@ mod tests {
         // Removing Health moves an NPC to an archetype the cached query has never seen; a stale
         // cache would leave it out of the snapshot.
         let registry = game::registry().unwrap();
-        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
+        let mut game = new_game();
         let before = game.replicated_len();
         let (_, e) = game.npcs::<()>()[0];
         game.world.entity_mut(e).remove::<Health>();
@@ -574,22 +696,82 @@ mod tests {
     }
 
     #[test]
+    fn the_store_matches_the_world_after_every_tick() {
+        let mut rng = GameRng::new(11);
+        let mut game = BevyServer::new(&[ClientId(1), ClientId(2)], &mut rng);
+        netsim_run::assert_store_tracks_world(
+            &mut game,
+            &mut rng,
+            300,
+            |g, t, rng| g.step(t, rng),
+            BevyServer::sync,
+            |g, b| g.source().build(b),
+        );
+        let e = game.events;
+        assert!(e.despawned > 0 && e.health_removed > 0 && e.health_restored > 0);
+        assert!(e.owner_changes > 0);
+    }
+
+    #[test]
+    fn changes_made_anywhere_reach_the_store() {
+        // bevy's change detection needs no cooperation from the code that changes the world:
+        // changes made directly, not by the game script, all reach the store at the next sync,
+        // including a removal and re-insertion within one tick.
+        let registry = game::registry().unwrap();
+        let mut game = new_game();
+        let mut store = Store::new(registry.clone(), StoreConfig::default());
+        store.begin_tick(Tick(1)).unwrap();
+        game.sync(&mut store).unwrap();
+
+        let npcs = game.npcs::<()>();
+        let (a, b, c, d) = (npcs[0].1, npcs[1].1, npcs[2].1, npcs[3].1);
+        game.world.entity_mut(a).remove::<Health>();
+        game.world.entity_mut(b).remove::<Health>();
+        game.world.entity_mut(b).insert(Health { hp: 42 });
+        game.world.get_mut::<NetOwner>(c).unwrap().0 = Owner::Client(ClientId(1));
+        game.world.despawn(d);
+        game.world.spawn((
+            NetId(EntityId(500)),
+            NetOwner(Owner::Server),
+            Transform {
+                x: 1.0,
+                y: 2.0,
+                angle: 0.5,
+            },
+        ));
+        store.begin_tick(Tick(2)).unwrap();
+        game.sync(&mut store).unwrap();
+
+        let mut builder = SnapshotBuilder::new(&registry);
+        game.source().build(&mut builder);
+        netsim_run::check_store(&registry, &store, &builder.finish().unwrap()).unwrap();
+        let (ia, ib, ic, id) = (npcs[0].0.0, npcs[1].0.0, npcs[2].0.0, npcs[3].0.0);
+        assert_eq!(store.component::<Health>(ia), None);
+        assert_eq!(store.component::<Health>(ib), Some(Health { hp: 42 }));
+        assert_eq!(store.owner(ic), Some(Owner::Client(ClientId(1))));
+        assert!(!store.contains(id));
+        assert!(store.contains(EntityId(500)));
+    }
+
+    #[test]
     fn verify_reports_a_tampered_client() {
         let registry = game::registry().unwrap();
-        let mut game = BevyServer::new(&[ClientId(1)], &mut GameRng::new(3));
 
+        let mut game = new_game();
         let (snapshot, mut client) = replicate_once(&mut game, &registry);
         let e = client.entity(EntityId(5)).unwrap();
         client.world.get_mut::<Transform>(e).unwrap().x += 1.0;
         let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
         assert!(err.starts_with("e5: transform"), "{err}");
 
+        let mut game = new_game();
         let (snapshot, mut client) = replicate_once(&mut game, &registry);
         let e = client.entity(EntityId(7)).unwrap();
         client.world.entity_mut(e).remove::<Health>();
         let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
         assert!(err.starts_with("e7: health"), "{err}");
 
+        let mut game = new_game();
         let (snapshot, mut client) = replicate_once(&mut game, &registry);
         client
             .world

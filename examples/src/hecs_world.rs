@@ -1,6 +1,7 @@
-//! statewire over the [hecs](https://docs.rs/hecs) ECS: a server `hecs::World` feeds snapshots
-//! through [`WorldSource`], and each client's own `hecs::World` receives them through
-//! [`WorldSink`], over loopback wrapped in netsim with the `poor` profile.
+//! statewire over the [hecs](https://docs.rs/hecs) ECS: a server `hecs::World` tells the
+//! server's [`Store`] what changed each tick ([`HecsServer::sync`]), and each client's own
+//! `hecs::World` receives the replicated state through [`WorldSink`], over loopback wrapped in
+//! netsim with the `poor` profile.
 //!
 //! # Mapping entities
 //!
@@ -17,13 +18,42 @@
 //! [`Transform`] and [`Health`] are replicated (they implement `Replicate`); [`Velocity`] and
 //! the [`Npc`] marker exist only on the server; the [`Owner`] is stored as a component on both
 //! sides.
-
+//!
+//! # Finding what changed
+//!
+//! The replicator's work per tick grows with the number of changes the store is told about, so
+//! the server tells it only those. hecs has no built-in change flags, but it ships
+//! [`hecs::ChangeTracker`]: for each entity with a `T` it keeps (as a private component) a copy
+//! of the value seen at the previous `track` call, and reports what was added, changed
+//! (`PartialEq`) or removed since. [`HecsServer`] keeps one tracker per replicated piece of
+//! state, so the game systems mutate the world as they like and need not report anything:
+//!
+//! - [`Owner`]: *added* means a new replicated entity, spawned in the store with that owner;
+//!   *changed* is an ownership change;
+//! - [`Transform`] and [`Health`]: *added* or *changed* is a `set`, *removed* a `remove`.
+//!
+//! The trackers report hecs entities; the store wants [`NetId`]s, read from the entity (so the
+//! spawn point, which has a `Transform` but no `NetId`, is skipped). Despawns are the one thing
+//! the trackers cannot report (the entity and its tracked copy are gone), so
+//! [`HecsServer::despawn`] notes the `NetId` of every replicated entity it despawns.
+//!
+//! A replicated entity is one with a [`NetId`] and an [`Owner`]; the game gives it both, and a
+//! [`Transform`], when it spawns it, and never takes them away (the end-of-run snapshot reads
+//! the same three).
+//!
+//! A tracker still compares every tracked entity each tick: cheap for small `Copy` components,
+//! and it spares the store (and the replicator after it) everything that did not change. A
+//! world where that comparison is too slow would set a flag where it mutates instead.
+//!
+//! [`WorldSource`] over the whole world remains, for the end-of-run check that the store missed
+//! no change.
 use std::collections::HashMap;
 use std::fmt;
 
+use hecs::ChangeTracker;
 use statewire_core::{
-    ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, WorldSink,
-    WorldSource,
+    ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, Store,
+    StoreError, WorldSink, WorldSource,
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
@@ -54,12 +84,21 @@ pub struct Npc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpawnPoint;
 
-/// The server's game: a hecs world and the counter [`NetId`]s come from.
+/// The server's game: a hecs world, the counter [`NetId`]s come from, and what
+/// [`sync`](Self::sync) needs to find the world's changes.
 pub struct HecsServer {
-    /// The authoritative world.
+    /// The authoritative world. Despawn replicated entities through [`HecsServer::despawn`],
+    /// which notes them for the store; every other change is found by the trackers.
     pub world: hecs::World,
     clients: Vec<ClientId>,
     next_id: u32,
+    /// Replicated entities despawned since the last sync.
+    despawned: Vec<EntityId>,
+    /// One tracker per replicated piece of state (see the [module docs](self)). Each must
+    /// only ever be used with this world.
+    owners: ChangeTracker<Owner>,
+    transforms: ChangeTracker<Transform>,
+    healths: ChangeTracker<Health>,
     /// What changed so far.
     pub events: GameEvents,
 }
@@ -71,6 +110,10 @@ impl HecsServer {
             world: hecs::World::new(),
             clients: clients.to_vec(),
             next_id: 0,
+            despawned: Vec::new(),
+            owners: ChangeTracker::new(),
+            transforms: ChangeTracker::new(),
+            healths: ChangeTracker::new(),
             events: GameEvents::default(),
         };
         s.world.spawn((
@@ -154,8 +197,12 @@ impl HecsServer {
         v
     }
 
-    fn despawn(&mut self, e: hecs::Entity) {
+    /// Despawns `e`, noting its [`NetId`] for the next sync: once the entity is gone, nothing
+    /// in the world says it ever existed.
+    pub fn despawn(&mut self, e: hecs::Entity) {
+        let id = self.world.get::<&NetId>(e).ok().map(|id| id.0);
         if self.world.despawn(e).is_ok() {
+            self.despawned.extend(id);
             self.events.despawned += 1;
         }
     }
@@ -230,11 +277,85 @@ impl HecsServer {
         }
     }
 
+    /// Applies to `store` what changed in the world since the last call (on the first call:
+    /// everything), for a tick the caller has started with [`Store::begin_tick`].
+    pub fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        for id in self.despawned.drain(..) {
+            // An entity spawned and despawned within one tick never reached the store.
+            if store.contains(id) {
+                store.despawn(id)?;
+            }
+        }
+        // Owners first: a new entity must exist in the store before its components are set.
+        for (e, owner) in changes(&mut self.owners, &mut self.world) {
+            let Some(id) = net_id(&self.world, e) else {
+                continue;
+            };
+            match owner {
+                Some(owner) if store.contains(id) => store.set_owner(id, owner)?,
+                Some(owner) => store.spawn(id, owner)?,
+                // The game never takes an owner away; if something did, the entity would
+                // leave replication, as it leaves the snapshot.
+                None if store.contains(id) => store.despawn(id)?,
+                None => {}
+            }
+        }
+        // From here on, an entity the store does not hold is not replicated: the spawn point
+        // (no `NetId`), or an entity without an `Owner`.
+        let replicated = |world: &hecs::World, store: &Store, e| {
+            net_id(world, e).filter(|&id| store.contains(id))
+        };
+        for (e, t) in changes(&mut self.transforms, &mut self.world) {
+            let Some(id) = replicated(&self.world, store, e) else {
+                continue;
+            };
+            match t {
+                Some(t) => store.set(id, &t)?,
+                None => store.remove::<Transform>(id)?,
+            }
+        }
+        for (e, h) in changes(&mut self.healths, &mut self.world) {
+            let Some(id) = replicated(&self.world, store, e) else {
+                continue;
+            };
+            match h {
+                Some(h) => store.set(id, &h)?,
+                None => store.remove::<Health>(id)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Number of replicated entities (those with a [`NetId`]).
     #[must_use]
     pub fn replicated_len(&self) -> usize {
         self.world.query::<&NetId>().iter().count()
     }
+}
+
+/// What `tracker` saw change in `world` since its previous call: `(entity, Some(value))` for a
+/// component added or changed, `(entity, None)` for one removed from a live entity. Despawned
+/// entities are not reported.
+///
+/// The changes are collected because `track` borrows the world, and the caller needs the world
+/// again to read each entity's [`NetId`].
+fn changes<T>(
+    tracker: &mut ChangeTracker<T>,
+    world: &mut hecs::World,
+) -> Vec<(hecs::Entity, Option<T>)>
+where
+    T: hecs::Component + Copy + PartialEq,
+{
+    let mut changes = tracker.track(world);
+    let mut out: Vec<_> = changes.added().map(|(e, v)| (e, Some(*v))).collect();
+    out.extend(changes.changed().map(|(e, _old, new)| (e, Some(*new))));
+    out.extend(changes.removed().map(|(e, _old)| (e, None)));
+    out
+}
+
+/// The wire id of `e`, if it is replicated.
+fn net_id(world: &hecs::World, e: hecs::Entity) -> Option<EntityId> {
+    world.get::<&NetId>(e).ok().map(|id| id.0)
 }
 
 // `hecs::World` has no `Debug`; show its size.
@@ -248,6 +369,8 @@ impl fmt::Debug for HecsServer {
     }
 }
 
+/// The whole world as a snapshot; the runner uses it only to check that the store missed
+/// nothing.
 impl WorldSource for HecsServer {
     fn build(&self, builder: &mut SnapshotBuilder<'_>) {
         // One query per snapshot; the builder sorts, so hecs's archetype order does not matter.
@@ -430,6 +553,9 @@ impl Engine for HecsServer {
     fn step(&mut self, tick: u32, rng: &mut GameRng) {
         HecsServer::step(self, tick, rng);
     }
+    fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        HecsServer::sync(self, store)
+    }
     fn build(&mut self, builder: &mut SnapshotBuilder<'_>) {
         WorldSource::build(self, builder);
     }
@@ -462,13 +588,21 @@ mod tests {
         ClientConfig, ClientReplicator, ServerConfig, ServerReplicator, Store, StoreConfig, Tick,
     };
 
-    fn replicate_once(game: &HecsServer, registry: &Registry) -> (Snapshot, HecsClient) {
-        let mut b = SnapshotBuilder::new(registry);
-        game.build(&mut b);
-        let snapshot = b.finish().unwrap();
+    /// A fresh one-client game (the same world every time).
+    fn new_game() -> HecsServer {
+        HecsServer::new(&[ClientId(1)], &mut GameRng::new(3))
+    }
+
+    /// Syncs `game` into a new store and sends it to a new client in one packet. The game's
+    /// trackers then have nothing left to report, so each call needs a game never synced.
+    fn replicate_once(game: &mut HecsServer, registry: &Registry) -> (Snapshot, HecsClient) {
         let mut store = Store::new(registry.clone(), StoreConfig::default());
         store.begin_tick(Tick(1)).unwrap();
-        store.apply_snapshot(&snapshot).unwrap();
+        game.sync(&mut store).unwrap();
+        let snapshot = store.snapshot();
+        let mut b = SnapshotBuilder::new(registry);
+        game.build(&mut b);
+        assert_eq!(snapshot, b.finish().unwrap(), "the store is the world");
         let mut server = ServerReplicator::new(ServerConfig::default());
         server.add_client(ClientId(1)).unwrap();
         server
@@ -487,8 +621,8 @@ mod tests {
     #[test]
     fn one_packet_fills_the_client_world_and_skips_server_only_state() {
         let registry = game::registry().unwrap();
-        let game = HecsServer::new(&[ClientId(1)], &mut GameRng::new(3));
-        let (snapshot, client) = replicate_once(&game, &registry);
+        let mut game = new_game();
+        let (snapshot, client) = replicate_once(&mut game, &registry);
         verify(&registry, &snapshot, &game, &client).unwrap();
         // The spawn point has no NetId; NPC markers and velocities stay on the server.
         assert_eq!(client.world.len() as usize, game.world.len() as usize - 1);
@@ -498,23 +632,61 @@ mod tests {
     }
 
     #[test]
+    fn the_store_matches_the_world_after_every_tick() {
+        let mut rng = GameRng::new(11);
+        let mut game = HecsServer::new(&[ClientId(1), ClientId(2)], &mut rng);
+        netsim_run::assert_store_tracks_world(
+            &mut game,
+            &mut rng,
+            300,
+            |g, t, rng| g.step(t, rng),
+            HecsServer::sync,
+            |g, b| g.build(b),
+        );
+        let e = game.events;
+        assert!(e.despawned > 0 && e.health_removed > 0 && e.health_restored > 0);
+        assert!(e.owner_changes > 0);
+    }
+
+    #[test]
+    fn a_despawn_behind_the_servers_back_is_caught() {
+        // Why despawns go through `HecsServer::despawn`: the trackers cannot see an entity that
+        // is gone, and only the comparison with the whole world finds it.
+        let registry = game::registry().unwrap();
+        let mut game = new_game();
+        let mut store = Store::new(registry.clone(), StoreConfig::default());
+        store.begin_tick(Tick(1)).unwrap();
+        game.sync(&mut store).unwrap();
+        let (_, e) = game.npcs::<()>()[0];
+        game.world.despawn(e).unwrap();
+        store.begin_tick(Tick(2)).unwrap();
+        game.sync(&mut store).unwrap();
+        let mut b = SnapshotBuilder::new(&registry);
+        game.build(&mut b);
+        let err = netsim_run::check_store(&registry, &store, &b.finish().unwrap()).unwrap_err();
+        assert!(err.contains("e1:"), "{err}");
+    }
+
+    #[test]
     fn verify_reports_a_tampered_client() {
         let registry = game::registry().unwrap();
-        let game = HecsServer::new(&[ClientId(1)], &mut GameRng::new(3));
 
-        let (snapshot, client) = replicate_once(&game, &registry);
+        let mut game = new_game();
+        let (snapshot, client) = replicate_once(&mut game, &registry);
         let e = client.entity(EntityId(5)).unwrap();
         client.world.get::<&mut Transform>(e).unwrap().x += 1.0;
         let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
         assert!(err.starts_with("e5: transform"), "{err}");
 
-        let (snapshot, mut client) = replicate_once(&game, &registry);
+        let mut game = new_game();
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
         let e = client.entity(EntityId(7)).unwrap();
         client.world.remove_one::<Health>(e).unwrap();
         let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
         assert!(err.starts_with("e7: health"), "{err}");
 
-        let (snapshot, mut client) = replicate_once(&game, &registry);
+        let mut game = new_game();
+        let (snapshot, mut client) = replicate_once(&mut game, &registry);
         client.world.spawn((NetId(EntityId(999)), Owner::Server));
         let err = verify(&registry, &snapshot, &game, &client).unwrap_err();
         assert!(err.contains("only on the client [EntityId(999)]"), "{err}");

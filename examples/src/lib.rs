@@ -8,11 +8,21 @@
 //!
 //! All run the same small [`game`]: a server with one player per client and a few dozen NPCs
 //! that wander, take damage and die, spawn in waves, lose and regain their [`game::Health`] and
-//! change owner; two clients follow it. After the active ticks comes a quiet period with no
-//! changes, and each run then checks that every client's world equals the server's: the
-//! client replicator's quantized state equals the server's snapshot, and walking the client's
-//! own storage finds the same entities, owners and dequantized components. A mismatch is a
-//! [`RunError::Diverged`] naming the seed, and the example binaries panic with it.
+//! change owner; two clients follow it.
+//!
+//! Each tick the server tells its replicated [`Store`](statewire_core::Store) only what changed,
+//! each example finding its changes the way its storage allows: the `Vec` world notes the ids
+//! it touches, the hecs world uses `hecs::ChangeTracker`, the bevy world bevy's own change
+//! detection (`Added`, `Changed`, `RemovedComponents`). The replicator's work per tick then
+//! grows with the number of changes, not with the size of the world.
+//!
+//! After the active ticks comes a quiet period with no changes, and each run then checks two
+//! things. The server's store equals a snapshot rebuilt from the game's whole world, so a
+//! change the game failed to report is a [`RunError::StoreOutOfSync`] rather than a client
+//! that quietly agrees with a wrong server. And every client's world equals the server's: the
+//! client replicator's quantized state is bit-exact the store's, and walking the client's own
+//! storage finds the same entities, owners and dequantized components; a mismatch is a
+//! [`RunError::Diverged`]. Both name the seed, and the example binaries panic with them.
 //!
 //! The examples' binaries are thin: the whole loop lives in this library as
 //! [`hecs_world::run`], [`bevy_world::run`] and [`plain_vec::run`], which the crate's tests also
@@ -43,7 +53,7 @@ pub enum RunError {
     /// The component registry was rejected.
     #[error("schema: {0}")]
     Schema(#[from] SchemaError),
-    /// The server's world could not be turned into a snapshot.
+    /// The server's world could not be turned into a snapshot (for the end-of-run check).
     #[error("snapshot: {0}")]
     Build(#[from] BuildError),
     /// The server replicator refused a call.
@@ -55,6 +65,15 @@ pub enum RunError {
     /// The in-memory transport failed (not a simulated loss: those are expected).
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// The server's store, fed with the changes the game tracked, does not match a snapshot
+    /// rebuilt from the game's whole world at the end of the run: the game missed a change.
+    #[error("seed {seed}: the server's store missed a change: {detail}")]
+    StoreOutOfSync {
+        /// The run's seed, to reproduce it.
+        seed: u64,
+        /// The first difference found.
+        detail: String,
+    },
     /// A client's world does not match the server's at the end of the quiet period.
     #[error("seed {seed}: {client} does not match the server after the quiet period: {detail}")]
     Diverged {

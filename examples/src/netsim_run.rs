@@ -1,8 +1,24 @@
 //! The run loop the hecs and bevy examples share: a server world and [`CLIENTS`] client worlds
 //! of one ECS, over loopback wrapped in netsim ([`PROFILE`] both ways), driven tick by tick.
-//! Each example supplies its ECS through [`Engine`]. The end-of-run client checks
-//! ([`check_client`], [`verify_client_world`]) are here too; the plain-`Vec` example uses the
-//! first.
+//! Each example supplies its ECS through [`Engine`]. The end-of-run checks ([`check_store`],
+//! [`check_client`], [`verify_client_world`]) are here too; the plain-`Vec` example uses the
+//! first two.
+//!
+//! # Feeding the store
+//!
+//! Once per tick the runner starts a tick on the server's [`Store`] and asks the engine to
+//! [`sync`](Engine::sync) into it: to tell the store what changed since the previous tick, and
+//! nothing else. That is what keeps the store's and the replicator's work per tick proportional
+//! to the number of changes: an entity nobody touched costs them nothing. Each engine finds its
+//! changes its own way (a list of dirty ids, hecs's `ChangeTracker`, bevy's change detection);
+//! see the examples' module docs.
+//!
+//! [`Engine::build`] still writes the whole replicated state into a snapshot, but only for the
+//! end-of-run check that the store equals the world ([`check_store`]), so that a change the
+//! sync missed shows up as an error instead of as a client that quietly agrees with a wrong
+//! server. An engine that truly cannot say what changed could implement `sync` as `build` plus
+//! [`Store::apply_snapshot`] (the store then diffs the whole world every tick); none of these
+//! examples needs that fallback.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -10,7 +26,8 @@ use std::time::Duration;
 
 use statewire_core::{
     AckFrame, Applied, ClientConfig, ClientId, ClientReplicator, EntityId, Owner, Registry,
-    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick, WorldSink,
+    ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, StoreError,
+    Tick, WorldSink,
 };
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
@@ -41,7 +58,11 @@ pub(crate) trait Engine: Sized {
     fn new(clients: &[ClientId], rng: &mut GameRng) -> Self;
     /// One tick of the game script.
     fn step(&mut self, tick: u32, rng: &mut GameRng);
-    /// Writes the replicated entities into `builder`.
+    /// Applies to `store` what changed in the world since the previous call (on the first call:
+    /// everything). The runner has already called [`Store::begin_tick`].
+    fn sync(&mut self, store: &mut Store) -> Result<(), StoreError>;
+    /// Writes every replicated entity into `builder`. Only for checks: the runner compares the
+    /// snapshot it makes with the store ([`check_store`]).
     fn build(&mut self, builder: &mut SnapshotBuilder<'_>);
     /// Replicated entities now.
     fn replicated_len(&mut self) -> usize;
@@ -60,8 +81,50 @@ pub(crate) trait Engine: Sized {
     ) -> Result<(), String>;
 }
 
+/// The end-of-run check every example makes of its server: the store, fed only with the
+/// changes the engine tracked, holds exactly what a snapshot rebuilt from the whole world
+/// (`rebuilt`) holds. Returns the first entity that differs.
+pub(crate) fn check_store(
+    registry: &Registry,
+    store: &Store,
+    rebuilt: &Snapshot,
+) -> Result<(), String> {
+    let state = store.snapshot();
+    if state == *rebuilt {
+        return Ok(());
+    }
+    // What one side holds for `id`, dequantized: enough to name the difference.
+    let entry = |s: &Snapshot, id| {
+        (
+            s.owner(id),
+            s.component::<Transform>(registry, id),
+            s.component::<Health>(registry, id),
+        )
+    };
+    let first = state
+        .entity_ids()
+        .chain(rebuilt.entity_ids())
+        .filter(|&id| entry(&state, id) != entry(rebuilt, id))
+        .min();
+    let detail = match first {
+        Some(id) => format!(
+            "{id}: {:?} in the store, {:?} in the world (owner, transform, health)",
+            entry(&state, id),
+            entry(rebuilt, id)
+        ),
+        None => "they differ below the dequantized values".to_string(),
+    };
+    Err(format!(
+        "the store ({} entities) does not match a snapshot rebuilt from the world ({}): \
+         {detail}",
+        state.len(),
+        rebuilt.len()
+    ))
+}
+
 /// The end-of-run checks every example makes of a client before comparing its world: its
-/// replicator holds the server's `snapshot`, and its `world` sink rejected nothing.
+/// replicator's `state` is bit-exact the server's (`snapshot`, taken from the server's store),
+/// and its `world` sink rejected nothing.
 pub(crate) fn check_client(
     state: &Snapshot,
     snapshot: &Snapshot,
@@ -70,7 +133,7 @@ pub(crate) fn check_client(
 ) -> Result<(), String> {
     if state != snapshot {
         return Err(format!(
-            "its replicator holds {} entities (state hash {:016x}), the server's snapshot {} \
+            "its replicator holds {} entities (state hash {:016x}), the server's store {} \
              ({:016x})",
             state.len(),
             state.state_hash(),
@@ -198,7 +261,8 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
 
     let ids: Vec<ClientId> = (1..=CLIENTS).map(ClientId).collect();
     let mut server = ServerReplicator::new(ServerConfig::default());
-    // The engine adapters rebuild a snapshot every tick; the store diffs it once per tick.
+    // The replicator reads the server's state from this store; the engine tells it what changed
+    // each tick (`Engine::sync`).
     let mut store = Store::new(registry.clone(), StoreConfig::default());
     let mut peers: Vec<Peer<E>> = Vec::new();
     let mut by_addr = HashMap::new();
@@ -229,9 +293,6 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
 
     let mut rng = GameRng::new(seed);
     let mut game = E::new(&ids, &mut rng);
-    // The builder borrows the registry, so both live here rather than in one struct.
-    let mut builder = SnapshotBuilder::new(&registry);
-    let mut snapshot = Snapshot::new();
     let mut buf = vec![0u8; 65_536];
     let mut packet = Vec::new();
     let (mut acks_sent, mut bad_acks) = (0u64, 0u64);
@@ -262,11 +323,14 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
         if active {
             game.step(t, &mut rng);
         }
-        game.build(&mut builder);
-        builder.finish_into(&mut snapshot)?;
+        // Only what the step changed reaches the store; in the quiet ticks that is nothing.
         store.begin_tick(tick)?;
-        store.apply_snapshot(&snapshot)?;
+        game.sync(&mut store)?;
         server.update(&mut store, None);
+        // The server's whole state, to see when each client first matches it. Rebuilding it
+        // walks the store, so only while some client has yet to match in the quiet period.
+        let server_state = (!active && peers.iter().any(|p| p.summary.matched_after.is_none()))
+            .then(|| store.snapshot());
         for p in &peers {
             packet.clear();
             // One client's failure (a send error) skips that client this tick.
@@ -292,12 +356,25 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
                 p.net.send(server_addr, &ack.encode())?;
                 acks_sent += 1;
             }
-            if !active && p.summary.matched_after.is_none() && p.repl.snapshot() == snapshot {
+            if p.summary.matched_after.is_none()
+                && server_state
+                    .as_ref()
+                    .is_some_and(|state| p.repl.snapshot() == *state)
+            {
                 p.summary.matched_after = Some(t - ticks + 1);
             }
         }
     }
 
+    // The store was only ever told about changes; check that it missed none by comparing it
+    // with a snapshot rebuilt from the whole world. Then the clients are compared with the
+    // store, which is what the replicator actually sent from.
+    let mut builder = SnapshotBuilder::new(&registry);
+    game.build(&mut builder);
+    let rebuilt = builder.finish()?;
+    check_store(&registry, &store, &rebuilt)
+        .map_err(|detail| RunError::StoreOutOfSync { seed, detail })?;
+    let snapshot = store.snapshot();
     for p in &mut peers {
         p.summary.sink_errors = E::client_errors(&p.world);
         let diverged = |detail: String| RunError::Diverged {
@@ -336,4 +413,48 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
         acks_lost: peers.iter().map(|p| lost(p.net.stats())).sum(),
         clients: peers.into_iter().map(|p| p.summary).collect(),
     })
+}
+
+/// Test helper for every example: runs `game` for `ticks` active ticks and a few quiet ones,
+/// feeding `store` only through `sync`, and after every tick asserts that the store equals a
+/// snapshot rebuilt from the whole world (`build`), so a change the sync misses fails on the
+/// tick it happens. Quiet ticks must record no change at all. Returns the store.
+#[cfg(test)]
+pub(crate) fn assert_store_tracks_world<G>(
+    game: &mut G,
+    rng: &mut GameRng,
+    ticks: u32,
+    step: impl Fn(&mut G, u32, &mut GameRng),
+    sync: impl Fn(&mut G, &mut Store) -> Result<(), StoreError>,
+    build: impl Fn(&mut G, &mut SnapshotBuilder<'_>),
+) -> Store {
+    let registry = game::registry().unwrap();
+    let mut store = Store::new(registry.clone(), StoreConfig::default());
+    let mut builder = SnapshotBuilder::new(&registry);
+    const QUIET: u32 = 3;
+    // Tick 1 syncs the initial world; then every tick steps (while active) and syncs.
+    for t in 0..=ticks + QUIET {
+        if (1..=ticks).contains(&t) {
+            step(game, t - 1, rng);
+        }
+        store.begin_tick(Tick(t + 1)).unwrap();
+        sync(game, &mut store).unwrap();
+        build(game, &mut builder);
+        let rebuilt = builder.finish().unwrap();
+        if let Err(e) = check_store(&registry, &store, &rebuilt) {
+            panic!("tick {}: {e}", t + 1);
+        }
+        if t > ticks {
+            let changed: Vec<EntityId> = store
+                .entity_ids()
+                .filter(|&id| store.changed_at(id) == Some(Tick(t + 1)))
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "quiet tick {}: {changed:?} changed",
+                t + 1
+            );
+        }
+    }
+    store
 }

@@ -2,14 +2,27 @@
 //! packets are byte slices handed from the server to the clients and back within the same tick,
 //! with every third packet in each direction dropped.
 //!
-//! No ECS, no transport and no clock are needed: [`WorldSource`] is a loop over the server's
-//! `Vec`, and [`WorldSink`] keeps each client's `Vec` sorted by [`EntityId`] (changes for one
-//! snapshot arrive in id order, so a binary search finds every entity).
+//! No ECS, no transport and no clock are needed. [`WorldSink`] keeps each client's `Vec` sorted
+//! by [`EntityId`] (changes for one snapshot arrive in id order, so a binary search finds every
+//! entity).
+//!
+//! # Telling the store what changed
+//!
+//! The server's replicator reads from a [`Store`], and its work per tick grows with the number
+//! of changes the store is told about. A `Vec` has no change detection, so the game keeps it
+//! by hand: every place in [`PlainServer::step`] that touches a ship also notes the ship's id
+//! (in a list of dirty ids, or of despawned ids), and [`PlainServer::sync`] applies just those
+//! ships to the store once per tick. Re-sending a ship's unchanged fields is harmless: the store
+//! ignores a value that quantizes to what it already holds, so noting a whole ship as dirty is
+//! simpler than noting which field changed, and costs one comparison per field.
+//!
+//! [`WorldSource`] (a loop over the whole `Vec`) is kept only for the end-of-run check that the
+//! store missed no change.
 
 use statewire_core::{
     AckFrame, Applied, ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, Owner,
-    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick,
-    WorldSink, WorldSource,
+    Registry, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig,
+    StoreError, Tick, WorldSink, WorldSource,
 };
 
 use crate::game::{self, GameEvents, GameRng, Health, INITIAL_NPCS, TICK_HZ, TickPlan, Transform};
@@ -43,13 +56,23 @@ pub struct Ship {
     pub npc: bool,
 }
 
-/// The server's game: a `Vec` of [`Ship`]s, in id order.
+/// The server's game: a `Vec` of [`Ship`]s, in id order, and the ids of the ships changed
+/// since the last [`sync`](Self::sync).
+///
+/// Change `ships` only through [`step`](Self::step) (or note the change yourself): a change the
+/// dirty lists do not name never reaches the store.
 #[derive(Debug, Clone)]
 pub struct PlainServer {
-    /// The authoritative world.
+    /// The authoritative world. Ids are allocated in increasing order and ships are appended,
+    /// and removing keeps the order, so it stays sorted by id.
     pub ships: Vec<Ship>,
     clients: Vec<ClientId>,
     next_id: u32,
+    /// Ships spawned or changed since the last sync, possibly repeated (a ship that moved and
+    /// was damaged is noted twice).
+    dirty: Vec<EntityId>,
+    /// Ships removed since the last sync.
+    despawned: Vec<EntityId>,
     /// What changed so far.
     pub events: GameEvents,
 }
@@ -61,10 +84,13 @@ impl PlainServer {
             ships: Vec::new(),
             clients: clients.to_vec(),
             next_id: 0,
+            dirty: Vec::new(),
+            despawned: Vec::new(),
             events: GameEvents::default(),
         };
         for (i, &c) in clients.iter().enumerate() {
             let id = s.allocate();
+            s.dirty.push(id);
             s.ships.push(Ship {
                 id,
                 owner: Owner::Client(c),
@@ -94,6 +120,8 @@ impl PlainServer {
     fn spawn_npc(&mut self, rng: &mut GameRng) {
         let (transform, speed, turn) = game::npc_motion(rng, 100.0, -60.0);
         let id = self.allocate();
+        // A ship the store has not seen yet: the next sync spawns it.
+        self.dirty.push(id);
         self.ships.push(Ship {
             id,
             owner: Owner::Server,
@@ -105,7 +133,14 @@ impl PlainServer {
         });
     }
 
-    /// Indices of NPCs matching `pred`.
+    /// Removes the ship at index `i`, noting it for the next sync.
+    fn remove(&mut self, i: usize) {
+        let ship = self.ships.remove(i);
+        self.despawned.push(ship.id);
+        self.events.despawned += 1;
+    }
+
+    /// Index of a random NPC matching `pred`.
     fn pick(&self, rng: &mut GameRng, pred: impl Fn(&Ship) -> bool) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.ships.len())
             .filter(|&i| self.ships[i].npc && pred(&self.ships[i]))
@@ -121,6 +156,9 @@ impl PlainServer {
                 s.turn = rng.range(-1.0, 1.0);
             }
             game::advance(&mut s.transform, s.speed, s.turn, dt);
+            // Everything moves every active tick. (`speed` and `turn` are not replicated, so
+            // changing them alone would not need a note.)
+            self.dirty.push(s.id);
         }
 
         let plan = TickPlan::draw(tick, rng);
@@ -130,8 +168,7 @@ impl PlainServer {
         }
         for _ in 0..plan.despawn {
             if let Some(i) = self.pick(rng, |_| true) {
-                self.ships.remove(i);
-                self.events.despawned += 1;
+                self.remove(i);
             }
         }
         if plan.damage > 0 {
@@ -141,32 +178,72 @@ impl PlainServer {
                     h.hp <= 0
                 });
                 if dead {
-                    self.ships.remove(i);
-                    self.events.despawned += 1;
+                    self.remove(i);
+                } else {
+                    self.dirty.push(self.ships[i].id);
                 }
             }
         }
         if plan.remove_health {
             if let Some(i) = self.pick(rng, |s| s.health.is_some()) {
                 self.ships[i].health = None;
+                self.dirty.push(self.ships[i].id);
                 self.events.health_removed += 1;
             }
         }
         if plan.restore_health {
             if let Some(i) = self.pick(rng, |s| s.health.is_none()) {
                 self.ships[i].health = Some(Health { hp: 100 });
+                self.dirty.push(self.ships[i].id);
                 self.events.health_restored += 1;
             }
         }
         if plan.hand_over {
             if let Some(s) = self.ships.iter_mut().find(|s| s.npc) {
                 s.owner = game::next_owner(s.owner, &self.clients);
+                self.dirty.push(s.id);
                 self.events.owner_changes += 1;
             }
         }
     }
+
+    /// Applies the ships changed since the last call to `store` (on the first call: all of
+    /// them), for a tick the caller has started with [`Store::begin_tick`].
+    ///
+    /// Each noted ship is written whole (owner, transform, health or its absence); the store
+    /// records only the parts that differ from what it holds.
+    pub fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        for id in self.despawned.drain(..) {
+            // A ship spawned and destroyed within one tick never reached the store.
+            if store.contains(id) {
+                store.despawn(id)?;
+            }
+        }
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        for id in self.dirty.drain(..) {
+            // `ships` is sorted by id. A miss is a ship that changed and was then removed in the
+            // same tick: its despawn is already handled above.
+            let Ok(i) = self.ships.binary_search_by_key(&id, |s| s.id) else {
+                continue;
+            };
+            let s = &self.ships[i];
+            if store.contains(id) {
+                store.set_owner(id, s.owner)?;
+            } else {
+                store.spawn(id, s.owner)?;
+            }
+            store.set(id, &s.transform)?;
+            match &s.health {
+                Some(h) => store.set(id, h)?,
+                None => store.remove::<Health>(id)?,
+            }
+        }
+        Ok(())
+    }
 }
 
+/// The whole world as a snapshot; [`run`] uses it only to check that the store missed nothing.
 impl WorldSource for PlainServer {
     fn build(&self, builder: &mut SnapshotBuilder<'_>) {
         for s in &self.ships {
@@ -356,8 +433,6 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
 
     let mut rng = GameRng::new(seed);
     let mut game = PlainServer::new(&ids, &mut rng);
-    let mut builder = SnapshotBuilder::new(&registry);
-    let mut snapshot = Snapshot::new();
     let mut packet = Vec::new();
     let (mut packets_sent, mut packets_lost, mut acks_sent, mut acks_lost) = (0, 0, 0, 0);
 
@@ -366,11 +441,14 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
         if active {
             game.step(t, &mut rng);
         }
-        game.build(&mut builder);
-        builder.finish_into(&mut snapshot)?;
+        // Only the ships the step noted reach the store; in the quiet ticks that is none.
         store.begin_tick(Tick(t + 1))?;
-        store.apply_snapshot(&snapshot)?;
+        game.sync(&mut store)?;
         server.update(&mut store, None);
+        // The server's whole state, to see when each client first matches it; rebuilding it
+        // walks the store, so only while some client has yet to match in the quiet period.
+        let server_state = (!active && peers.iter().any(|p| p.summary.matched_after.is_none()))
+            .then(|| store.snapshot());
         for p in &mut peers {
             packet.clear();
             server.encode_for(&store, p.id, &mut packet)?;
@@ -399,12 +477,25 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
                     }
                 }
             }
-            if !active && p.summary.matched_after.is_none() && p.repl.snapshot() == snapshot {
+            if p.summary.matched_after.is_none()
+                && server_state
+                    .as_ref()
+                    .is_some_and(|state| p.repl.snapshot() == *state)
+            {
                 p.summary.matched_after = Some(t - ticks + 1);
             }
         }
     }
 
+    // The store was only told about the ships the game noted; check that it missed none
+    // against a snapshot rebuilt from the whole `Vec`. Then compare the clients with the store,
+    // which is what the replicator sent from.
+    let mut builder = SnapshotBuilder::new(&registry);
+    game.build(&mut builder);
+    let rebuilt = builder.finish()?;
+    netsim_run::check_store(&registry, &store, &rebuilt)
+        .map_err(|detail| RunError::StoreOutOfSync { seed, detail })?;
+    let snapshot = store.snapshot();
     for p in &mut peers {
         p.summary.sink_errors = p.world.errors;
         let diverged = |detail: String| RunError::Diverged {
@@ -438,6 +529,41 @@ pub fn run(seed: u64, ticks: u32) -> Result<Summary, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_matches_the_vec_after_every_tick() {
+        let mut rng = GameRng::new(11);
+        let mut game = PlainServer::new(&[ClientId(1), ClientId(2)], &mut rng);
+        netsim_run::assert_store_tracks_world(
+            &mut game,
+            &mut rng,
+            300,
+            |g, t, rng| g.step(t, rng),
+            PlainServer::sync,
+            |g, b| g.build(b),
+        );
+        let e = game.events;
+        assert!(e.despawned > 0 && e.health_removed > 0 && e.health_restored > 0);
+        assert!(e.owner_changes > 0);
+    }
+
+    #[test]
+    fn a_change_nobody_noted_is_caught() {
+        // Why every change goes through `step`: the store never hears of one that is not noted,
+        // and only the comparison with the whole world finds it.
+        let registry = game::registry().unwrap();
+        let mut game = PlainServer::new(&[ClientId(1)], &mut GameRng::new(1));
+        let mut store = Store::new(registry.clone(), StoreConfig::default());
+        store.begin_tick(Tick(1)).unwrap();
+        game.sync(&mut store).unwrap();
+        game.ships[4].owner = Owner::Client(ClientId(1));
+        store.begin_tick(Tick(2)).unwrap();
+        game.sync(&mut store).unwrap();
+        let mut b = SnapshotBuilder::new(&registry);
+        game.build(&mut b);
+        let err = netsim_run::check_store(&registry, &store, &b.finish().unwrap()).unwrap_err();
+        assert!(err.contains("e4:"), "{err}");
+    }
 
     #[test]
     fn verify_reports_a_tampered_client() {

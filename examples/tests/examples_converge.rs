@@ -1,4 +1,6 @@
-//! Runs every example's loop, as `cargo run --example` does, for a few seeds.
+//! Runs every example's loop, as `cargo run --example` does, for a few seeds. Each run fails
+//! (`RunError`) unless its server's store, fed only with the changes the game tracked, equals a
+//! snapshot rebuilt from the whole world, and every client's state is bit-exact the store's.
 
 use statewire_examples::{Summary, bevy_world, hecs_world, plain_vec};
 

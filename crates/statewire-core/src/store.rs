@@ -110,8 +110,9 @@ pub(crate) struct Slot {
     pub(crate) changed: Tick,
     /// The current state.
     pub(crate) cur: Version,
-    /// Earlier states still inside the history window, oldest first.
-    pub(crate) history: VecDeque<Version>,
+    /// Where its earlier states inside the history window are kept (in the shared archive),
+    /// oldest first.
+    pub(crate) history: SmallVec<[HistRef; 3]>,
     /// Client views holding this slot.
     pub(crate) refs: u32,
     pub(crate) pos: Option<[f32; 2]>,
@@ -126,22 +127,29 @@ pub(crate) struct Slot {
     pub(crate) global: bool,
 }
 
+/// An earlier state of an entity, kept in the shared [`Archive`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistRef {
+    /// When that state began.
+    tick: Tick,
+    /// When it was replaced (its archive tick).
+    until: Tick,
+    /// Index among the versions archived at `until`.
+    idx: u32,
+}
+
+/// The states replaced during one tick, appended in order: one sequential buffer per tick
+/// instead of a history buffer per entity, so recording a change touches memory that is
+/// already in cache.
+#[derive(Debug, Default)]
+pub(crate) struct ArchiveTick {
+    tick: Tick,
+    versions: Vec<Version>,
+}
+
 impl Slot {
     pub(crate) fn current(&self) -> &Version {
         &self.cur
-    }
-
-    /// The version current at `tick`, if still held and from the current life.
-    pub(crate) fn version_at(&self, tick: Tick) -> Option<&Version> {
-        if self.spawned.is_after(tick) {
-            return None;
-        }
-        // Newest first: the tick asked for is usually recent. Nothing found means the versions
-        // around `tick` were pruned.
-        if !self.cur.tick.is_after(tick) {
-            return Some(&self.cur);
-        }
-        self.history.iter().rev().find(|v| !v.tick.is_after(tick))
     }
 
     /// The tick of the oldest version after `tick` (the first change `tick` lacks).
@@ -150,11 +158,11 @@ impl Slot {
             return None;
         }
         let mut first = Some(self.cur.tick);
-        for v in self.history.iter().rev() {
-            if !v.tick.is_after(tick) {
+        for h in self.history.iter().rev() {
+            if !h.tick.is_after(tick) {
                 break;
             }
-            first = Some(v.tick);
+            first = Some(h.tick);
         }
         first
     }
@@ -178,12 +186,15 @@ pub struct Store {
     tick: Tick,
     pub(crate) slots: Vec<Slot>,
     free: Vec<u32>,
-    index: HashMap<EntityId, u32>,
+    index: IdIndex,
     live: usize,
     /// Per tick, newest last; at most `history_ticks` entries.
     pub(crate) log: VecDeque<LogEntry>,
     spare_logs: Vec<LogEntry>,
     pub(crate) grid: HashMap<Cell, Vec<u32>>,
+    /// Replaced states of the last `history_ticks` ticks, oldest tick first.
+    archive: VecDeque<ArchiveTick>,
+    spare_archive: Vec<Vec<Version>>,
     /// Alive slots without a position or marked global.
     pub(crate) anywhere: Vec<u32>,
     /// Last tick each slot was logged as changed / moved (dedup).
@@ -210,11 +221,13 @@ impl Store {
             tick: Tick(0),
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: IdIndex::default(),
             live: 0,
             log: VecDeque::new(),
             spare_logs: Vec::new(),
             grid: HashMap::new(),
+            archive: VecDeque::new(),
+            spare_archive: Vec::new(),
             anywhere: Vec::new(),
             moved_at: Vec::new(),
             logged_at: Vec::new(),
@@ -266,6 +279,28 @@ impl Store {
         entry.changed.clear();
         entry.moved.clear();
         self.log.push_back(entry);
+    }
+
+    /// The state of slot `s` current at `tick`, if still held and from its current life.
+    pub(crate) fn version_at(&self, s: u32, tick: Tick) -> Option<&Version> {
+        let sl = &self.slots[s as usize];
+        if sl.spawned.is_after(tick) {
+            return None;
+        }
+        // Newest first: the tick asked for is usually recent. Nothing found means the states
+        // around `tick` left the archive.
+        if !sl.cur.tick.is_after(tick) {
+            return Some(&sl.cur);
+        }
+        let h = sl.history.iter().rev().find(|h| !h.tick.is_after(tick))?;
+        let front = self.archive.front()?.tick;
+        if front.is_after(h.until) {
+            return None;
+        }
+        // Archive ticks are increasing but may skip ticks without changes.
+        let i = self.archive.partition_point(|a| h.until.is_after(a.tick));
+        let a = self.archive.get(i).filter(|a| a.tick == h.until)?;
+        a.versions.get(h.idx as usize)
     }
 
     /// A number that changes whenever any replicated state changes (for caches).
@@ -329,11 +364,11 @@ impl Store {
 
     /// The slot of `id`, alive or a despawned one clients still hold.
     pub(crate) fn index_of(&self, id: EntityId) -> Option<&u32> {
-        self.index.get(&id)
+        self.index.get(id)
     }
 
     pub(crate) fn live_slot(&self, id: EntityId) -> Option<u32> {
-        let &s = self.index.get(&id)?;
+        let &s = self.index.get(id)?;
         self.slots[s as usize].alive.then_some(s)
     }
 
@@ -353,9 +388,9 @@ impl Store {
             mask: 0,
             words: Words::new(),
         };
-        let slot = match self.index.get(&id) {
+        let slot = match self.index.get(id).copied() {
             // A dead slot still referenced by clients: the entity starts a new life in it.
-            Some(&s) => {
+            Some(s) => {
                 let sl = &mut self.slots[s as usize];
                 sl.alive = true;
                 sl.spawned = tick;
@@ -376,7 +411,7 @@ impl Store {
                             spawned: tick,
                             changed: tick,
                             cur: Version::default(),
-                            history: VecDeque::new(),
+                            history: SmallVec::new(),
                             refs: 0,
                             pos: None,
                             bucket: Bucket::Unlisted,
@@ -655,7 +690,7 @@ impl Store {
         let mut n = self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.moved_at.capacity() * 4
             + self.free.capacity() * 4
-            + self.index.capacity() * (std::mem::size_of::<(EntityId, u32)>() + 1);
+            + self.index.memory_bytes();
         let spilled = |v: &Version| {
             if v.words.spilled() {
                 v.words.capacity() * 4
@@ -664,9 +699,20 @@ impl Store {
             }
         };
         for s in &self.slots {
-            n += s.history.capacity() * std::mem::size_of::<Version>();
-            n += spilled(&s.cur) + s.history.iter().map(spilled).sum::<usize>();
+            if s.history.spilled() {
+                n += s.history.capacity() * std::mem::size_of::<HistRef>();
+            }
+            n += spilled(&s.cur);
         }
+        for a in &self.archive {
+            n += a.versions.capacity() * std::mem::size_of::<Version>();
+            n += a.versions.iter().map(spilled).sum::<usize>();
+        }
+        n += self
+            .spare_archive
+            .iter()
+            .map(|v| v.capacity() * std::mem::size_of::<Version>())
+            .sum::<usize>();
         for e in self.log.iter().chain(&self.spare_logs) {
             n += (e.changed.capacity() + e.moved.capacity()) * 4;
         }
@@ -800,18 +846,38 @@ impl Store {
                     words,
                 },
             );
-            sl.history.push_back(old);
-            // Drop versions no delta can need: all but the newest one current at the horizon
-            // (versions in order: history, then the current one).
-            while !sl.history.is_empty()
-                && !sl
-                    .history
-                    .get(1)
-                    .map_or(sl.cur.tick, |v| v.tick)
-                    .is_after(horizon)
-            {
-                sl.history.pop_front();
+            let old_tick = old.tick;
+            // Archive the replaced state under this tick; ticks older than the window go.
+            if self.archive.back().is_none_or(|a| a.tick != tick) {
+                while self
+                    .archive
+                    .front()
+                    .is_some_and(|a| horizon.is_after(a.tick))
+                {
+                    if let Some(mut a) = self.archive.pop_front() {
+                        a.versions.clear();
+                        self.spare_archive.push(a.versions);
+                    }
+                }
+                let versions = self.spare_archive.pop().unwrap_or_default();
+                self.archive.push_back(ArchiveTick { tick, versions });
             }
+            let oldest = self.archive.front().map_or(tick, |a| a.tick);
+            let Some(arch) = self.archive.back_mut() else {
+                return;
+            };
+            let idx = arch.versions.len() as u32;
+            arch.versions.push(old);
+            let sl = &mut self.slots[s as usize];
+            // Forget references into ticks that left the archive.
+            if sl.history.first().is_some_and(|h| oldest.is_after(h.until)) {
+                sl.history.retain(|h| !oldest.is_after(h.until));
+            }
+            sl.history.push(HistRef {
+                tick: old_tick,
+                until: tick,
+                idx,
+            });
         }
         self.mark_changed(s);
     }
@@ -834,10 +900,10 @@ impl Store {
         if sl.alive || sl.refs > 0 {
             return;
         }
-        sl.history = VecDeque::new();
+        sl.history = SmallVec::new();
         sl.cur = Version::default();
-        if self.index.get(&sl.id) == Some(&s) {
-            self.index.remove(&sl.id);
+        if self.index.get(sl.id) == Some(&s) {
+            self.index.remove(sl.id);
         }
         self.free.push(s);
     }
@@ -855,6 +921,70 @@ impl Store {
             .iter()
             .filter(move |e| since.is_none_or(|t| e.tick.is_after(t)));
         (iter, covered)
+    }
+}
+
+/// Entity id → slot: a direct table for ids up to a few times the number of entities (the
+/// common case of ids handed out in order), a hash map for the rest.
+#[derive(Debug, Default)]
+struct IdIndex {
+    dense: Vec<u32>,
+    sparse: HashMap<EntityId, u32>,
+    len: usize,
+}
+
+impl IdIndex {
+    const EMPTY: u32 = u32::MAX;
+
+    fn get(&self, id: EntityId) -> Option<&u32> {
+        match self.dense.get(id.0 as usize) {
+            Some(s) if *s != Self::EMPTY => Some(s),
+            Some(_) => None,
+            None => self.sparse.get(&id),
+        }
+    }
+
+    fn insert(&mut self, id: EntityId, slot: u32) {
+        let i = id.0 as usize;
+        let limit = 4096usize.max(4 * (self.len + 1));
+        if i >= self.dense.len() && i < limit {
+            let new_len = (i + 1).max(self.dense.len() * 2).min(limit);
+            self.dense.resize(new_len, Self::EMPTY);
+            // Ids now covered by the table move out of the map.
+            let moved: Vec<EntityId> = self
+                .sparse
+                .keys()
+                .copied()
+                .filter(|k| (k.0 as usize) < new_len)
+                .collect();
+            for k in moved {
+                if let Some(s) = self.sparse.remove(&k) {
+                    self.dense[k.0 as usize] = s;
+                }
+            }
+        }
+        let fresh = match self.dense.get_mut(i) {
+            Some(d) => std::mem::replace(d, slot) == Self::EMPTY,
+            None => self.sparse.insert(id, slot).is_none(),
+        };
+        if fresh {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: EntityId) {
+        let gone = match self.dense.get_mut(id.0 as usize) {
+            Some(d) => std::mem::replace(d, Self::EMPTY) != Self::EMPTY,
+            None => self.sparse.remove(&id).is_some(),
+        };
+        if gone {
+            self.len -= 1;
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.dense.capacity() * 4
+            + self.sparse.capacity() * (std::mem::size_of::<(EntityId, u32)>() + 1)
     }
 }
 

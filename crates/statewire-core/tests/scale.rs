@@ -596,3 +596,35 @@ fn spawn_after_double_change_starts_clean() {
         assert_eq!(words, 3, "entity {id}");
     }
 }
+
+/// Sparse and dense entity ids, including ids that move from the sparse map into the direct
+/// table as the store grows, are all found, changed and despawned.
+#[test]
+fn any_entity_id_works() {
+    let reg = registry(false);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
+    store.begin_tick(Tick(1)).unwrap();
+    let mut ids: Vec<u32> = vec![u32::MAX - 1, 1 << 30, 70_000, 9_000, 5, 0];
+    ids.extend(0..5_000u32);
+    ids.sort_unstable();
+    ids.dedup();
+    for &i in &ids {
+        store.spawn(EntityId(i), Owner::Server).unwrap();
+        store.set(EntityId(i), &Score(i64::from(i % 1000))).unwrap();
+    }
+    assert_eq!(store.len(), ids.len());
+    for &i in &ids {
+        assert_eq!(
+            store.component::<Score>(EntityId(i)),
+            Some(Score(i64::from(i % 1000))),
+            "{i}"
+        );
+    }
+    assert!(!store.contains(EntityId(6_000)));
+    for &i in ids.iter().step_by(2) {
+        store.despawn(EntityId(i)).unwrap();
+    }
+    for (k, &i) in ids.iter().enumerate() {
+        assert_eq!(store.contains(EntityId(i)), k % 2 == 1, "{i}");
+    }
+}

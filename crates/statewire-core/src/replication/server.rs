@@ -1063,7 +1063,7 @@ impl ServerReplicator {
                         .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
                         .map(Tick)
                         .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
-                        .and_then(|k| sl.version_at(k));
+                        .and_then(|k| store.version_at(s, k));
                     match base {
                         Some(b) => {
                             body = bodies.get((s, r.known, false), |w, tail| {

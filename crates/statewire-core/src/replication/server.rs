@@ -113,6 +113,8 @@ struct ClientState {
     pinned: Vec<(u32, u64)>,
     budget: Option<usize>,
     requery: bool,
+    /// Where its viewer was at the last full interest pass.
+    queried_at: Option<[f32; 2]>,
     /// Whether it has been filled with its initial view.
     populated: bool,
 }
@@ -149,6 +151,70 @@ enum CandKind {
     Full,
     Update,
     Despawn,
+}
+
+/// Clients bucketed by where their viewer is, for "who might want this entity?".
+#[derive(Debug, Default)]
+struct NearClients {
+    /// Side of a bucket: the largest radius + margin, so only the 3 × 3 buckets around an
+    /// entity can hold clients that see it.
+    cell: f32,
+    grid: HashMap<(i32, i32), Vec<u16>>,
+    /// Clients that see at any distance (radius 0 or no viewer).
+    unbounded: Vec<u16>,
+    /// Every populated client.
+    everyone: Vec<u16>,
+}
+
+impl NearClients {
+    fn rebuild(&mut self, clients: &[Option<ClientState>], margin: f32) {
+        for v in self.grid.values_mut() {
+            v.clear();
+        }
+        self.unbounded.clear();
+        self.everyone.clear();
+        self.cell = clients
+            .iter()
+            .flatten()
+            .filter(|c| c.radius > 0.0 && c.viewer.is_some())
+            .map(|c| c.radius + margin)
+            .fold(0.0, f32::max)
+            .max(1.0);
+        for (i, c) in clients.iter().enumerate() {
+            let Some(c) = c else { continue };
+            self.everyone.push(i as u16);
+            match c.viewer {
+                Some(v) if c.radius > 0.0 => {
+                    let key = self.key(v);
+                    self.grid.entry(key).or_default().push(i as u16);
+                }
+                _ => self.unbounded.push(i as u16),
+            }
+        }
+        self.grid.retain(|_, v| !v.is_empty());
+    }
+
+    fn key(&self, p: [f32; 2]) -> (i32, i32) {
+        (
+            (p[0] / self.cell).floor() as i32,
+            (p[1] / self.cell).floor() as i32,
+        )
+    }
+
+    /// Appends the clients whose viewer is within one bucket of `p`.
+    fn around(&self, p: [f32; 2], out: &mut Vec<u16>) {
+        if self.grid.is_empty() {
+            return;
+        }
+        let (x, y) = self.key(p);
+        for dx in -1..=1 {
+            for dy in -1..=1 {
+                if let Some(v) = self.grid.get(&(x.saturating_add(dx), y.saturating_add(dy))) {
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
 }
 
 /// A record body coded once per tick and shared by every client that needs the same one (same
@@ -250,6 +316,7 @@ pub struct ServerReplicator {
     events_seen: u64,
     scratch: Scratch,
     bodies: BodyCache,
+    near: NearClients,
 }
 
 impl std::fmt::Debug for ServerReplicator {
@@ -282,6 +349,7 @@ impl ServerReplicator {
             events_seen: 0,
             scratch: Scratch::default(),
             bodies: BodyCache::default(),
+            near: NearClients::default(),
         }
     }
 
@@ -323,6 +391,7 @@ impl ServerReplicator {
             pinned: Vec::new(),
             budget: None,
             requery: true,
+            queried_at: None,
             populated: false,
         });
         self.by_id.insert(client, idx);
@@ -592,34 +661,49 @@ impl ServerReplicator {
             }
         }
         self.component_weights = weights;
-        // New entities, owner, room and position changes: who should see them now. Clients and
-        // each slot's records are both in client-index order, so one merge walks them.
+        // New entities, owner, room and position changes: who should see them now. Only clients
+        // that hold the entity (may it leave?) and clients near it or without a radius (may it
+        // enter?) are asked; clients are bucketed on a coarse grid once per update for that.
         let margin = self.config.interest_margin;
+        let mut near = std::mem::take(&mut self.near);
+        near.rebuild(&self.clients, margin);
+        let mut asked: Vec<u16> = Vec::new();
         for &s in &moved {
-            if !store.slots[s as usize].alive {
+            let sl = &store.slots[s as usize];
+            if !sl.alive {
                 continue;
             }
-            let mut k = 0;
-            for ci in 0..self.clients.len() {
+            asked.clear();
+            asked.extend(self.viewers[s as usize].iter().map(|r| r.client));
+            let placed = sl.pos.filter(|_| !sl.global);
+            match placed {
+                Some(p) => near.around(p, &mut asked),
+                None => asked.extend(near.everyone.iter().copied()),
+            }
+            asked.extend(near.unbounded.iter().copied());
+            // The owner always sees it.
+            if let Owner::Client(o) = sl.current().owner {
+                if let Some(&i) = self.by_id.get(&o) {
+                    asked.push(i);
+                }
+            }
+            asked.sort_unstable();
+            asked.dedup();
+            for &ci in &asked {
                 let sl = &store.slots[s as usize];
-                let Some(c) = self.clients[ci].as_ref() else {
+                let Some(c) = self.clients[usize::from(ci)].as_ref() else {
                     continue;
                 };
                 if !c.populated {
                     continue;
                 }
                 let list = &self.viewers[s as usize];
-                while k < list.len() && usize::from(list[k].client) < ci {
-                    k += 1;
-                }
-                let has = k < list.len() && usize::from(list[k].client) == ci;
-                if !has {
+                let Ok(k) = list.binary_search_by_key(&ci, |r| r.client) else {
                     if wants(c, sl, 0.0) {
-                        self.add_rec(store, ci as u16, s);
-                        k += 1;
+                        self.add_rec(store, ci, s);
                     }
                     continue;
-                }
+                };
                 let keep = wants(c, sl, margin);
                 let enter = keep && wants(c, sl, 0.0);
                 let r = &mut self.viewers[s as usize][k];
@@ -637,6 +721,7 @@ impl ServerReplicator {
                 }
             }
         }
+        self.near = near;
         // Full requeries: new clients, changed rooms/filters, and a staggered periodic pass for
         // clients with a radius (their own movement brings static entities in and out).
         let interval = self.config.interest_interval.max(1);
@@ -644,10 +729,18 @@ impl ServerReplicator {
             let due = match self.clients[ci].as_ref() {
                 None => false,
                 Some(c) => {
+                    let moved_far = match (c.viewer, c.queried_at) {
+                        (Some(v), Some(q)) => {
+                            let d2 = (v[0] - q[0]).powi(2) + (v[1] - q[1]).powi(2);
+                            d2 > (self.config.interest_margin / 4.0).powi(2)
+                        }
+                        (Some(_), None) => true,
+                        _ => false,
+                    };
                     !c.populated
                         || c.requery
                         || (c.radius > 0.0
-                            && c.viewer.is_some()
+                            && moved_far
                             && (self.tick_count.wrapping_add(ci as u32)) % interval == 0)
                 }
             };
@@ -757,6 +850,7 @@ impl ServerReplicator {
         let first = !c.populated;
         c.populated = true;
         c.requery = false;
+        c.queried_at = c.viewer;
         self.clients[usize::from(idx)] = Some(c);
         for s in enter {
             let Some(c) = self.clients[usize::from(idx)].as_ref() else {

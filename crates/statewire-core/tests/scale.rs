@@ -628,3 +628,185 @@ fn any_entity_id_works() {
         assert_eq!(store.contains(EntityId(i)), k % 2 == 1, "{i}");
     }
 }
+
+/// Per-component priority: with a score weighted 0.1 and a position 1, entities whose score
+/// changes go out about a tenth as often as entities whose position changes, and still within
+/// the starvation bound.
+#[test]
+fn component_weights_send_a_score_less_often_than_a_position() {
+    let reg = registry(false);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
+    let mut server = ServerReplicator::new(ServerConfig {
+        max_packet_bytes: 1 << 20,
+        ..ServerConfig::default()
+    });
+    server.set_component_weight(reg.id_of::<Score>().unwrap(), 0.1);
+    let mut client = ClientReplicator::new(ClientConfig::default());
+    let me = ClientId(1);
+    server.add_client(me).unwrap();
+    let n = 200u32;
+    store.begin_tick(Tick(1)).unwrap();
+    for i in 0..n {
+        store.spawn(EntityId(i), Owner::Server).unwrap();
+        store.set(EntityId(i), &P2(i as f32, 0.0)).unwrap();
+        store.set(EntityId(i), &Score(0)).unwrap();
+    }
+    server.update(&mut store, None);
+    let mut pkt = Vec::new();
+    server.encode_for(&store, me, &mut pkt).unwrap();
+    client.handle_packet(&reg, &pkt, &mut Null).unwrap();
+    server.handle_ack(me, client.ack().unwrap()).unwrap();
+    // About 10 updates per packet.
+    let budget = 110;
+    server.set_packet_budget(me, Some(budget)).unwrap();
+    let mut sends = vec![0u32; n as usize];
+    let ticks = 800u32;
+    for t in 2..=ticks {
+        store.begin_tick(Tick(t)).unwrap();
+        for i in 0..n {
+            if i % 2 == 0 {
+                store
+                    .set(EntityId(i), &P2(i as f32, (t % 900) as f32))
+                    .unwrap();
+            } else {
+                store.set(EntityId(i), &Score(i64::from(t))).unwrap();
+            }
+        }
+        server.update(&mut store, None);
+        pkt.clear();
+        server.encode_for(&store, me, &mut pkt).unwrap();
+        assert!(pkt.len() <= budget);
+        let before = client.snapshot();
+        client.handle_packet(&reg, &pkt, &mut Null).unwrap();
+        let after = client.snapshot();
+        for id in after.entity_ids() {
+            let changed = (0..2).any(|c| {
+                before
+                    .component_view(&reg, id, ComponentId(c))
+                    .map(|v| v.quantized().to_vec())
+                    != after
+                        .component_view(&reg, id, ComponentId(c))
+                        .map(|v| v.quantized().to_vec())
+            });
+            if changed {
+                sends[id.0 as usize] += 1;
+            }
+        }
+        server.handle_ack(me, client.ack().unwrap()).unwrap();
+    }
+    let movers: u32 = sends.iter().step_by(2).sum();
+    let scorers: u32 = sends.iter().skip(1).step_by(2).sum();
+    assert!(
+        movers >= 5 * scorers,
+        "positions sent {movers} times, scores {scorers}: weights not honoured"
+    );
+    let starved: Vec<usize> = (1..n as usize)
+        .step_by(2)
+        .filter(|&i| sends[i] < 2)
+        .collect();
+    assert!(
+        starved.is_empty(),
+        "scores never (or once) sent: {starved:?}"
+    );
+}
+
+/// An event naming an entity outside a client's interest brings that entity to the client in
+/// the same packet (so the event can be applied to it); once the event is acknowledged the
+/// entity leaves the view again.
+#[test]
+fn event_outside_interest_brings_its_entity_then_lets_it_go() {
+    struct Check {
+        held: std::collections::BTreeSet<u32>,
+        named_missing: Vec<u32>,
+        events: Vec<u64>,
+    }
+    impl WorldSink for Check {
+        fn spawn(&mut self, id: EntityId, _: Owner) {
+            self.held.insert(id.0);
+        }
+        fn despawn(&mut self, id: EntityId) {
+            self.held.remove(&id.0);
+        }
+        fn insert(&mut self, _: EntityId, _: ComponentView<'_>) {}
+        fn remove(&mut self, _: EntityId, _: ComponentView<'_>) {}
+    }
+    impl EventSink for Check {
+        fn event(&mut self, e: &GameEvent) {
+            self.events.push(e.id.0);
+            for id in &e.entities {
+                if !self.held.contains(&id.0) {
+                    self.named_missing.push(id.0);
+                }
+            }
+        }
+    }
+    let reg = registry(false);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
+    let mut server = ServerReplicator::new(ServerConfig {
+        interest_radius: 50.0,
+        interest_margin: 10.0,
+        interest_interval: 1,
+        ..ServerConfig::default()
+    });
+    let mut events = EventServer::new(EventConfig::default());
+    let mut client = ClientReplicator::new(ClientConfig::default());
+    let me = ClientId(1);
+    server.add_client(me).unwrap();
+    server.set_viewer(me, Some([0.0, 0.0]), None).unwrap();
+    let mut sink = Check {
+        held: Default::default(),
+        named_missing: Vec::new(),
+        events: Vec::new(),
+    };
+    let far = EntityId(7);
+    let near = EntityId(1);
+    for t in 1..=30u32 {
+        let tick = Tick(t);
+        store.begin_tick(tick).unwrap();
+        if t == 1 {
+            for (id, p) in [(near, [5.0, 5.0]), (far, [400.0, 400.0])] {
+                store.spawn(id, Owner::Server).unwrap();
+                store.set(id, &P2(p[0], p[1])).unwrap();
+                store.set_position(id, Some(p)).unwrap();
+            }
+        }
+        if t == 5 {
+            assert!(!server.in_view(&store, me, far));
+            assert!(!client.contains(far));
+            events
+                .propose(Proposal {
+                    proposer: Writer::Server,
+                    seq: 1,
+                    tick,
+                    kind: 9,
+                    entities: [near, far].into_iter().collect(),
+                    data: Default::default(),
+                })
+                .unwrap();
+        }
+        events.resolve(tick, |_| true);
+        server.update(&mut store, Some(&events));
+        let mut pkt = Vec::new();
+        server
+            .encode_for_with_events(&store, me, &events, &mut pkt)
+            .unwrap();
+        client
+            .handle_packet_with_events(&reg, &pkt, &mut sink)
+            .unwrap();
+        server.handle_ack(me, client.ack().unwrap()).unwrap();
+        if t == 5 {
+            assert_eq!(sink.events, vec![1], "the event arrives in its tick");
+        }
+    }
+    assert!(
+        sink.named_missing.is_empty(),
+        "event applied without {:?}",
+        sink.named_missing
+    );
+    assert!(
+        !client.contains(far),
+        "the far entity stayed after its event"
+    );
+    assert!(client.contains(near));
+    assert!(!server.in_view(&store, me, far));
+}

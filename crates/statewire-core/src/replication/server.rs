@@ -13,7 +13,7 @@ use crate::delta::{EncodeStats, TAIL_FRAMING_BITS, field_models, write_gap};
 use crate::events::{EventId, EventServer, GameEvent, encode_events, put_varint};
 use crate::ids::{ClientId, EntityId, Owner, Tick};
 use crate::schema::ComponentId;
-use crate::store::{Slot, Store};
+use crate::store::{Slot, Store, Version};
 
 /// Record flags.
 const PENDING: u16 = 1;
@@ -1116,11 +1116,24 @@ impl ServerReplicator {
                     // Its despawn goes with the event that names it.
                     continue;
                 }
-                // Priority grows with the entity's weight, its components' weights, and
-                // nearness.
+                // The client decodes against the newest state it received at or before the
+                // packet's baseline (its newest acknowledged packet): that is the state of
+                // `known` unless a packet with a newer one may have arrived unseen.
+                let base = if leaving {
+                    None
+                } else {
+                    r.known()
+                        .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
+                        .map(Tick)
+                        .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
+                        .and_then(|k| store.version_at(s, k))
+                };
+                // Priority grows with the entity's weight, the largest weight among the
+                // components that changed (all of them for a full record), and nearness.
                 let mut g = sl.weight;
-                if !self.component_weights.is_empty() {
-                    let m = sl.current().mask;
+                if !self.component_weights.is_empty() && !leaving {
+                    let cur = sl.current();
+                    let m = base.map_or(cur.mask, |b| changed_components(registry, b, cur));
                     let mut wmax: f32 = 0.0;
                     for i in registry.mask_iter(m) {
                         wmax = wmax.max(self.component_weights.get(i).copied().unwrap_or(1.0));
@@ -1149,15 +1162,6 @@ impl ServerReplicator {
                     kind = CandKind::Despawn;
                 } else {
                     let cur = sl.current();
-                    // The client decodes against the newest state it received at or before the
-                    // packet's baseline (its newest acknowledged packet): that is the state of
-                    // `known` unless a packet with a newer one may have arrived unseen.
-                    let base = r
-                        .known()
-                        .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
-                        .map(Tick)
-                        .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
-                        .and_then(|k| store.version_at(s, k));
                     match base {
                         Some(b) => {
                             body = bodies.get((s, r.known, false), |w, tail| {
@@ -1324,47 +1328,54 @@ impl ServerReplicator {
             sc.chosen.remove(pos);
         }
 
-        // Assemble: events section, header, records in id order, tail.
-        sc.section.clear();
-        if chosen_events > 0 {
-            encode_events(&pending_events[..chosen_events], &mut sc.section);
-        }
-        put_varint(out, sc.section.len() as u64);
-        out.extend_from_slice(&sc.section);
-        sc.packet_bits.clear();
+        // Assemble: events section, header, records in id order, tail. The range-coded tail's
+        // size is only estimated; if it comes out over budget, the lowest priority record
+        // leaves and the packet is assembled again (bounded by the number of records).
         let mut tail_values = Vec::new();
-        {
-            let mut w = BitWriter::new(if entropy {
-                &mut sc.packet_bits
-            } else {
-                &mut *out
-            });
-            w.write(tick.0, 32);
-            match default_base {
-                Some(d) => {
-                    w.write_bool(true);
-                    w.write(tick.0.wrapping_sub(d.0), 16);
-                }
-                None => w.write_bool(false),
+        loop {
+            out.truncate(start_len);
+            sc.section.clear();
+            if chosen_events > 0 {
+                encode_events(&pending_events[..chosen_events], &mut sc.section);
             }
-            let mut prev = u32::MAX;
-            for &k in &sc.chosen {
-                let cd = sc.cands[k];
-                w.write_bool(true);
-                write_gap(&mut w, cd.id.0.wrapping_sub(prev));
-                prev = cd.id.0;
-                if cd.kind == CandKind::Despawn {
-                    copy_bits(&mut w, &DESPAWN_BITS, 0, 2);
+            put_varint(out, sc.section.len() as u64);
+            out.extend_from_slice(&sc.section);
+            sc.packet_bits.clear();
+            tail_values.clear();
+            {
+                let mut w = BitWriter::new(if entropy {
+                    &mut sc.packet_bits
                 } else {
-                    copy_bits(&mut w, &self.bodies.bits, cd.start, cd.len);
-                    let (ts, tl) = cd.tail;
-                    tail_values.extend_from_slice(&self.bodies.tail.values[ts..ts + tl]);
+                    &mut *out
+                });
+                w.write(tick.0, 32);
+                match default_base {
+                    Some(d) => {
+                        w.write_bool(true);
+                        w.write(tick.0.wrapping_sub(d.0), 16);
+                    }
+                    None => w.write_bool(false),
                 }
+                let mut prev = u32::MAX;
+                for &k in &sc.chosen {
+                    let cd = sc.cands[k];
+                    w.write_bool(true);
+                    write_gap(&mut w, cd.id.0.wrapping_sub(prev));
+                    prev = cd.id.0;
+                    if cd.kind == CandKind::Despawn {
+                        copy_bits(&mut w, &DESPAWN_BITS, 0, 2);
+                    } else {
+                        copy_bits(&mut w, &self.bodies.bits, cd.start, cd.len);
+                        let (ts, tl) = cd.tail;
+                        tail_values.extend_from_slice(&self.bodies.tail.values[ts..ts + tl]);
+                    }
+                }
+                w.write_bool(false);
+                w.finish();
             }
-            w.write_bool(false);
-            w.finish();
-        }
-        if entropy {
+            if !entropy {
+                break;
+            }
             out.extend_from_slice(&sc.packet_bits);
             let mut models: Vec<_> = field_models(registry).collect();
             let mut enc = RangeEncoder::new(out);
@@ -1373,6 +1384,27 @@ impl ServerReplicator {
             }
             enc.finish();
             crate::bits::put_trailer(out, sc.packet_bits.len());
+            if out.len() - start_len <= budget || sc.chosen.is_empty() {
+                break;
+            }
+            let cands = &sc.cands;
+            if let Some(pos) = sc
+                .chosen
+                .iter()
+                .enumerate()
+                .min_by(|a, b| {
+                    let (x, y) = (&cands[*a.1], &cands[*b.1]);
+                    x.required.cmp(&y.required).then(x.prio.total_cmp(&y.prio))
+                })
+                .map(|(i, _)| i)
+            {
+                if cands[sc.chosen[pos]].required && chosen_events > must {
+                    // Only records events need are left: send fewer events instead.
+                    chosen_events = must;
+                } else {
+                    sc.chosen.remove(pos);
+                }
+            }
         }
 
         // Commit: what was sent is in flight and loses its priority.
@@ -1541,6 +1573,29 @@ impl ServerReplicator {
             }
         }
     }
+}
+
+/// Components whose value differs between `a` and `b` (or that only one of them has).
+fn changed_components(registry: &crate::Registry, a: &Version, b: &Version) -> u64 {
+    let mut out = (a.mask ^ b.mask) & (a.mask | b.mask);
+    let (mut oa, mut ob) = (0, 0);
+    for i in registry.mask_iter(a.mask | b.mask) {
+        let n = registry.schema_at(i).words();
+        let bit = 1u64 << i;
+        match (a.mask & bit != 0, b.mask & bit != 0) {
+            (true, true) => {
+                if !crate::store::words_eq(&a.words[oa..oa + n], &b.words[ob..ob + n]) {
+                    out |= bit;
+                }
+                oa += n;
+                ob += n;
+            }
+            (true, false) => oa += n,
+            (false, true) => ob += n,
+            (false, false) => {}
+        }
+    }
+    out
 }
 
 /// Bits of the gap code for `gap` (see `delta::write_gap`).

@@ -1119,3 +1119,128 @@ fn event_resent_after_loss_carries_its_despawn() {
         "the death arrived without the despawn of the entity it names"
     );
 }
+
+/// One tick of a lossless one-client loop.
+fn lossless_step(
+    store: &mut Store,
+    server: &mut ServerReplicator,
+    client: &mut ClientReplicator,
+    reg: &Registry,
+    sink: &mut VecWorld,
+    me: ClientId,
+    t: u32,
+) {
+    store.begin_tick(Tick(t)).unwrap();
+    server.update(store, None);
+    let mut pkt = Vec::new();
+    server.encode_for(store, me, &mut pkt).unwrap();
+    client.handle_packet(reg, &pkt, sink).unwrap();
+    server.handle_ack(me, client.ack().unwrap()).unwrap();
+}
+
+/// Regression (review): a new radius for a viewer that does not move (0 = everything, or a
+/// larger one) brings static entities in.
+#[test]
+fn radius_change_without_moving_brings_static_entities_in() {
+    for new_radius in [0.0f32, 200.0] {
+        let reg = registry();
+        let me = ClientId(1);
+        let mut store = Store::new(reg.clone(), StoreConfig::default());
+        let mut server = ServerReplicator::new(ServerConfig {
+            interest_radius: 10.0,
+            ..ServerConfig::default()
+        });
+        server.add_client(me).unwrap();
+        server.set_viewer(me, Some([0.0, 0.0]), None).unwrap();
+        let mut client = ClientReplicator::new(ClientConfig::default());
+        let mut sink = VecWorld::default();
+        store.begin_tick(Tick(1)).unwrap();
+        let far = EntityId(7);
+        store.spawn(far, Owner::Server).unwrap();
+        store.set_position(far, Some([100.0, 0.0])).unwrap();
+        server.update(&mut store, None);
+        let mut pkt = Vec::new();
+        server.encode_for(&store, me, &mut pkt).unwrap();
+        client.handle_packet(&reg, &pkt, &mut sink).unwrap();
+        server.handle_ack(me, client.ack().unwrap()).unwrap();
+        assert!(!client.contains(far));
+        server
+            .set_viewer(me, Some([0.0, 0.0]), Some(new_radius))
+            .unwrap();
+        for t in 2..10 {
+            lossless_step(&mut store, &mut server, &mut client, &reg, &mut sink, me, t);
+        }
+        assert!(
+            client.contains(far),
+            "radius {new_radius}: the static entity never entered"
+        );
+        // And back: a small radius again lets it go.
+        server.set_viewer(me, Some([0.0, 0.0]), Some(10.0)).unwrap();
+        for t in 10..20 {
+            lossless_step(&mut store, &mut server, &mut client, &reg, &mut sink, me, t);
+        }
+        assert!(
+            !client.contains(far),
+            "radius {new_radius} then 10: it never left"
+        );
+    }
+}
+
+/// Regression (review): an event larger than half the budget still goes out (alone), so the
+/// event stream does not stall behind it; one that cannot fit at all is an error for that
+/// client instead of a silent stall.
+#[test]
+fn big_event_under_small_budget_is_sent_or_refused() {
+    let reg = registry();
+    let me = ClientId(1);
+    let mut store = Store::new(reg.clone(), StoreConfig::default());
+    let mut server = ServerReplicator::new(ServerConfig::default());
+    server.add_client(me).unwrap();
+    server.set_packet_budget(me, Some(100)).unwrap();
+    let mut events = EventServer::new(EventConfig::default());
+    let mut client = ClientReplicator::new(ClientConfig::default());
+    let mut sink = VecWorld::default();
+    store.begin_tick(Tick(1)).unwrap();
+    let big = |data: usize| Proposal {
+        proposer: Writer::Server,
+        seq: 0,
+        tick: Tick(1),
+        kind: 1,
+        entities: Default::default(),
+        data: vec![7u8; data].into_iter().collect(),
+    };
+    events.propose(big(60)).unwrap();
+    events.resolve(Tick(1), |_| true);
+    let mut got = 0;
+    for t in 1..10u32 {
+        if t > 1 {
+            store.begin_tick(Tick(t)).unwrap();
+        }
+        server.update(&mut store, Some(&events));
+        let mut pkt = Vec::new();
+        let st = server
+            .encode_for_with_events(&store, me, &events, &mut pkt)
+            .unwrap();
+        assert!(pkt.len() <= 100);
+        got += st.events;
+        client.handle_packet(&reg, &pkt, &mut sink).unwrap();
+        server.handle_ack(me, client.ack().unwrap()).unwrap();
+    }
+    assert!(
+        got > 0,
+        "a 60-byte event never went out under a 100-byte budget"
+    );
+    server.set_packet_budget(me, Some(40)).unwrap();
+    store.begin_tick(Tick(10)).unwrap();
+    events.propose(big(64)).unwrap();
+    events.resolve(Tick(10), |_| true);
+    server.update(&mut store, Some(&events));
+    let mut pkt = Vec::new();
+    let err = server
+        .encode_for_with_events(&store, me, &events, &mut pkt)
+        .unwrap_err();
+    assert!(
+        matches!(err, ReplicationError::EventTooLarge { .. }),
+        "{err}"
+    );
+}

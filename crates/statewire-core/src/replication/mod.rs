@@ -113,6 +113,20 @@ pub enum ReplicationError {
     /// it cannot be brought up to date and should be disconnected.
     #[error("client {0} fell behind the event log")]
     EventsTrimmed(ClientId),
+    /// The client's oldest unacknowledged event does not fit its packet budget at all: it can
+    /// never be delivered, so the client cannot be kept up to date (disconnect it, or raise
+    /// its budget).
+    #[error(
+        "event of {bytes} bytes does not fit the {budget}-byte packet budget of client {client}"
+    )]
+    EventTooLarge {
+        /// The client.
+        client: ClientId,
+        /// Encoded size of the event.
+        bytes: usize,
+        /// The client's packet budget.
+        budget: usize,
+    },
     /// The store's tick is not after the previous packet's tick for this client.
     #[error("tick {0} is not after the last sent tick")]
     StaleTick(Tick),

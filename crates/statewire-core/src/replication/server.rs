@@ -134,6 +134,8 @@ impl std::fmt::Debug for ClientState {
 #[derive(Debug, Clone, Copy)]
 struct Cand {
     slot: u32,
+    /// Position of the client's record in the slot's list (stable within one encode).
+    pos: u32,
     id: EntityId,
     kind: CandKind,
     required: bool,
@@ -241,10 +243,18 @@ impl BodyCache {
     fn reset(&mut self, tick: Tick, revision: u64) {
         if self.tick != Some((tick, revision)) {
             self.tick = Some((tick, revision));
+            // Scratch sized by the last tick: give back what a crowd that left needed.
+            let (used, bits) = (self.map.len(), self.bits.len());
             self.bits.clear();
             self.tail.values.clear();
             self.tail.reserved_bits = 0;
             self.map.clear();
+            if self.map.capacity() > 4 * used.max(64) {
+                self.map.shrink_to(used * 2);
+            }
+            if self.bits.capacity() > 4 * bits.max(4096) {
+                self.bits.shrink_to(bits * 2);
+            }
         }
     }
 
@@ -252,10 +262,13 @@ impl BodyCache {
     fn get(
         &mut self,
         key: (u32, u32, bool),
+        shared: bool,
         write: impl FnOnce(&mut BitWriter<'_>, &mut TailBuf),
     ) -> Body {
-        if let Some(b) = self.map.get(&key) {
-            return *b;
+        if shared {
+            if let Some(b) = self.map.get(&key) {
+                return *b;
+            }
         }
         let start = self.bits.len() * 8;
         let tail_start = self.tail.values.len();
@@ -270,7 +283,9 @@ impl BodyCache {
             tail: (tail_start, self.tail.values.len() - tail_start),
             tail_bits: self.tail.reserved_bits - tail_bits0,
         };
-        self.map.insert(key, b);
+        if shared {
+            self.map.insert(key, b);
+        }
         b
     }
 
@@ -477,9 +492,15 @@ impl ServerReplicator {
     ) -> Result<(), ReplicationError> {
         let default = self.config.interest_radius;
         let c = self.client_mut(client)?;
-        c.viewer = at.filter(|p| p[0].is_finite() && p[1].is_finite());
+        let viewer = at.filter(|p| p[0].is_finite() && p[1].is_finite());
         let r = radius.unwrap_or(default);
-        c.radius = if r.is_finite() { r.max(0.0) } else { 0.0 };
+        let radius = if r.is_finite() { r.max(0.0) } else { 0.0 };
+        // A new radius, or gaining or losing the viewer, changes what a still viewer sees.
+        if radius != c.radius || viewer.is_some() != c.viewer.is_some() {
+            c.requery = true;
+        }
+        c.viewer = viewer;
+        c.radius = radius;
         Ok(())
     }
 
@@ -1024,10 +1045,26 @@ impl ServerReplicator {
             sc.section.clear();
             encode_events(&[e], &mut sc.section);
             section_bytes += sc.section.len();
-            if section_bytes > budget / 2 {
+            // Events take at most half the packet, except that the oldest one always goes if
+            // it fits at all (or the stream would stall behind it).
+            let limit = if chosen_events == 0 {
+                budget.saturating_sub(16)
+            } else {
+                budget / 2
+            };
+            if section_bytes > limit {
                 break;
             }
             chosen_events += 1;
+        }
+        if chosen_events == 0 && !pending_events.is_empty() && max_events > 0 {
+            sc.section.clear();
+            encode_events(&pending_events[..1], &mut sc.section);
+            return Err(ReplicationError::EventTooLarge {
+                client,
+                bytes: sc.section.len(),
+                budget,
+            });
         }
         // Entities the chosen events need; despawns of entities that later events name wait.
         sc.need.clear();
@@ -1068,6 +1105,8 @@ impl ServerReplicator {
         sc.cands.clear();
         let bodies = &mut self.bodies;
         bodies.reset(tick, store.revision());
+        // With one client nothing is shared: skip the lookups.
+        let shared = self.by_id.len() > 1;
         let margin_r = c.radius + self.config.interest_margin;
         let default_base = c
             .last_ack
@@ -1164,7 +1203,7 @@ impl ServerReplicator {
                     let cur = sl.current();
                     match base {
                         Some(b) => {
-                            body = bodies.get((s, r.known, false), |w, tail| {
+                            body = bodies.get((s, r.known, false), shared, |w, tail| {
                                 write_update(w, tail, registry, b, cur);
                             });
                             kind = CandKind::Update;
@@ -1175,13 +1214,16 @@ impl ServerReplicator {
                             }
                         }
                         None => {
-                            body = bodies.get((s, 0, true), |w, _| write_full(w, registry, cur));
+                            body = bodies.get((s, 0, true), shared, |w, _| {
+                                write_full(w, registry, cur);
+                            });
                             kind = CandKind::Full;
                         }
                     }
                 }
                 sc.cands.push(Cand {
                     slot: s,
+                    pos: k as u32,
                     id: sl.id,
                     kind,
                     required,
@@ -1419,11 +1461,7 @@ impl ServerReplicator {
         for &k in &sc.chosen {
             let cd = sc.cands[k];
             max_staleness = max_staleness.max(cd.staleness);
-            let list = &mut self.viewers[cd.slot as usize];
-            let Ok(p) = list.binary_search_by_key(&idx, |r| r.client) else {
-                continue;
-            };
-            let r = &mut list[p];
+            let r = &mut self.viewers[cd.slot as usize][cd.pos as usize];
             r.prio = 0.0;
             r.flags &= !PENDING;
             r.set_sent(Some(tick.0));
@@ -1435,13 +1473,18 @@ impl ServerReplicator {
                 packet.entries.push((cd.slot, EntryKind::State));
             }
         }
-        // Pending list: keep those still flagged.
+        // Pending list: those still flagged (all of `c.pending` was, before the commit).
         let viewers = &self.viewers;
-        c.pending.retain(|&s| {
-            viewers[s as usize]
-                .binary_search_by_key(&idx, |r| r.client)
-                .is_ok_and(|p| viewers[s as usize][p].flags & PENDING != 0)
-        });
+        let cands = &sc.cands;
+        if sc.chosen.len() == cands.len() && cands.len() == c.pending.len() {
+            c.pending.clear();
+        } else {
+            c.pending.retain(|&s| {
+                viewers[s as usize]
+                    .binary_search_by_key(&idx, |r| r.client)
+                    .is_ok_and(|p| viewers[s as usize][p].flags & PENDING != 0)
+            });
+        }
         let records = sc.chosen.len();
         let pending_left = c.pending.len();
         c.last_sent = Some(tick);

@@ -130,7 +130,10 @@ impl Link {
             .server
             .encode_for(&self.store, ME, &mut out)
             .expect("ticks increase");
-        assert!(out.len() <= budget.max(7), "packet over budget");
+        assert!(
+            out.len() <= budget.max(statewire_core::MIN_PACKET_BYTES),
+            "packet over budget"
+        );
         assert_eq!(stats.bytes, out.len());
         assert!(!stats.over_budget);
         if self.packets.len() >= MAX_IN_FLIGHT {

@@ -266,6 +266,8 @@ pub struct Mirror {
     /// Calls since [`Mirror::begin`].
     pub calls: usize,
     last: Option<EntityId>,
+    /// Whether the despawns (which come after every spawn and update) have started.
+    despawning: bool,
 }
 
 impl Mirror {
@@ -273,14 +275,28 @@ impl Mirror {
     pub fn begin(&mut self) {
         self.calls = 0;
         self.last = None;
+        self.despawning = false;
     }
 
-    fn visit(&mut self, id: EntityId) {
+    /// Checks the call order: spawns and updates in id order, then despawns in id order.
+    fn visit_phase(&mut self, id: EntityId, despawn: bool) {
         self.calls += 1;
+        if despawn && !self.despawning {
+            self.despawning = true;
+            self.last = None;
+        }
+        assert!(
+            despawn || !self.despawning,
+            "a spawn or update of {id} after the despawns"
+        );
         if let Some(last) = self.last {
             assert!(last <= id, "sink calls out of id order: {last} then {id}");
         }
         self.last = Some(id);
+    }
+
+    fn visit(&mut self, id: EntityId) {
+        self.visit_phase(id, false);
     }
 
     fn get(&mut self, id: EntityId) -> &mut MirrorEntity {
@@ -313,7 +329,7 @@ impl WorldSink for Mirror {
         );
     }
     fn despawn(&mut self, id: EntityId) {
-        self.visit(id);
+        self.visit_phase(id, true);
         assert!(
             self.entities.remove(&id).is_some(),
             "despawn of unknown {id}"

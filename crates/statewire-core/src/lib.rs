@@ -112,8 +112,8 @@ pub use events::{
 };
 pub use ids::{ClientId, EntityId, Owner, Tick, Writer};
 pub use replication::{
-    AckFrame, AckOutcome, Applied, ClientConfig, ClientReplicator, ReplicationError, ServerConfig,
-    ServerReplicator, packet_header,
+    AckFrame, AckOutcome, Applied, ClientConfig, ClientReplicator, MIN_PACKET_BYTES,
+    ReplicationError, ServerConfig, ServerReplicator, packet_header,
 };
 pub use schema::{
     ComponentCoding, ComponentId, ComponentSchema, ComponentView, Field, FieldKind, FieldReader,

@@ -416,9 +416,10 @@ pub trait WorldSource {
 
 /// What a client-side engine implements: apply replicated changes to its world.
 ///
-/// Calls for one snapshot arrive in entity-id order: for a new entity `spawn` then one `insert`
-/// per component; for a changed entity `set_owner` / `insert` / `remove` as needed; `despawn`
-/// for a removed one.
+/// Calls for one packet come in two runs, each in entity-id order: first, for a new entity
+/// `spawn` then one `insert` per component, and for a changed entity `set_owner` / `insert` /
+/// `remove` as needed; then (after the packet's events, see
+/// [`EventSink`](crate::EventSink)) `despawn` for each removed one.
 pub trait WorldSink {
     /// Entity `id` appeared.
     fn spawn(&mut self, id: EntityId, owner: Owner);

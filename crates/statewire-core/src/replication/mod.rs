@@ -59,11 +59,16 @@ use crate::delta::{DecodeError, PacketHeader};
 use crate::events::{ByteReader, EventConfig};
 use crate::ids::{ClientId, Tick};
 
+/// The smallest packet budget: an empty packet (header, no records) takes 8 bytes. Smaller
+/// budgets count as this.
+pub const MIN_PACKET_BYTES: usize = 16;
+
 /// Server-side replication settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Byte budget of one snapshot packet. Default 1,200 (fits common path MTUs with room for
-    /// transport headers). What does not fit waits for the next packet, by priority.
+    /// transport headers). What does not fit waits for the next packet, by priority. At least
+    /// [`MIN_PACKET_BYTES`].
     pub max_packet_bytes: usize,
     /// Most clients [`ServerReplicator::add_client`] accepts. Default 1,024 (at most 65,535).
     pub max_clients: usize,

@@ -472,7 +472,8 @@ impl ServerReplicator {
     }
 
     /// Sets a per-client packet byte budget (`None`: [`ServerConfig::max_packet_bytes`]), e.g.
-    /// to follow a bandwidth estimate.
+    /// to follow a bandwidth estimate. Budgets below [`MIN_PACKET_BYTES`](super::MIN_PACKET_BYTES)
+    /// count as that.
     pub fn set_packet_budget(
         &mut self,
         client: ClientId,
@@ -1025,7 +1026,11 @@ impl ServerReplicator {
         if c.last_sent.is_some_and(|l| !tick.is_after(l)) {
             return Err(ReplicationError::StaleTick(tick));
         }
-        let budget = c.budget.unwrap_or(self.config.max_packet_bytes);
+        // The header alone takes 8 bytes: smaller budgets are raised to the minimum.
+        let budget = c
+            .budget
+            .unwrap_or(self.config.max_packet_bytes)
+            .max(super::MIN_PACKET_BYTES);
         let start_len = out.len();
         let sc = &mut self.scratch;
 

@@ -1,9 +1,8 @@
 //! The client half: decodes packets against the states it holds, applies them to the game's
 //! world, and acknowledges them.
 
-use std::collections::VecDeque;
-
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use super::records::{TailReader, read_full_body, read_update_body};
 use super::{AckFrame, Applied, ClientConfig, read_header};
@@ -22,6 +21,9 @@ enum RecKind {
     Despawn,
 }
 
+/// The states held for one entity, oldest first: usually one or two, inline.
+type States = SmallVec<[Version; 2]>;
+
 #[derive(Debug, Default)]
 struct Scratch {
     recs: Vec<(EntityId, RecKind, usize)>,
@@ -39,7 +41,7 @@ pub struct ClientReplicator {
     /// Bit `i`: the packet `i + 1` ticks before `newest` was applied.
     earlier: u32,
     /// Per entity, received states oldest first; the back is the current state.
-    entities: HashMap<EntityId, VecDeque<Version>>,
+    entities: HashMap<EntityId, States>,
     last_event: u64,
     scratch: Scratch,
     late: u64,
@@ -136,7 +138,7 @@ impl ClientReplicator {
     #[must_use]
     pub fn component<T: crate::Replicate>(&self, registry: &Registry, id: EntityId) -> Option<T> {
         let cid = registry.id_of::<T>()?;
-        let v = self.entities.get(&id)?.back()?;
+        let v = self.entities.get(&id)?.last()?;
         let (off, n) = crate::store::component_range(registry, v.mask, cid)?;
         registry.view(cid, &v.words[off..off + n])?.get::<T>()
     }
@@ -148,7 +150,7 @@ impl ClientReplicator {
         ids.sort_unstable();
         let mut out = Snapshot::new();
         for id in ids {
-            if let Some(v) = self.entities.get(&id).and_then(|v| v.back()) {
+            if let Some(v) = self.entities.get(&id).and_then(|v| v.last()) {
                 out.push(id, v.owner, v.mask, &v.words);
             }
         }
@@ -159,10 +161,11 @@ impl ClientReplicator {
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
         let vs = std::mem::size_of::<Version>();
-        let mut n =
-            self.entities.capacity() * (std::mem::size_of::<(EntityId, VecDeque<Version>)>() + 1);
+        let mut n = self.entities.capacity() * (std::mem::size_of::<(EntityId, States)>() + 1);
         for v in self.entities.values() {
-            n += v.capacity() * vs;
+            if v.spilled() {
+                n += v.capacity() * vs;
+            }
             n += v
                 .iter()
                 .filter(|x| x.words.spilled())
@@ -319,23 +322,34 @@ impl ClientReplicator {
                 None => {
                     sink.spawn(id, version.owner);
                     report(registry, id, None, &version, sink);
-                    let mut vs = VecDeque::with_capacity(2);
-                    vs.push_back(version);
+                    let mut vs = States::new();
+                    vs.push(version);
                     self.entities.insert(id, vs);
                 }
                 Some(vs) => {
-                    if let Some(cur) = vs.back() {
+                    if let Some(cur) = vs.last() {
                         if cur.owner != version.owner {
                             sink.set_owner(id, version.owner);
                         }
                         report(registry, id, Some(cur), &version, sink);
                     }
-                    // Keep the states a delta may still name: those within the history window,
-                    // and always the newest.
-                    while vs.len() >= 2 && horizon.is_after(vs[0].tick) {
-                        vs.pop_front();
+                    vs.push(version);
+                    // Keep only the states a delta may still name. Baselines never go back:
+                    // this packet's is at least every earlier one's, so states older than the
+                    // newest one at or before it are done with; and the server never names one
+                    // older than the history window, except the newest.
+                    let mut drop = 0;
+                    while vs.len() - drop >= 2
+                        && (horizon.is_after(vs[drop].tick)
+                            || header
+                                .baseline
+                                .is_some_and(|b| !vs[drop + 1].tick.is_after(b)))
+                    {
+                        drop += 1;
                     }
-                    vs.push_back(version);
+                    if drop > 0 {
+                        vs.drain(..drop);
+                    }
                 }
             }
         }

@@ -1507,7 +1507,6 @@ impl ServerReplicator {
             oversized,
             bytes,
             events: chosen_events,
-            next_cursor: 0,
             max_staleness_ticks: max_staleness,
             over_budget: bytes > budget,
         })

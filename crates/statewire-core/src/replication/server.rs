@@ -1119,16 +1119,9 @@ impl ServerReplicator {
         {
             let mut keep = Vec::with_capacity(c.pending.len());
             for &s in &c.pending {
-                let Some(list) = self.viewers.get_mut(s as usize) else {
+                let Some((k, r)) = live_rec_mut(&mut self.viewers, s, idx) else {
                     continue;
                 };
-                let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) else {
-                    continue;
-                };
-                let r = &mut list[k];
-                if r.flags & DEAD != 0 {
-                    continue;
-                }
                 let sl = &store.slots[s as usize];
                 let needed = sc.need.binary_search(&s).is_ok();
                 let gone = r.flags & LEAVING != 0 || !sl.alive;
@@ -1563,16 +1556,9 @@ impl ServerReplicator {
             c.events_acked = c.events_acked.max(p.events_upto);
         }
         for (s, kind) in p.entries {
-            let Some(list) = self.viewers.get_mut(s as usize) else {
+            let Some((_, r)) = live_rec_mut(&mut self.viewers, s, idx) else {
                 continue;
             };
-            let Ok(k) = list.binary_search_by_key(&idx, |r| r.client) else {
-                continue;
-            };
-            let r = &mut list[k];
-            if r.flags & DEAD != 0 {
-                continue;
-            }
             match kind {
                 EntryKind::State => {
                     if r.flags & DESPAWN_SENT != 0 {
@@ -1620,6 +1606,15 @@ impl ServerReplicator {
             }
         }
     }
+}
+
+/// The live (not removed) record of client `idx` for slot `s`, with its position in the
+/// slot's list.
+fn live_rec_mut(viewers: &mut [Vec<Rec>], s: u32, idx: u16) -> Option<(usize, &mut Rec)> {
+    let list = viewers.get_mut(s as usize)?;
+    let k = list.binary_search_by_key(&idx, |r| r.client).ok()?;
+    let r = &mut list[k];
+    (r.flags & DEAD == 0).then_some((k, r))
 }
 
 /// Components whose value differs between `a` and `b` (or that only one of them has).

@@ -104,8 +104,9 @@ struct ClientState {
     /// Slots that may be in its view (compacted at each requery).
     view: Vec<u32>,
     view_len: usize,
-    /// Slots with the `PENDING` flag.
-    pending: Vec<u32>,
+    /// Slots with the `PENDING` flag, each with where its record was in the slot's list when
+    /// it was added (a hint: lists shift when records come and go).
+    pending: Vec<(u32, u32)>,
     in_flight: VecDeque<SentPacket>,
     last_sent: Option<Tick>,
     last_ack: Option<Tick>,
@@ -567,7 +568,7 @@ impl ServerReplicator {
             + (self.dirty_slots.capacity() + self.unref.capacity()) * 4
             + self.bodies.memory_bytes();
         for c in self.clients.iter().flatten() {
-            n += (c.view.capacity() + c.pending.capacity()) * 4;
+            n += c.view.capacity() * 4 + c.pending.capacity() * 8;
             n += c.pinned.capacity() * 16;
             n += c.in_flight.capacity() * std::mem::size_of::<SentPacket>();
             n += c
@@ -667,7 +668,7 @@ impl ServerReplicator {
         for &s in &changed {
             let sl = &store.slots[s as usize];
             let list = &mut self.viewers[s as usize];
-            for r in list.iter_mut() {
+            for (k, r) in list.iter_mut().enumerate() {
                 if r.flags & DEAD != 0 {
                     continue;
                 }
@@ -677,7 +678,7 @@ impl ServerReplicator {
                 if r.flags & PENDING == 0 && needs_send(r, sl) {
                     r.flags |= PENDING;
                     if let Some(c) = self.clients[usize::from(r.client)].as_mut() {
-                        c.pending.push(s);
+                        c.pending.push((s, k as u32));
                     }
                 }
             }
@@ -734,11 +735,11 @@ impl ServerReplicator {
                 }
                 if !keep && r.flags & (LEAVING | PINNED) == 0 {
                     r.flags |= LEAVING;
-                    mark_pending(r, sl, &mut self.clients, s);
+                    mark_pending(r, sl, &mut self.clients, s, k);
                 } else if enter && r.flags & LEAVING != 0 {
                     r.flags &= !LEAVING;
                     if r.flags & DESPAWN_SENT == 0 {
-                        mark_pending(r, sl, &mut self.clients, s);
+                        mark_pending(r, sl, &mut self.clients, s, k);
                     }
                 }
             }
@@ -802,7 +803,7 @@ impl ServerReplicator {
         // Entering gets a head start so new entities appear quickly.
         r.prio = self.config.enter_boost;
         let sl = &store.slots[s as usize];
-        mark_pending(r, sl, &mut self.clients, s);
+        mark_pending(r, sl, &mut self.clients, s, pos);
         if let Some(c) = self.clients[usize::from(idx)].as_mut() {
             c.view.push(s);
             c.view_len += 1;
@@ -834,7 +835,7 @@ impl ServerReplicator {
                 r.flags |= LEAVING;
                 if r.flags & PENDING == 0 && needs_send(r, sl) {
                     r.flags |= PENDING;
-                    c.pending.push(s);
+                    c.pending.push((s, k as u32));
                 }
             }
             true
@@ -966,7 +967,7 @@ impl ServerReplicator {
                             r.flags &= !LEAVING;
                             if r.flags & DESPAWN_SENT == 0 {
                                 let sl = &store.slots[s as usize];
-                                mark_pending(r, sl, &mut self.clients, s);
+                                mark_pending(r, sl, &mut self.clients, s, k);
                             }
                         }
                         if let Some(c) = self.clients[ci].as_mut() {
@@ -1101,7 +1102,7 @@ impl ServerReplicator {
                     let despawn_again = r.flags & DESPAWN_SENT != 0 && gone;
                     if r.flags & (PENDING | DEAD) == 0 && (missing || despawn_again) {
                         r.flags |= PENDING;
-                        c.pending.push(s);
+                        c.pending.push((s, k as u32));
                     }
                 }
             }
@@ -1118,8 +1119,8 @@ impl ServerReplicator {
             .filter(|&a| tick.diff(a) > 0 && tick.diff(a) <= i32::from(u16::MAX));
         {
             let mut keep = Vec::with_capacity(c.pending.len());
-            for &s in &c.pending {
-                let Some((k, r)) = live_rec_mut(&mut self.viewers, s, idx) else {
+            for &(s, hint) in &c.pending {
+                let Some((k, r)) = rec_at_hint(&mut self.viewers, s, hint, idx) else {
                     continue;
                 };
                 let sl = &store.slots[s as usize];
@@ -1146,7 +1147,7 @@ impl ServerReplicator {
                     }
                     continue;
                 }
-                keep.push(s);
+                keep.push((s, k as u32));
                 let leaving = r.flags & LEAVING != 0 || !sl.alive;
                 let required = sc.need.binary_search(&s).is_ok();
                 if leaving && sc.hold.binary_search(&s).is_ok() && !required {
@@ -1477,10 +1478,10 @@ impl ServerReplicator {
         if sc.chosen.len() == cands.len() && cands.len() == c.pending.len() {
             c.pending.clear();
         } else {
-            c.pending.retain(|&s| {
+            c.pending.retain(|&(s, k)| {
                 viewers[s as usize]
-                    .binary_search_by_key(&idx, |r| r.client)
-                    .is_ok_and(|p| viewers[s as usize][p].flags & PENDING != 0)
+                    .get(k as usize)
+                    .is_some_and(|r| r.client == idx && r.flags & PENDING != 0)
             });
         }
         let records = sc.chosen.len();
@@ -1556,7 +1557,7 @@ impl ServerReplicator {
             c.events_acked = c.events_acked.max(p.events_upto);
         }
         for (s, kind) in p.entries {
-            let Some((_, r)) = live_rec_mut(&mut self.viewers, s, idx) else {
+            let Some((k, r)) = live_rec_mut(&mut self.viewers, s, idx) else {
                 continue;
             };
             match kind {
@@ -1574,7 +1575,7 @@ impl ServerReplicator {
                         r.set_sent(None);
                         if !applied && r.flags & PENDING == 0 {
                             r.flags |= PENDING;
-                            c.pending.push(s);
+                            c.pending.push((s, k as u32));
                         }
                     }
                 }
@@ -1599,7 +1600,7 @@ impl ServerReplicator {
                         r.set_known(None);
                         if r.flags & PENDING == 0 {
                             r.flags |= PENDING;
-                            c.pending.push(s);
+                            c.pending.push((s, k as u32));
                         }
                     }
                 }
@@ -1610,6 +1611,19 @@ impl ServerReplicator {
 
 /// The live (not removed) record of client `idx` for slot `s`, with its position in the
 /// slot's list.
+/// Like [`live_rec_mut`], trying position `hint` first.
+fn rec_at_hint(viewers: &mut [Vec<Rec>], s: u32, hint: u32, idx: u16) -> Option<(usize, &mut Rec)> {
+    let hit = viewers
+        .get(s as usize)?
+        .get(hint as usize)
+        .is_some_and(|r| r.client == idx);
+    if !hit {
+        return live_rec_mut(viewers, s, idx);
+    }
+    let r = &mut viewers[s as usize][hint as usize];
+    (r.flags & DEAD == 0).then_some((hint as usize, r))
+}
+
 fn live_rec_mut(viewers: &mut [Vec<Rec>], s: u32, idx: u16) -> Option<(usize, &mut Rec)> {
     let list = viewers.get_mut(s as usize)?;
     let k = list.binary_search_by_key(&idx, |r| r.client).ok()?;
@@ -1680,11 +1694,11 @@ fn needs_send(r: &Rec, sl: &Slot) -> bool {
     sl.changed.is_after(Tick(after))
 }
 
-fn mark_pending(r: &mut Rec, sl: &Slot, clients: &mut [Option<ClientState>], s: u32) {
+fn mark_pending(r: &mut Rec, sl: &Slot, clients: &mut [Option<ClientState>], s: u32, k: usize) {
     if r.flags & PENDING == 0 && needs_send(r, sl) {
         r.flags |= PENDING;
         if let Some(c) = clients[usize::from(r.client)].as_mut() {
-            c.pending.push(s);
+            c.pending.push((s, k as u32));
         }
     }
 }

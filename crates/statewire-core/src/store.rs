@@ -144,7 +144,37 @@ pub(crate) struct HistRef {
 #[derive(Debug, Default)]
 pub(crate) struct ArchiveTick {
     tick: Tick,
-    versions: Vec<Version>,
+    /// Plain records (no drop glue, so a tick leaves the archive in O(1))...
+    versions: Vec<Archived>,
+    /// ...with their words in one buffer.
+    words: Vec<u32>,
+}
+
+/// A replaced state in an [`ArchiveTick`].
+#[derive(Debug, Clone, Copy)]
+struct Archived {
+    owner: Owner,
+    mask: u64,
+    start: u32,
+    len: u32,
+}
+
+/// A borrowed state: the current one or one from the archive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VersionRef<'a> {
+    pub(crate) owner: Owner,
+    pub(crate) mask: u64,
+    pub(crate) words: &'a [u32],
+}
+
+impl Version {
+    pub(crate) fn view(&self) -> VersionRef<'_> {
+        VersionRef {
+            owner: self.owner,
+            mask: self.mask,
+            words: &self.words,
+        }
+    }
 }
 
 impl Slot {
@@ -194,7 +224,7 @@ pub struct Store {
     pub(crate) grid: HashMap<Cell, Vec<u32>>,
     /// Replaced states of the last `history_ticks` ticks, oldest tick first.
     archive: VecDeque<ArchiveTick>,
-    spare_archive: Vec<Vec<Version>>,
+    spare_archive: Vec<(Vec<Archived>, Vec<u32>)>,
     /// Alive slots without a position or marked global.
     pub(crate) anywhere: Vec<u32>,
     /// Last tick each slot was logged as changed / moved (dedup).
@@ -282,7 +312,7 @@ impl Store {
     }
 
     /// The state of slot `s` current at `tick`, if still held and from its current life.
-    pub(crate) fn version_at(&self, s: u32, tick: Tick) -> Option<&Version> {
+    pub(crate) fn version_at(&self, s: u32, tick: Tick) -> Option<VersionRef<'_>> {
         let sl = &self.slots[s as usize];
         if sl.spawned.is_after(tick) {
             return None;
@@ -290,7 +320,7 @@ impl Store {
         // Newest first: the tick asked for is usually recent. Nothing found means the states
         // around `tick` left the archive.
         if !sl.cur.tick.is_after(tick) {
-            return Some(&sl.cur);
+            return Some(sl.cur.view());
         }
         let h = sl.history.iter().rev().find(|h| !h.tick.is_after(tick))?;
         let front = self.archive.front()?.tick;
@@ -300,7 +330,13 @@ impl Store {
         // Archive ticks are increasing but may skip ticks without changes.
         let i = self.archive.partition_point(|a| h.until.is_after(a.tick));
         let a = self.archive.get(i).filter(|a| a.tick == h.until)?;
-        a.versions.get(h.idx as usize)
+        let v = a.versions.get(h.idx as usize)?;
+        let words = a.words.get(v.start as usize..(v.start + v.len) as usize)?;
+        Some(VersionRef {
+            owner: v.owner,
+            mask: v.mask,
+            words,
+        })
     }
 
     /// A number that changes whenever any replicated state changes (for caches).
@@ -704,14 +740,14 @@ impl Store {
             }
             n += spilled(&s.cur);
         }
+        let archived = std::mem::size_of::<Archived>();
         for a in &self.archive {
-            n += a.versions.capacity() * std::mem::size_of::<Version>();
-            n += a.versions.iter().map(spilled).sum::<usize>();
+            n += a.versions.capacity() * archived + a.words.capacity() * 4;
         }
         n += self
             .spare_archive
             .iter()
-            .map(|v| v.capacity() * std::mem::size_of::<Version>())
+            .map(|(v, w)| v.capacity() * archived + w.capacity() * 4)
             .sum::<usize>();
         for e in self.log.iter().chain(&self.spare_logs) {
             n += (e.changed.capacity() + e.moved.capacity()) * 4;
@@ -856,18 +892,29 @@ impl Store {
                 {
                     if let Some(mut a) = self.archive.pop_front() {
                         a.versions.clear();
-                        self.spare_archive.push(a.versions);
+                        a.words.clear();
+                        self.spare_archive.push((a.versions, a.words));
                     }
                 }
-                let versions = self.spare_archive.pop().unwrap_or_default();
-                self.archive.push_back(ArchiveTick { tick, versions });
+                let (versions, words) = self.spare_archive.pop().unwrap_or_default();
+                self.archive.push_back(ArchiveTick {
+                    tick,
+                    versions,
+                    words,
+                });
             }
             let oldest = self.archive.front().map_or(tick, |a| a.tick);
             let Some(arch) = self.archive.back_mut() else {
                 return;
             };
             let idx = arch.versions.len() as u32;
-            arch.versions.push(old);
+            arch.versions.push(Archived {
+                owner: old.owner,
+                mask: old.mask,
+                start: arch.words.len() as u32,
+                len: old.words.len() as u32,
+            });
+            arch.words.extend_from_slice(&old.words);
             let sl = &mut self.slots[s as usize];
             // Forget references into ticks that left the archive.
             if sl.history.first().is_some_and(|h| oldest.is_after(h.until)) {

@@ -279,7 +279,13 @@ impl ClientReplicator {
                     .get(&id)
                     .and_then(|vs| vs.iter().rev().find(|v| !v.tick.is_after(base_tick)))
                     .ok_or(DecodeError::MissingBaseline(base_tick))?;
-                read_update_body(&mut br, &mut tail, registry, base, &mut sc.versions[used])?;
+                read_update_body(
+                    &mut br,
+                    &mut tail,
+                    registry,
+                    base.view(),
+                    &mut sc.versions[used],
+                )?;
                 RecKind::Update
             } else if !br.read_bool()? {
                 read_full_body(&mut br, registry, &mut sc.versions[used])?;

@@ -8,7 +8,7 @@ use crate::delta::{
     write_mask, write_owner, write_value,
 };
 use crate::schema::Registry;
-use crate::store::Version;
+use crate::store::{Version, VersionRef};
 
 /// Values of entropy-coded components waiting for the range-coded tail, and their size bound.
 #[derive(Debug, Default)]
@@ -37,8 +37,8 @@ pub(crate) fn write_update(
     w: &mut BitWriter<'_>,
     tail: &mut TailBuf,
     registry: &Registry,
-    base: &Version,
-    cur: &Version,
+    base: VersionRef<'_>,
+    cur: VersionRef<'_>,
 ) {
     w.write_bool(false);
     w.write_bool(base.owner != cur.owner);
@@ -49,7 +49,7 @@ pub(crate) fn write_update(
     if base.mask != cur.mask {
         write_mask(w, registry, cur.mask);
     }
-    let (wa, wb) = (&base.words, &cur.words);
+    let (wa, wb) = (base.words, cur.words);
     let (mut oa, mut ob) = (0, 0);
     for i in registry.mask_iter(base.mask | cur.mask) {
         let schema = registry.schema_at(i);
@@ -123,7 +123,7 @@ pub(crate) fn read_update_body(
     r: &mut BitReader<'_>,
     tail: &mut Option<TailReader<'_>>,
     registry: &Registry,
-    base: &Version,
+    base: VersionRef<'_>,
     out: &mut Version,
 ) -> Result<(), DecodeError> {
     out.owner = if r.read_bool()? {

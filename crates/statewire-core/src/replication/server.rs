@@ -13,7 +13,7 @@ use crate::delta::{EncodeStats, TAIL_FRAMING_BITS, field_models, write_gap};
 use crate::events::{EventId, EventServer, GameEvent, encode_events, put_varint};
 use crate::ids::{ClientId, EntityId, Owner, Tick};
 use crate::schema::ComponentId;
-use crate::store::{Slot, Store, Version};
+use crate::store::{Slot, Store, VersionRef};
 
 /// Record flags.
 const PENDING: u16 = 1;
@@ -1171,7 +1171,7 @@ impl ServerReplicator {
                 let mut g = sl.weight;
                 if !self.component_weights.is_empty() && !leaving {
                     let cur = sl.current();
-                    let m = base.map_or(cur.mask, |b| changed_components(registry, b, cur));
+                    let m = base.map_or(cur.mask, |b| changed_components(registry, b, cur.view()));
                     let mut wmax: f32 = 0.0;
                     for i in registry.mask_iter(m) {
                         wmax = wmax.max(self.component_weights.get(i).copied().unwrap_or(1.0));
@@ -1203,7 +1203,7 @@ impl ServerReplicator {
                     match base {
                         Some(b) => {
                             body = bodies.get((s, r.known, false), shared, |w, tail| {
-                                write_update(w, tail, registry, b, cur);
+                                write_update(w, tail, registry, b, cur.view());
                             });
                             kind = CandKind::Update;
                             // How long the oldest change it carries waited.
@@ -1632,7 +1632,7 @@ fn live_rec_mut(viewers: &mut [Vec<Rec>], s: u32, idx: u16) -> Option<(usize, &m
 }
 
 /// Components whose value differs between `a` and `b` (or that only one of them has).
-fn changed_components(registry: &crate::Registry, a: &Version, b: &Version) -> u64 {
+fn changed_components(registry: &crate::Registry, a: VersionRef<'_>, b: VersionRef<'_>) -> u64 {
     let mut out = (a.mask ^ b.mask) & (a.mask | b.mask);
     let (mut oa, mut ob) = (0, 0);
     for i in registry.mask_iter(a.mask | b.mask) {

@@ -205,6 +205,9 @@ pub(crate) struct LogEntry {
     pub(crate) changed: Vec<u32>,
     /// Slots whose position changed at `tick` (each once).
     pub(crate) moved: Vec<u32>,
+    /// Slots whose other interest inputs changed at `tick`: spawned, new owner, rooms, global
+    /// (each once).
+    pub(crate) touched: Vec<u32>,
 }
 
 /// The server's replicated world with change tracking and shared history. See the
@@ -229,6 +232,7 @@ pub struct Store {
     pub(crate) anywhere: Vec<u32>,
     /// Last tick each slot was logged as changed / moved (dedup).
     moved_at: Vec<Tick>,
+    touched_at: Vec<Tick>,
     logged_at: Vec<Tick>,
     started: bool,
     /// Bumped by every change of state.
@@ -260,6 +264,7 @@ impl Store {
             spare_archive: Vec::new(),
             anywhere: Vec::new(),
             moved_at: Vec::new(),
+            touched_at: Vec::new(),
             logged_at: Vec::new(),
             started: false,
             revision: 0,
@@ -308,6 +313,7 @@ impl Store {
         entry.tick = self.tick;
         entry.changed.clear();
         entry.moved.clear();
+        entry.touched.clear();
         self.log.push_back(entry);
     }
 
@@ -457,6 +463,7 @@ impl Store {
                             global: false,
                         });
                         self.moved_at.push(Tick(tick.0.wrapping_sub(1)));
+                        self.touched_at.push(Tick(tick.0.wrapping_sub(1)));
                         self.logged_at.push(Tick(tick.0.wrapping_sub(1)));
                         (self.slots.len() - 1) as u32
                     }
@@ -724,7 +731,7 @@ impl Store {
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
         let mut n = self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.moved_at.capacity() * 4
+            + (self.moved_at.capacity() + self.touched_at.capacity()) * 4
             + self.free.capacity() * 4
             + self.index.memory_bytes();
         let spilled = |v: &Version| {
@@ -750,7 +757,7 @@ impl Store {
             .map(|(v, w)| v.capacity() * archived + w.capacity() * 4)
             .sum::<usize>();
         for e in self.log.iter().chain(&self.spare_logs) {
-            n += (e.changed.capacity() + e.moved.capacity()) * 4;
+            n += (e.changed.capacity() + e.moved.capacity() + e.touched.capacity()) * 4;
         }
         n += self.grid.capacity() * (std::mem::size_of::<(Cell, Vec<u32>)>() + 1);
         n += self.grid.values().map(|v| v.capacity() * 4).sum::<usize>();
@@ -816,10 +823,10 @@ impl Store {
 
     fn touch_interest(&mut self, s: u32) {
         self.new_log_entry();
-        if self.moved_at[s as usize] != self.tick {
-            self.moved_at[s as usize] = self.tick;
+        if self.touched_at[s as usize] != self.tick {
+            self.touched_at[s as usize] = self.tick;
             if let Some(e) = self.log.back_mut() {
-                e.moved.push(s);
+                e.touched.push(s);
             }
         }
     }

@@ -646,10 +646,12 @@ impl ServerReplicator {
         let (entries, covered) = store.log_after(self.log_seen);
         let mut changed: Vec<u32> = Vec::new();
         let mut moved: Vec<u32> = Vec::new();
+        let mut touched: Vec<u32> = Vec::new();
         let mut rescan = !covered;
         for e in entries {
             changed.extend_from_slice(&e.changed);
             moved.extend_from_slice(&e.moved);
+            touched.extend_from_slice(&e.touched);
         }
         if self.log_seen.is_none() {
             rescan = true;
@@ -657,12 +659,17 @@ impl ServerReplicator {
         self.log_seen = store.log.back().map(|e| e.tick).or(self.log_seen);
         if rescan {
             changed = (0..store.slots.len() as u32).collect();
-            moved = changed.clone();
+            moved.clear();
+            touched = changed.clone();
         } else {
             changed.sort_unstable();
             changed.dedup();
+            touched.sort_unstable();
+            touched.dedup();
+            // An entity both moved and touched is handled as touched.
             moved.sort_unstable();
             moved.dedup();
+            moved.retain(|s| touched.binary_search(s).is_err());
         }
         let weights = std::mem::take(&mut self.component_weights);
         for &s in &changed {
@@ -691,7 +698,13 @@ impl ServerReplicator {
         let mut near = std::mem::take(&mut self.near);
         near.rebuild(&self.clients, margin);
         let mut asked: Vec<u16> = Vec::new();
-        for &s in &moved {
+        // A moved entity concerns only clients with a radius near it (and those holding it);
+        // spawns, owner, room and global changes concern everyone.
+        let work = moved
+            .iter()
+            .map(|&s| (s, false))
+            .chain(touched.iter().map(|&s| (s, true)));
+        for (s, is_touched) in work {
             let sl = &store.slots[s as usize];
             if !sl.alive {
                 continue;
@@ -703,7 +716,9 @@ impl ServerReplicator {
                 Some(p) => near.around(p, &mut asked),
                 None => asked.extend(near.everyone.iter().copied()),
             }
-            asked.extend(near.unbounded.iter().copied());
+            if is_touched {
+                asked.extend(near.unbounded.iter().copied());
+            }
             // The owner always sees it.
             if let Owner::Client(o) = sl.current().owner {
                 if let Some(&i) = self.by_id.get(&o) {
@@ -939,15 +954,24 @@ impl ServerReplicator {
                     }
                 }
             }
+            // Unpinned entities are judged by interest again, right away (only these).
+            let margin = self.config.interest_margin;
             for s in unpin {
-                if let Some(list) = self.viewers.get_mut(s as usize) {
-                    if let Ok(k) = list.binary_search_by_key(&(ci as u16), |r| r.client) {
-                        list[k].flags &= !PINNED;
-                        // Interest decides again at the next requery.
-                    }
+                let sl = &store.slots[s as usize];
+                let Some(c) = self.clients[ci].as_ref() else {
+                    break;
+                };
+                // Still named by a later event: stays pinned.
+                if c.pinned.iter().any(|&(p, _)| p == s) {
+                    continue;
                 }
-                if let Some(c) = self.clients[ci].as_mut() {
-                    c.requery = true;
+                let keep = wants(c, sl, margin);
+                if let Some((k, r)) = live_rec_mut(&mut self.viewers, s, ci as u16) {
+                    r.flags &= !PINNED;
+                    if !keep && r.flags & LEAVING == 0 {
+                        r.flags |= LEAVING;
+                        mark_pending(r, sl, &mut self.clients, s, k);
+                    }
                 }
             }
             for (s, id) in want {

@@ -336,8 +336,8 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         if client.final_digest.is_some() {
             let since = *digest_since.get_or_insert_with(Instant::now);
             // The digest rides the reliable channel and may overtake the last snapshots:
-            // allow a second for them.
-            if client.matches_final() == Some(true) || since.elapsed() > Duration::from_secs(1) {
+            // allow them two seconds.
+            if client.matches_final() == Some(true) || since.elapsed() > Duration::from_secs(2) {
                 break;
             }
         }

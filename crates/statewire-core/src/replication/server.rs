@@ -131,6 +131,16 @@ impl std::fmt::Debug for ClientState {
     }
 }
 
+/// A pending record before its body is coded.
+#[derive(Debug, Clone, Copy)]
+struct Pre {
+    slot: u32,
+    pos: u32,
+    required: bool,
+    leaving: bool,
+    prio: f32,
+}
+
 /// A candidate record for one packet.
 #[derive(Debug, Clone, Copy)]
 struct Cand {
@@ -302,6 +312,7 @@ const DESPAWN_BITS: [u8; 1] = [0b11];
 
 #[derive(Debug, Default)]
 struct Scratch {
+    pre: Vec<Pre>,
     cands: Vec<Cand>,
     chosen: Vec<usize>,
     packet_bits: Vec<u8>,
@@ -333,6 +344,8 @@ pub struct ServerReplicator {
     scratch: Scratch,
     bodies: BodyCache,
     near: NearClients,
+    /// Running average of bits per record written, to size how many candidates to code.
+    record_bits: f32,
 }
 
 impl std::fmt::Debug for ServerReplicator {
@@ -366,6 +379,7 @@ impl ServerReplicator {
             scratch: Scratch::default(),
             bodies: BodyCache::default(),
             near: NearClients::default(),
+            record_bits: 64.0,
         }
     }
 
@@ -1133,6 +1147,7 @@ impl ServerReplicator {
         }
         // Candidates: every pending record, its body coded once per tick for all clients.
         sc.cands.clear();
+        sc.pre.clear();
         let bodies = &mut self.bodies;
         bodies.reset(tick, store.revision());
         // With one client nothing is shared: skip the lookups.
@@ -1178,24 +1193,13 @@ impl ServerReplicator {
                     // Its despawn goes with the event that names it.
                     continue;
                 }
-                // The client decodes against the newest state it received at or before the
-                // packet's baseline (its newest acknowledged packet): that is the state of
-                // `known` unless a packet with a newer one may have arrived unseen.
-                let base = if leaving {
-                    None
-                } else {
-                    r.known()
-                        .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
-                        .map(Tick)
-                        .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
-                        .and_then(|k| store.version_at(s, k))
-                };
                 // Priority grows with the entity's weight, the largest weight among the
                 // components that changed (all of them for a full record), and nearness.
                 let mut g = sl.weight;
                 if !self.component_weights.is_empty() && !leaving {
                     let cur = sl.current();
-                    let m = base.map_or(cur.mask, |b| changed_components(registry, b, cur.view()));
+                    let m = base_of(store, s, r, tick, history, default_base)
+                        .map_or(cur.mask, |b| changed_components(registry, b, cur.view()));
                     let mut wmax: f32 = 0.0;
                     for i in registry.mask_iter(m) {
                         wmax = wmax.max(self.component_weights.get(i).copied().unwrap_or(1.0));
@@ -1211,54 +1215,78 @@ impl ServerReplicator {
                     }
                 }
                 r.prio += g;
-                let kind;
-                let body;
-                let mut staleness = 0;
-                if leaving {
-                    body = Body {
-                        start: 0,
-                        len: 2,
-                        tail: (0, 0),
-                        tail_bits: 0,
-                    };
-                    kind = CandKind::Despawn;
-                } else {
-                    let cur = sl.current();
-                    match base {
-                        Some(b) => {
-                            body = bodies.get((s, r.known, false), shared, |w, tail| {
-                                write_update(w, tail, registry, b, cur.view());
-                            });
-                            kind = CandKind::Update;
-                            // How long the oldest change it carries waited.
-                            let after = Tick(r.sent().or(r.known()).unwrap_or(0));
-                            if let Some(first) = sl.first_change_after(after) {
-                                staleness = tick.diff(first).max(0) as u32;
-                            }
-                        }
-                        None => {
-                            body = bodies.get((s, 0, true), shared, |w, _| {
-                                write_full(w, registry, cur);
-                            });
-                            kind = CandKind::Full;
-                        }
-                    }
-                }
-                sc.cands.push(Cand {
+                sc.pre.push(Pre {
                     slot: s,
                     pos: k as u32,
-                    id: sl.id,
-                    kind,
                     required,
+                    leaving,
                     prio: r.prio,
-                    start: body.start,
-                    len: body.len,
-                    tail: body.tail,
-                    tail_bits: body.tail_bits,
-                    staleness,
                 });
             }
             c.pending = keep;
+        }
+        // A long backlog (far more waiting than a packet holds) is narrowed by priority before
+        // any record is coded: only about three packets' worth get their bodies.
+        let est = f64::from(self.record_bits.max(8.0));
+        let want = ((3 * budget * 8) as f64 / est) as usize;
+        if sc.pre.len() > want.max(32) {
+            let m = want.max(32);
+            sc.pre.select_nth_unstable_by(m, |x, y| {
+                y.required.cmp(&x.required).then(y.prio.total_cmp(&x.prio))
+            });
+            sc.pre.truncate(m);
+            sc.pre.sort_unstable_by_key(|p| p.slot);
+        }
+        for p in &sc.pre {
+            let (s, k) = (p.slot, p.pos as usize);
+            let sl = &store.slots[s as usize];
+            let r = self.viewers[s as usize][k];
+            let kind;
+            let body;
+            let mut staleness = 0;
+            if p.leaving {
+                body = Body {
+                    start: 0,
+                    len: 2,
+                    tail: (0, 0),
+                    tail_bits: 0,
+                };
+                kind = CandKind::Despawn;
+            } else {
+                let cur = sl.current();
+                match base_of(store, s, &r, tick, history, default_base) {
+                    Some(b) => {
+                        body = bodies.get((s, r.known, false), shared, |w, tail| {
+                            write_update(w, tail, registry, b, cur.view());
+                        });
+                        kind = CandKind::Update;
+                        // How long the oldest change it carries waited.
+                        let after = Tick(r.sent().or(r.known()).unwrap_or(0));
+                        if let Some(first) = sl.first_change_after(after) {
+                            staleness = tick.diff(first).max(0) as u32;
+                        }
+                    }
+                    None => {
+                        body = bodies.get((s, 0, true), shared, |w, _| {
+                            write_full(w, registry, cur);
+                        });
+                        kind = CandKind::Full;
+                    }
+                }
+            }
+            sc.cands.push(Cand {
+                slot: s,
+                pos: k as u32,
+                id: sl.id,
+                kind,
+                required: p.required,
+                prio: p.prio,
+                start: body.start,
+                len: body.len,
+                tail: body.tail,
+                tail_bits: body.tail_bits,
+                staleness,
+            });
         }
         // Required entities missing from the candidates (the client holds them already or they
         // are in flight) need nothing; required ones the client is not known to hold and that
@@ -1519,6 +1547,10 @@ impl ServerReplicator {
                 self.resolve_packet(idx, old, false, true);
             }
         }
+        if records > 0 {
+            let b = (bytes * 8) as f32 / records as f32;
+            self.record_bits = 0.9 * self.record_bits + 0.1 * b;
+        }
         Ok(EncodeStats {
             records,
             pending: pending_left,
@@ -1653,6 +1685,26 @@ fn live_rec_mut(viewers: &mut [Vec<Rec>], s: u32, idx: u16) -> Option<(usize, &m
     let k = list.binary_search_by_key(&idx, |r| r.client).ok()?;
     let r = &mut list[k];
     (r.flags & DEAD == 0).then_some((k, r))
+}
+
+/// The state to code an update of slot `s` against for record `r`: the client decodes against
+/// the newest state it received at or before the packet's baseline (its newest acknowledged
+/// packet), which is the state of `known` unless a packet with a newer one may have arrived
+/// unseen, or the client may have pruned it (older than the history window while a newer one
+/// is in flight). `None`: send the full state.
+fn base_of<'s>(
+    store: &'s Store,
+    s: u32,
+    r: &Rec,
+    tick: Tick,
+    history: u32,
+    default_base: Option<Tick>,
+) -> Option<VersionRef<'s>> {
+    r.known()
+        .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
+        .map(Tick)
+        .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
+        .and_then(|k| store.version_at(s, k))
 }
 
 /// Components whose value differs between `a` and `b` (or that only one of them has).

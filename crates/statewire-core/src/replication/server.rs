@@ -741,6 +741,8 @@ impl ServerReplicator {
             }
             asked.sort_unstable();
             asked.dedup();
+            // `asked` and the slot's records are both in client order: one merge, no searches.
+            let mut k = 0;
             for &ci in &asked {
                 let sl = &store.slots[s as usize];
                 let Some(c) = self.clients[usize::from(ci)].as_ref() else {
@@ -750,14 +752,16 @@ impl ServerReplicator {
                     continue;
                 }
                 let list = &self.viewers[s as usize];
-                let Ok(k) = list.binary_search_by_key(&ci, |r| r.client) else {
-                    if wants(c, sl, 0.0) {
+                while k < list.len() && list[k].client < ci {
+                    k += 1;
+                }
+                let (enter, keep) = wants_both(c, sl, margin);
+                if k >= list.len() || list[k].client != ci {
+                    if enter {
                         self.add_rec(store, ci, s);
                     }
                     continue;
-                };
-                let keep = wants(c, sl, margin);
-                let enter = keep && wants(c, sl, 0.0);
+                }
                 let r = &mut self.viewers[s as usize][k];
                 if r.flags & DEAD != 0 {
                     continue;
@@ -1779,30 +1783,37 @@ fn mark_pending(r: &mut Rec, sl: &Slot, clients: &mut [Option<ClientState>], s: 
     }
 }
 
-/// Whether client `c` wants the (alive) entity of `sl`, with `slack` added to its radius.
-fn wants(c: &ClientState, sl: &Slot, slack: f32) -> bool {
+/// Whether client `c` wants the entity of `sl` at its radius (to enter) and at radius + `margin`
+/// (to stay), with the filters evaluated once.
+fn wants_both(c: &ClientState, sl: &Slot, margin: f32) -> (bool, bool) {
     if !sl.alive {
-        return false;
+        return (false, false);
     }
     if sl.current().owner == Owner::Client(c.id) {
-        return true;
+        return (true, true);
     }
     if sl.rooms != 0 && sl.rooms & c.rooms == 0 {
-        return false;
+        return (false, false);
     }
     if let Some(f) = &c.filter {
         if !f(sl.id) {
-            return false;
+            return (false, false);
         }
     }
     if c.radius <= 0.0 || sl.global {
-        return true;
+        return (true, true);
     }
     match (c.viewer, sl.pos) {
         (Some(v), Some(p)) => {
-            let r = c.radius + slack;
-            (v[0] - p[0]).powi(2) + (v[1] - p[1]).powi(2) <= r * r
+            let d2 = (v[0] - p[0]).powi(2) + (v[1] - p[1]).powi(2);
+            let (r, rm) = (c.radius, c.radius + margin);
+            (d2 <= r * r, d2 <= rm * rm)
         }
-        _ => true,
+        _ => (true, true),
     }
+}
+
+/// Whether client `c` wants the (alive) entity of `sl`, with `slack` added to its radius.
+fn wants(c: &ClientState, sl: &Slot, slack: f32) -> bool {
+    wants_both(c, sl, slack).1
 }

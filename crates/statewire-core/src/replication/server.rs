@@ -1312,16 +1312,7 @@ impl ServerReplicator {
         // Choose: everything if it fits; otherwise the highest priority first, sized with a
         // typical gap code, then checked exactly in id order (dropping the lowest until it fits).
         let cands = &sc.cands;
-        let exact = |chosen: &[usize]| {
-            let mut prev = u32::MAX;
-            let mut bits = 0;
-            for &k in chosen {
-                let cd = &cands[k];
-                bits += 1 + gap_bits(cd.id.0.wrapping_sub(prev)) + cd.len + cd.tail_bits;
-                prev = cd.id.0;
-            }
-            bits
-        };
+        let exact = |chosen: &[usize]| exact_bits(cands, chosen);
         sc.chosen.clear();
         sc.chosen.extend(0..cands.len());
         let mut oversized = 0;
@@ -1409,17 +1400,7 @@ impl ServerReplicator {
         // Dropping held despawns can only merge gaps; if that costs more than it saved, drop
         // the lowest priority records until it fits again.
         while !exact_fits(&sc.cands, &sc.chosen, budget_bits) {
-            let cands = &sc.cands;
-            let Some(pos) = sc
-                .chosen
-                .iter()
-                .enumerate()
-                .min_by(|a, b| {
-                    let (x, y) = (&cands[*a.1], &cands[*b.1]);
-                    x.required.cmp(&y.required).then(x.prio.total_cmp(&y.prio))
-                })
-                .map(|(i, _)| i)
-            else {
+            let Some(pos) = lowest_priority(&sc.cands, &sc.chosen) else {
                 break;
             };
             sc.chosen.remove(pos);
@@ -1484,18 +1465,8 @@ impl ServerReplicator {
             if out.len() - start_len <= budget || sc.chosen.is_empty() {
                 break;
             }
-            let cands = &sc.cands;
-            if let Some(pos) = sc
-                .chosen
-                .iter()
-                .enumerate()
-                .min_by(|a, b| {
-                    let (x, y) = (&cands[*a.1], &cands[*b.1]);
-                    x.required.cmp(&y.required).then(x.prio.total_cmp(&y.prio))
-                })
-                .map(|(i, _)| i)
-            {
-                if cands[sc.chosen[pos]].required && chosen_events > must {
+            if let Some(pos) = lowest_priority(&sc.cands, &sc.chosen) {
+                if sc.cands[sc.chosen[pos]].required && chosen_events > must {
                     // Only records events need are left: send fewer events instead.
                     chosen_events = must;
                 } else {
@@ -1743,7 +1714,8 @@ fn gap_bits(gap: u32) -> usize {
     }
 }
 
-fn exact_fits(cands: &[Cand], chosen: &[usize], budget_bits: usize) -> bool {
+/// Exact bits of the `chosen` records (in id order) with their gap codes.
+fn exact_bits(cands: &[Cand], chosen: &[usize]) -> usize {
     let mut prev = u32::MAX;
     let mut bits = 0;
     for &k in chosen {
@@ -1751,7 +1723,23 @@ fn exact_fits(cands: &[Cand], chosen: &[usize], budget_bits: usize) -> bool {
         bits += 1 + gap_bits(cd.id.0.wrapping_sub(prev)) + cd.len + cd.tail_bits;
         prev = cd.id.0;
     }
-    bits <= budget_bits
+    bits
+}
+
+fn exact_fits(cands: &[Cand], chosen: &[usize], budget_bits: usize) -> bool {
+    exact_bits(cands, chosen) <= budget_bits
+}
+
+/// Position in `chosen` of the record to drop first: not needed by an event, lowest priority.
+fn lowest_priority(cands: &[Cand], chosen: &[usize]) -> Option<usize> {
+    chosen
+        .iter()
+        .enumerate()
+        .min_by(|a, b| {
+            let (x, y) = (&cands[*a.1], &cands[*b.1]);
+            x.required.cmp(&y.required).then(x.prio.total_cmp(&y.prio))
+        })
+        .map(|(i, _)| i)
 }
 
 fn store_index(store: &Store, id: EntityId) -> Option<&u32> {

@@ -269,6 +269,15 @@ impl BodyCache {
         }
     }
 
+    /// The body for `key` if it was coded this tick.
+    fn cached(&self, key: (u32, u32, bool), shared: bool) -> Option<Body> {
+        if shared {
+            self.map.get(&key).copied()
+        } else {
+            None
+        }
+    }
+
     /// The body for `key`, coding it with `write` the first time this tick.
     fn get(
         &mut self,
@@ -1258,11 +1267,21 @@ impl ServerReplicator {
                 kind = CandKind::Despawn;
             } else {
                 let cur = sl.current();
-                match base_of(store, s, &r, tick, history, default_base) {
+                // A body another client needed this tick is reused without looking up its
+                // baseline again.
+                let update = base_tick(&r, tick, history, default_base).and_then(|bt| {
+                    let key = (s, bt.0, false);
+                    if let Some(b) = bodies.cached(key, shared) {
+                        return Some(b);
+                    }
+                    let b = store.version_at(s, bt)?;
+                    Some(bodies.get(key, shared, |w, tail| {
+                        write_update(w, tail, registry, b, cur.view());
+                    }))
+                });
+                match update {
                     Some(b) => {
-                        body = bodies.get((s, r.known, false), shared, |w, tail| {
-                            write_update(w, tail, registry, b, cur.view());
-                        });
+                        body = b;
                         kind = CandKind::Update;
                         // How long the oldest change it carries waited.
                         let after = Tick(r.sent().or(r.known()).unwrap_or(0));
@@ -1675,11 +1694,15 @@ fn base_of<'s>(
     history: u32,
     default_base: Option<Tick>,
 ) -> Option<VersionRef<'s>> {
+    store.version_at(s, base_tick(r, tick, history, default_base)?)
+}
+
+/// The tick of the state [`base_of`] looks up, when the rules allow a delta at all.
+fn base_tick(r: &Rec, tick: Tick, history: u32, default_base: Option<Tick>) -> Option<Tick> {
     r.known()
         .filter(|_| r.flags & MAYBE_NEWER == 0 && default_base.is_some())
         .map(Tick)
         .filter(|&k| tick.diff(k) <= history as i32 || r.sent().is_none())
-        .and_then(|k| store.version_at(s, k))
 }
 
 /// Components whose value differs between `a` and `b` (or that only one of them has).

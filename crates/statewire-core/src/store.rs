@@ -430,60 +430,52 @@ impl Store {
             mask: 0,
             words: Words::new(),
         };
-        let slot = match self.index.get(id).copied() {
-            // A dead slot still referenced by clients: the entity starts a new life in it.
-            Some(s) => {
-                let sl = &mut self.slots[s as usize];
-                sl.alive = true;
-                sl.spawned = tick;
-                sl.history.clear();
-                sl.cur = version;
-                sl.weight = 1.0;
-                sl.global = false;
-                sl.rooms = 0;
-                s
-            }
-            None => {
-                let s = match self.free.pop() {
-                    Some(s) => s,
-                    None => {
-                        self.slots.push(Slot {
-                            id,
-                            alive: false,
-                            spawned: tick,
-                            changed: tick,
-                            cur: Version::default(),
-                            history: SmallVec::new(),
-                            refs: 0,
-                            pos: None,
-                            bucket: Bucket::Unlisted,
-                            bucket_pos: 0,
-                            rooms: 0,
-                            weight: 1.0,
-                            global: false,
-                        });
-                        self.moved_at.push(Tick(tick.0.wrapping_sub(1)));
-                        self.touched_at.push(Tick(tick.0.wrapping_sub(1)));
-                        self.logged_at.push(Tick(tick.0.wrapping_sub(1)));
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                let sl = &mut self.slots[s as usize];
-                sl.id = id;
-                sl.alive = true;
-                sl.spawned = tick;
-                sl.history.clear();
-                sl.cur = version;
-                sl.refs = 0;
-                sl.pos = None;
-                sl.bucket = Bucket::Unlisted;
-                sl.rooms = 0;
-                sl.weight = 1.0;
-                sl.global = false;
-                self.index.insert(id, s);
-                s
-            }
+        // A dead slot still referenced by clients gives the entity a new life in the same slot
+        // (the clients' records stay); otherwise a free or new slot.
+        let revived = self.index.get(id).copied();
+        let slot = match revived {
+            Some(s) => s,
+            None => match self.free.pop() {
+                Some(s) => s,
+                None => {
+                    self.slots.push(Slot {
+                        id,
+                        alive: false,
+                        spawned: tick,
+                        changed: tick,
+                        cur: Version::default(),
+                        history: SmallVec::new(),
+                        refs: 0,
+                        pos: None,
+                        bucket: Bucket::Unlisted,
+                        bucket_pos: 0,
+                        rooms: 0,
+                        weight: 1.0,
+                        global: false,
+                    });
+                    self.moved_at.push(Tick(tick.0.wrapping_sub(1)));
+                    self.touched_at.push(Tick(tick.0.wrapping_sub(1)));
+                    self.logged_at.push(Tick(tick.0.wrapping_sub(1)));
+                    (self.slots.len() - 1) as u32
+                }
+            },
         };
+        // Dead slots are in no bucket and have no position.
+        let sl = &mut self.slots[slot as usize];
+        debug_assert!(sl.bucket == Bucket::Unlisted && !sl.alive);
+        sl.id = id;
+        sl.alive = true;
+        sl.spawned = tick;
+        sl.history.clear();
+        sl.cur = version;
+        sl.pos = None;
+        sl.rooms = 0;
+        sl.weight = 1.0;
+        sl.global = false;
+        if revived.is_none() {
+            sl.refs = 0;
+            self.index.insert(id, slot);
+        }
         self.live += 1;
         self.set_bucket(slot, Bucket::Anywhere);
         self.mark_changed(slot);

@@ -321,6 +321,9 @@ const DESPAWN_BITS: [u8; 1] = [0b11];
 
 #[derive(Debug, Default)]
 struct Scratch {
+    /// The pending list being rebuilt (swapped with the client's).
+    keep: Vec<(u32, u32)>,
+    tail_values: Vec<crate::delta::TailValue>,
     pre: Vec<Pre>,
     cands: Vec<Cand>,
     chosen: Vec<usize>,
@@ -589,7 +592,9 @@ impl ServerReplicator {
                 .sum::<usize>()
             + self.clients.capacity() * std::mem::size_of::<Option<ClientState>>()
             + (self.dirty_slots.capacity() + self.unref.capacity()) * 4
-            + self.bodies.memory_bytes();
+            + self.bodies.memory_bytes()
+            + self.scratch.keep.capacity() * 8
+            + self.scratch.tail_values.capacity() * std::mem::size_of::<crate::delta::TailValue>();
         for c in self.clients.iter().flatten() {
             n += c.view.capacity() * 4 + c.pending.capacity() * 8;
             n += c.pinned.capacity() * 16;
@@ -1170,7 +1175,9 @@ impl ServerReplicator {
             .last_ack
             .filter(|&a| tick.diff(a) > 0 && tick.diff(a) <= i32::from(u16::MAX));
         {
-            let mut keep = Vec::with_capacity(c.pending.len());
+            // The records still pending, into last encode's spare buffer.
+            let mut keep = std::mem::take(&mut sc.keep);
+            keep.clear();
             for &(s, hint) in &c.pending {
                 let Some((k, r)) = rec_at_hint(&mut self.viewers, s, hint, idx) else {
                     continue;
@@ -1236,7 +1243,7 @@ impl ServerReplicator {
                     prio: r.prio,
                 });
             }
-            c.pending = keep;
+            sc.keep = std::mem::replace(&mut c.pending, keep);
         }
         // A long backlog (far more waiting than a packet holds) is narrowed by priority before
         // any record is coded: only about three packets' worth get their bodies.
@@ -1428,7 +1435,7 @@ impl ServerReplicator {
         // Assemble: events section, header, records in id order, tail. The range-coded tail's
         // size is only estimated; if it comes out over budget, the lowest priority record
         // leaves and the packet is assembled again (bounded by the number of records).
-        let mut tail_values = Vec::new();
+        let mut tail_values = std::mem::take(&mut sc.tail_values);
         loop {
             out.truncate(start_len);
             sc.section.clear();
@@ -1493,6 +1500,8 @@ impl ServerReplicator {
                 }
             }
         }
+
+        sc.tail_values = tail_values;
 
         // Commit: what was sent is in flight and loses its priority.
         let mut packet = SentPacket {

@@ -51,9 +51,12 @@ fn primed(reg: &Registry) -> (BenchWorld, Store, ServerReplicator) {
     (world, store, s)
 }
 
-/// The packets of the steady-state loop: `[0]` is the full state for tick 1, `[i]` the delta
-/// of tick `i + 1` against the acknowledged tick `i`.
-fn delta_packets(reg: &Registry) -> Vec<Vec<u8>> {
+/// One packet per tick of the seeded chain (tick 0 populates the world, later ticks move
+/// `CHANGED_PER_TICK` entities), each made by `encode` from the store at that tick.
+fn chain_packets(
+    reg: &Registry,
+    mut encode: impl FnMut(&mut ServerReplicator, &mut Store, usize, &mut Vec<u8>),
+) -> Vec<Vec<u8>> {
     let mut world = BenchWorld::generate(ENTITIES, SEED);
     let mut store = Store::new(reg.clone(), StoreConfig::default());
     let mut s = server();
@@ -66,14 +69,22 @@ fn delta_packets(reg: &Registry) -> Vec<Vec<u8>> {
                 world.step(CHANGED_PER_TICK);
                 world.apply_changes(&mut store).expect("apply");
             }
-            s.update(&mut store, None);
             let mut out = Vec::new();
-            let stats = s.encode_for(&store, ME, &mut out).expect("encode");
-            assert_eq!(stats.pending + stats.oversized, 0, "budget too small");
-            s.handle_ack(ME, AckFrame::single(tick(i))).expect("ack");
+            encode(&mut s, &mut store, i, &mut out);
             out
         })
         .collect()
+}
+
+/// The packets of the steady-state loop: `[0]` is the full state for tick 1, `[i]` the delta
+/// of tick `i + 1` against the acknowledged tick `i`.
+fn delta_packets(reg: &Registry) -> Vec<Vec<u8>> {
+    chain_packets(reg, |s, store, i, out| {
+        s.update(store, None);
+        let stats = s.encode_for(store, ME, out).expect("encode");
+        assert_eq!(stats.pending + stats.oversized, 0, "budget too small");
+        s.handle_ack(ME, AckFrame::single(tick(i))).expect("ack");
+    })
 }
 
 /// Encodes the full state of `store` for a client that holds nothing (a fresh one).
@@ -88,23 +99,7 @@ fn encode_full(s: &mut ServerReplicator, store: &mut Store, out: &mut Vec<u8>) {
 
 /// Full-state packets (to a client holding nothing) for every tick of the chain.
 fn full_packets(reg: &Registry) -> Vec<Vec<u8>> {
-    let mut world = BenchWorld::generate(ENTITIES, SEED);
-    let mut store = Store::new(reg.clone(), StoreConfig::default());
-    let mut s = server();
-    (0..CHAIN)
-        .map(|i| {
-            store.begin_tick(tick(i)).expect("tick");
-            if i == 0 {
-                world.populate(&mut store).expect("populate");
-            } else {
-                world.step(CHANGED_PER_TICK);
-                world.apply_changes(&mut store).expect("apply");
-            }
-            let mut out = Vec::new();
-            encode_full(&mut s, &mut store, &mut out);
-            out
-        })
-        .collect()
+    chain_packets(reg, |s, store, _, out| encode_full(s, store, out))
 }
 
 fn report_sizes(name: &str, packets: &[Vec<u8>]) {

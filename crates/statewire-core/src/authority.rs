@@ -310,6 +310,27 @@ impl Authority {
         self.requests.retain(|(e, _), _| *e != entity);
     }
 
+    /// Forgets every entity for which `keep` returns false (e.g. those no longer in the
+    /// store), so the table holds only live entities.
+    pub fn retain(&mut self, mut keep: impl FnMut(EntityId) -> bool) {
+        self.owners.retain(|&e, _| keep(e));
+        let owners = &self.owners;
+        self.moved.retain(|e, _| owners.contains_key(e));
+        self.requests.retain(|(e, _), _| owners.contains_key(e));
+    }
+
+    /// Entities in the table.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Whether the table is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
     /// Who owns `entity`.
     #[must_use]
     pub fn owner(&self, entity: EntityId) -> Option<Owner> {

@@ -330,6 +330,24 @@ impl Default for ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// Largest message a connection with these settings accepts on `channel` (the channel's
+    /// `max_message_size`, capped for the unreliable kinds by what fits one packet), or `None`
+    /// for an unknown channel. Saturates on settings [`ConnectionConfig::validate`] refuses.
+    #[must_use]
+    pub fn message_limit(&self, channel: ChannelId) -> Option<usize> {
+        let c = self.channels.get(usize::from(channel.0))?;
+        let room = self.max_packet_size.saturating_sub(wire::MAX_HEADER_LEN);
+        Some(match c.kind {
+            ChannelKind::ReliableOrdered => c.max_message_size,
+            ChannelKind::Unreliable => c
+                .max_message_size
+                .min(room.saturating_sub(wire::UNRELIABLE_FRAME_HEADER)),
+            _ => c
+                .max_message_size
+                .min(room.saturating_sub(wire::SEQUENCED_FRAME_HEADER)),
+        })
+    }
+
     /// Checks every limit; [`Connection::try_new`] calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {

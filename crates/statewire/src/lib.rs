@@ -80,6 +80,7 @@ mod config;
 pub mod connection;
 pub mod crypto;
 pub mod discovery;
+pub mod endpoint;
 mod host;
 mod limiter;
 pub mod packet;

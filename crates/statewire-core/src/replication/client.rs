@@ -134,6 +134,30 @@ impl ClientReplicator {
         self.entities.contains_key(&id)
     }
 
+    /// The owner of `id`, if held.
+    #[must_use]
+    pub fn owner(&self, id: EntityId) -> Option<Owner> {
+        self.entities.get(&id)?.last().map(|v| v.owner)
+    }
+
+    /// The entities held whose owner is `owner`, ascending.
+    #[must_use]
+    pub fn owned_by(&self, owner: Owner) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = self
+            .entities
+            .iter()
+            .filter(|(_, v)| v.last().is_some_and(|v| v.owner == owner))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The entities held, in no particular order.
+    pub fn entity_ids(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.entities.keys().copied()
+    }
+
     /// Dequantized component `T` of `id`.
     #[must_use]
     pub fn component<T: crate::Replicate>(&self, registry: &Registry, id: EntityId) -> Option<T> {

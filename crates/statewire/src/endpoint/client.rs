@@ -1,0 +1,661 @@
+//! The game client endpoint: session, replication, acks, inputs, writes and predicted events.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use statewire_core::authority::encode_writes;
+use statewire_core::events::{EntityRefs, EventData, EventSink, encode_proposal};
+use statewire_core::{
+    ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, GameEvent, Owner,
+    PredictionOutcome, Predictions, Replicate, Snapshot, StateWrite, Tick, WorldSink,
+};
+use statewire_transport::{Transport, TransportError};
+
+use super::envelope;
+use super::protocol::{Delivery, Message, MessageChannel, MessageError, Protocol, encode_message};
+use super::{ConfigError, RELIABLE, UNRELIABLE, check_session};
+use crate::client::{Client, ClientEvent, ClientTokenError};
+use crate::config::{DisconnectReason, SessionConfig};
+use crate::crypto::ConnectToken;
+
+/// Settings of a [`GameClient`].
+#[derive(Debug, Clone)]
+pub struct GameClientConfig {
+    /// The session. Its `protocol_id` is replaced by the [`Protocol::fingerprint`]. Default
+    /// [`SessionConfig::default`].
+    pub session: SessionConfig,
+    /// Replication receiver. Default [`ClientConfig::default`].
+    pub replication: ClientConfig,
+    /// The server's tick rate, to turn the round-trip time into ticks when stamping inputs.
+    /// Default 30.
+    pub tick_rate_hz: u32,
+    /// Ticks added to the round trip when stamping an input, so that it arrives before its
+    /// tick despite jitter. Default 3.
+    pub input_lead_ticks: u32,
+    /// Inputs each TICK message carries (the newest and those before it), so that a lost
+    /// packet costs no input; at most [`envelope::MAX_INPUTS_PER_MESSAGE`]. Default 3.
+    pub input_redundancy: usize,
+    /// Largest encoded input, in bytes (at most 255; must match the server's). Default 64.
+    pub max_input_bytes: usize,
+    /// Events waiting for [`GameClient::poll_event`]; beyond it new ones are dropped and
+    /// counted. Default 65,536.
+    pub max_queued_events: usize,
+}
+
+impl Default for GameClientConfig {
+    fn default() -> Self {
+        GameClientConfig {
+            session: SessionConfig::default(),
+            replication: ClientConfig::default(),
+            tick_rate_hz: 30,
+            input_lead_ticks: 3,
+            input_redundancy: 3,
+            max_input_bytes: 64,
+            max_queued_events: 65_536,
+        }
+    }
+}
+
+/// What happened on a [`GameClient`]; drain with [`GameClient::poll_event`] after each
+/// [`GameClient::update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GameClientEvent {
+    /// The handshake completed; this is our id.
+    Connected(ClientId),
+    /// The session is over (or never started), for this reason.
+    Disconnected(DisconnectReason),
+    /// An entity entered our view.
+    Spawned(EntityId, Owner),
+    /// An entity left our view (or the world).
+    Despawned(EntityId),
+    /// A resolved event, once, in order, in step with the entities it names.
+    Event(GameEvent),
+    /// The server accepted our proposal `seq` (the event also comes as [`Self::Event`]).
+    Confirmed {
+        /// Our sequence number, from [`GameClient::propose`].
+        seq: u32,
+    },
+    /// The server refused our proposal `seq`: undo what was predicted.
+    Rejected {
+        /// Our sequence number.
+        seq: u32,
+    },
+    /// A user message from the server.
+    Message(Message),
+}
+
+/// Errors from [`GameClient::write`] and [`GameClient::propose`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientActionError {
+    /// Not connected (yet, or any more).
+    #[error("not connected")]
+    NotConnected,
+    /// The entity is not ours to write (by what the server last told us).
+    #[error("entity {0} is not owned by this client")]
+    NotOwned(EntityId),
+    /// The component is not registered or its value does not fit its schema.
+    #[error("component value: {0}")]
+    Value(String),
+    /// Over the event limits (entities or data bytes).
+    #[error("event proposal too large")]
+    TooLarge,
+}
+
+/// Counters of a [`GameClient`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GameClientStats {
+    /// Replication packets applied.
+    pub packets: u64,
+    /// Replication packets that failed to decode (nothing applied).
+    pub decode_errors: u64,
+    /// Other messages from the server that did not decode.
+    pub malformed: u64,
+    /// Messages the session refused to send.
+    pub send_refused: u64,
+    /// Inputs sent (each once, however many copies travel).
+    pub inputs_sent: u64,
+    /// Events dropped because the queue was full.
+    pub events_dropped: u64,
+}
+
+/// A game client over transport `T` sending inputs of type `I`: owns the session
+/// [`Client`], the [`ClientReplicator`] (our copy of the server's world), acknowledgements,
+/// input stamping and sending, writes of the entities we own, and predicted event proposals.
+///
+/// One frame: [`update`](Self::update) (reads the network, applies snapshots), drain
+/// [`poll_event`](Self::poll_event), [`set_input`](Self::set_input), any
+/// [`write`](Self::write)s, [`propose`](Self::propose)s and [`send`](Self::send)s, then
+/// [`flush`](Self::flush).
+pub struct GameClient<T: Transport, I> {
+    session: Client<T>,
+    protocol: Protocol,
+    repl: ClientReplicator,
+    predictions: Predictions,
+    config: GameClientConfig,
+    queue: VecDeque<GameClientEvent>,
+    /// Newest last: (tick, encoded input).
+    recent: VecDeque<(Tick, Vec<u8>)>,
+    writes: Vec<StateWrite>,
+    buf: Vec<u8>,
+    stats: GameClientStats,
+    _input: std::marker::PhantomData<fn(I)>,
+}
+
+impl<T: Transport, I> std::fmt::Debug for GameClient<T, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GameClient")
+            .field("id", &self.session.id())
+            .field("tick", &self.repl.tick())
+            .field("entities", &self.repl.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sink that passes world changes to the game's and queues them as events.
+struct Tee<'a, S: ?Sized> {
+    user: &'a mut S,
+    queue: &'a mut VecDeque<GameClientEvent>,
+    predictions: &'a mut Predictions,
+    me: Option<ClientId>,
+    max: usize,
+    dropped: &'a mut u64,
+}
+
+impl<S: ?Sized> Tee<'_, S> {
+    fn push(&mut self, ev: GameClientEvent) {
+        if self.queue.len() >= self.max {
+            *self.dropped += 1;
+        } else {
+            self.queue.push_back(ev);
+        }
+    }
+}
+
+impl<S: WorldSink + ?Sized> WorldSink for Tee<'_, S> {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.user.spawn(id, owner);
+        self.push(GameClientEvent::Spawned(id, owner));
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.user.despawn(id);
+        self.push(GameClientEvent::Despawned(id));
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        self.user.set_owner(id, owner);
+    }
+    fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
+        self.user.insert(id, component);
+    }
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
+        self.user.remove(id, component);
+    }
+}
+
+impl<S: ?Sized> EventSink for Tee<'_, S> {
+    fn event(&mut self, event: &GameEvent) {
+        if let Some(me) = self.me {
+            self.predictions.on_event(me, event);
+        }
+        self.push(GameClientEvent::Event(event.clone()));
+    }
+}
+
+/// A [`WorldSink`] that ignores everything (the client's state is in its replicator).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSink;
+
+impl WorldSink for NoSink {
+    fn spawn(&mut self, _: EntityId, _: Owner) {}
+    fn despawn(&mut self, _: EntityId) {}
+    fn insert(&mut self, _: EntityId, _: ComponentView<'_>) {}
+    fn remove(&mut self, _: EntityId, _: ComponentView<'_>) {}
+}
+
+impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
+    /// Connects in development mode to the server at `server` (see
+    /// [`GameServer::new`](super::GameServer::new)).
+    pub fn new(
+        transport: T,
+        server: SocketAddr,
+        protocol: &Protocol,
+        config: GameClientConfig,
+        now: Duration,
+    ) -> Result<Self, ConfigError> {
+        let session_cfg = Self::check(protocol, &config)?;
+        let salt = getrandom::u64().unwrap_or(0x5eed);
+        let session =
+            Client::new(transport, server, session_cfg, now, salt).map_err(ConfigError::Session)?;
+        Ok(Self::with_session(session, protocol, config))
+    }
+
+    /// Connects with a connect token (from the game's backend, e.g. a lobby).
+    pub fn with_token(
+        transport: T,
+        server: SocketAddr,
+        protocol: &Protocol,
+        config: GameClientConfig,
+        now: Duration,
+        token: &ConnectToken,
+    ) -> Result<Self, ConfigError> {
+        let session_cfg = Self::check(protocol, &config)?;
+        let session = Client::with_token(transport, server, session_cfg, now, token).map_err(
+            |e| match e {
+                ClientTokenError::Config(c) => ConfigError::Session(c),
+                other => ConfigError::Token(other.to_string()),
+            },
+        )?;
+        Ok(Self::with_session(session, protocol, config))
+    }
+
+    fn check(protocol: &Protocol, config: &GameClientConfig) -> Result<SessionConfig, ConfigError> {
+        check_session(&config.session, protocol, config.max_input_bytes)?;
+        if config.input_redundancy == 0
+            || config.input_redundancy > envelope::MAX_INPUTS_PER_MESSAGE
+        {
+            return Err(ConfigError::InputRedundancy(config.input_redundancy));
+        }
+        if config.tick_rate_hz == 0 || config.max_queued_events == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(SessionConfig {
+            protocol_id: protocol.fingerprint(),
+            ..config.session.clone()
+        })
+    }
+
+    fn with_session(session: Client<T>, protocol: &Protocol, config: GameClientConfig) -> Self {
+        GameClient {
+            session,
+            protocol: protocol.clone(),
+            repl: ClientReplicator::new(config.replication.clone()),
+            predictions: Predictions::new(),
+            config,
+            queue: VecDeque::new(),
+            recent: VecDeque::new(),
+            writes: Vec::new(),
+            buf: Vec::new(),
+            stats: GameClientStats::default(),
+            _input: std::marker::PhantomData,
+        }
+    }
+
+    /// Reads the network and applies what arrived to our copy of the world.
+    pub fn update(&mut self, now: Duration) -> Result<(), TransportError> {
+        self.update_with(now, &mut NoSink)
+    }
+
+    /// [`update`](Self::update), also passing every world change to `world` (an engine's
+    /// world: spawn, insert, remove, despawn, in the order of [`WorldSink`]).
+    pub fn update_with<S: WorldSink + ?Sized>(
+        &mut self,
+        now: Duration,
+        world: &mut S,
+    ) -> Result<(), TransportError> {
+        self.session.update(now)?;
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ClientEvent::Connected(id) => self.push(GameClientEvent::Connected(id)),
+                ClientEvent::Disconnected(r) => self.push(GameClientEvent::Disconnected(r)),
+                ClientEvent::Message(channel, bytes) => self.handle_message(channel, &bytes, world),
+            }
+        }
+        while let Some(o) = self.predictions.poll_outcome() {
+            match o {
+                PredictionOutcome::Confirmed { seq, .. } => {
+                    self.push(GameClientEvent::Confirmed { seq });
+                }
+                PredictionOutcome::Rejected { seq } => self.push(GameClientEvent::Rejected { seq }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, ev: GameClientEvent) {
+        if self.queue.len() >= self.config.max_queued_events {
+            self.stats.events_dropped += 1;
+        } else {
+            self.queue.push_back(ev);
+        }
+    }
+
+    fn handle_message<S: WorldSink + ?Sized>(
+        &mut self,
+        channel: crate::ChannelId,
+        bytes: &[u8],
+        world: &mut S,
+    ) {
+        let Some((&tag, body)) = bytes.split_first() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match (tag, channel) {
+            (envelope::STATE, UNRELIABLE) => {
+                let mut tee = Tee {
+                    user: world,
+                    queue: &mut self.queue,
+                    predictions: &mut self.predictions,
+                    me: self.session.id(),
+                    max: self.config.max_queued_events,
+                    dropped: &mut self.stats.events_dropped,
+                };
+                match self
+                    .repl
+                    .handle_packet_with_events(self.protocol.registry(), body, &mut tee)
+                {
+                    Ok(_) => self.stats.packets += 1,
+                    Err(_) => self.stats.decode_errors += 1,
+                }
+            }
+            (envelope::REFUSED, RELIABLE) => match envelope::decode_refused(body) {
+                Ok(seq) => self.predictions.on_rejected(seq),
+                Err(_) => self.stats.malformed += 1,
+            },
+            (envelope::USER, ch) => {
+                let ok = envelope::decode_user(body).ok().and_then(|(index, msg)| {
+                    let info = self.protocol.channels().get(usize::from(index))?;
+                    let expected = match info.delivery {
+                        Delivery::Reliable => RELIABLE,
+                        Delivery::Unreliable => UNRELIABLE,
+                    };
+                    (ch == expected && msg.len() <= info.max_bytes).then(|| Message {
+                        channel: index,
+                        bytes: msg.to_vec(),
+                    })
+                });
+                match ok {
+                    Some(m) => self.push(GameClientEvent::Message(m)),
+                    None => self.stats.malformed += 1,
+                }
+            }
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<GameClientEvent> {
+        self.queue.pop_front()
+    }
+
+    /// The tick the next input is stamped for: the newest server tick we hold plus the round
+    /// trip in ticks plus [`GameClientConfig::input_lead_ticks`], so it arrives just before
+    /// the server runs that tick.
+    #[must_use]
+    pub fn input_tick(&self) -> Option<Tick> {
+        let newest = self.repl.tick()?;
+        let hz = f64::from(self.config.tick_rate_hz);
+        let rtt_ticks = self
+            .session
+            .rtt()
+            .map_or(6, |r| (r.as_secs_f64() * hz).ceil() as u32);
+        Some(Tick(
+            newest
+                .0
+                .wrapping_add(rtt_ticks)
+                .wrapping_add(self.config.input_lead_ticks),
+        ))
+    }
+
+    /// Sets our input, stamped for [`input_tick`](Self::input_tick); it leaves with the next
+    /// [`flush`](Self::flush) (and, for redundancy, with the few after it). Setting it again
+    /// before the stamp moves replaces it. Ignored until we hold a first snapshot.
+    pub fn set_input(&mut self, input: &I) {
+        let Some(mut tick) = self.input_tick() else {
+            return;
+        };
+        let Ok(bytes) = postcard::to_allocvec(input) else {
+            return;
+        };
+        if bytes.len() > self.config.max_input_bytes {
+            return;
+        }
+        if let Some(&(last, _)) = self.recent.back() {
+            // Never stamp backwards (the RTT estimate fell): replace the newest instead.
+            if !tick.is_after(last) {
+                tick = last;
+                self.recent.pop_back();
+            } else if tick.diff(last) > 1 {
+                // Ticks between keep the previous input, as the server would.
+                let prev = self
+                    .recent
+                    .back()
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                let mut t = last.next();
+                while t.is_after(last) && tick.is_after(t) && self.recent.len() < 64 {
+                    self.recent.push_back((t, prev.clone()));
+                    t = t.next();
+                }
+            }
+        }
+        if self.recent.back().is_none_or(|&(t, _)| t != tick) {
+            self.stats.inputs_sent += 1;
+        }
+        self.recent.push_back((tick, bytes));
+        while self.recent.len() > self.config.input_redundancy {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Queues a write of `value` to `entity`, which we own; it leaves with the next
+    /// [`flush`](Self::flush). The server validates it (owner, rate, range) and applies it.
+    pub fn write<C: Replicate>(
+        &mut self,
+        entity: EntityId,
+        value: &C,
+    ) -> Result<(), ClientActionError> {
+        let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
+        if self.repl.owner(entity) != Some(Owner::Client(me)) {
+            return Err(ClientActionError::NotOwned(entity));
+        }
+        let mut values = Vec::new();
+        let component = self
+            .protocol
+            .registry()
+            .raw_values(value, &mut values)
+            .map_err(|e| ClientActionError::Value(e.to_string()))?;
+        // A newer write of the same component replaces a queued one.
+        self.writes
+            .retain(|w| !(w.entity == entity && w.component == component));
+        self.writes.push(StateWrite {
+            entity,
+            component,
+            values,
+        });
+        Ok(())
+    }
+
+    /// Proposes an event (`kind` and `data` are the game's), predicted at once: the outcome
+    /// comes back as [`GameClientEvent::Confirmed`] or [`GameClientEvent::Rejected`] with
+    /// the returned sequence number.
+    pub fn propose(
+        &mut self,
+        kind: u16,
+        entities: &[EntityId],
+        data: &[u8],
+    ) -> Result<u32, ClientActionError> {
+        let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
+        if entities.len() > 255 || data.len() > 1024 {
+            return Err(ClientActionError::TooLarge);
+        }
+        let tick = self.repl.tick().unwrap_or_default();
+        let p = self.predictions.predict(
+            me,
+            tick,
+            kind,
+            EntityRefs::from_slice(entities),
+            EventData::from_slice(data),
+        );
+        self.buf.clear();
+        self.buf.push(envelope::PROPOSE);
+        encode_proposal(&p, &mut self.buf);
+        if self.session.send(RELIABLE, &self.buf).is_err() {
+            self.stats.send_refused += 1;
+            self.predictions.on_rejected(p.seq);
+        }
+        Ok(p.seq)
+    }
+
+    /// Sends `message` on `channel` to the server.
+    pub fn send<M: Serialize>(
+        &mut self,
+        channel: MessageChannel<M>,
+        message: &M,
+    ) -> Result<(), MessageError> {
+        let mut out = vec![envelope::USER, channel.index];
+        encode_message(channel, message, &mut out)?;
+        let ch = match channel.delivery {
+            Delivery::Reliable => RELIABLE,
+            Delivery::Unreliable => UNRELIABLE,
+        };
+        self.session
+            .send(ch, &out)
+            .map_err(|e| MessageError::Send(e.to_string()))
+    }
+
+    /// Sends what this frame produced (the acknowledgement with our recent inputs, queued
+    /// writes) and transmits.
+    pub fn flush(&mut self, now: Duration) -> Result<(), TransportError> {
+        if self.session.is_connected() {
+            let first = self.recent.front().map_or(Tick(0), |r| r.0);
+            let inputs: Vec<&[u8]> = self.recent.iter().map(|(_, b)| b.as_slice()).collect();
+            envelope::encode_tick(self.repl.ack(), first, &inputs, &mut self.buf);
+            if self.session.send(UNRELIABLE, &self.buf).is_err() {
+                self.stats.send_refused += 1;
+            }
+            // Writes in messages that fit the unreliable channel.
+            let limit = self
+                .config
+                .session
+                .connection
+                .message_limit(UNRELIABLE)
+                .unwrap_or(0);
+            let mut start = 0;
+            while start < self.writes.len() {
+                let mut end = start + 1;
+                let mut size = 3 + write_len(&self.writes[start]);
+                while end < self.writes.len() && size + write_len(&self.writes[end]) <= limit {
+                    size += write_len(&self.writes[end]);
+                    end += 1;
+                }
+                self.buf.clear();
+                self.buf.push(envelope::WRITES);
+                encode_writes(&self.writes[start..end], &mut self.buf);
+                if self.session.send(UNRELIABLE, &self.buf).is_err() {
+                    self.stats.send_refused += 1;
+                }
+                start = end;
+            }
+        }
+        self.writes.clear();
+        self.session.flush(now)
+    }
+
+    /// Leaves: the server is told at once.
+    pub fn disconnect(&mut self) {
+        self.session.disconnect();
+    }
+
+    /// Our id, once connected.
+    #[must_use]
+    pub fn id(&self) -> Option<ClientId> {
+        self.session.id()
+    }
+
+    /// Whether the handshake completed and the session is live.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.session.is_connected()
+    }
+
+    /// The server tick of the newest state we hold.
+    #[must_use]
+    pub fn tick(&self) -> Option<Tick> {
+        self.repl.tick()
+    }
+
+    /// Component `C` of `entity` in our copy of the world.
+    #[must_use]
+    pub fn get<C: Replicate>(&self, entity: EntityId) -> Option<C> {
+        self.repl.component(self.protocol.registry(), entity)
+    }
+
+    /// Whether `entity` is in our view.
+    #[must_use]
+    pub fn contains(&self, entity: EntityId) -> bool {
+        self.repl.contains(entity)
+    }
+
+    /// The entities we own.
+    #[must_use]
+    pub fn owned(&self) -> Vec<EntityId> {
+        let Some(me) = self.session.id() else {
+            return Vec::new();
+        };
+        self.repl.owned_by(Owner::Client(me))
+    }
+
+    /// Our copy of the world, as a snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        self.repl.snapshot()
+    }
+
+    /// The replication receiver (state, late packets, memory).
+    #[must_use]
+    pub fn replicator(&self) -> &ClientReplicator {
+        &self.repl
+    }
+
+    /// The session client (state, RTT, statistics).
+    #[must_use]
+    pub fn session(&self) -> &Client<T> {
+        &self.session
+    }
+
+    /// Round-trip time estimate.
+    #[must_use]
+    pub fn rtt(&self) -> Option<Duration> {
+        self.session.rtt()
+    }
+
+    /// Predictions still waiting for the server.
+    pub fn open_predictions(&self) -> impl Iterator<Item = &statewire_core::Proposal> + '_ {
+        self.predictions.open()
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> GameClientStats {
+        self.stats
+    }
+
+    /// The protocol both ends share.
+    #[must_use]
+    pub fn protocol(&self) -> &Protocol {
+        &self.protocol
+    }
+}
+
+/// Encoded size of one write (see `statewire_core::authority::encode_writes`).
+fn write_len(w: &StateWrite) -> usize {
+    use statewire_core::RawValue;
+    6 + w
+        .values
+        .iter()
+        .map(|v| match v {
+            RawValue::F32(_) | RawValue::Enum(_) => 4,
+            RawValue::Quat(_) => 16,
+            RawValue::Int(_) => 8,
+            RawValue::Bool(_) => 1,
+            // Unknown future kinds: the widest.
+            _ => 16,
+        })
+        .sum::<usize>()
+}

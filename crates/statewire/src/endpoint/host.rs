@@ -1,0 +1,78 @@
+//! The listen-server endpoint: a game server whose process also plays.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use statewire_core::{ClientId, EntityId};
+use statewire_transport::Transport;
+
+use super::ConfigError;
+use super::protocol::{Message, Protocol};
+use super::server::{EventRefused, GameServer, GameServerConfig};
+
+/// A listen server: a [`GameServer`] plus the host's own player. For the game the local
+/// player is a client like any other: it joins ([`super::GameServerEvent::Joined`]), its
+/// inputs come out as [`super::GameServerEvent::Input`] at the tick they are for, and its
+/// proposals are resolved with everyone else's. Its view is the server's store itself, so
+/// the same server-side game code runs whether the player is local or remote.
+#[derive(Debug)]
+pub struct GameHost<T: Transport, I> {
+    server: GameServer<T, I>,
+    local: ClientId,
+}
+
+impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameHost<T, I> {
+    /// Serves on `transport` (development mode) with the host's player joining at the first
+    /// update.
+    pub fn new(
+        transport: T,
+        protocol: &Protocol,
+        config: GameServerConfig,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::from_server(GameServer::new(
+            transport, protocol, config,
+        )?))
+    }
+
+    /// Adds the host's player to a server built otherwise (e.g. with connect tokens).
+    pub fn from_server(mut server: GameServer<T, I>) -> Self {
+        let local = server.add_local_player();
+        GameHost { server, local }
+    }
+
+    /// The host's player.
+    #[must_use]
+    pub fn local_id(&self) -> ClientId {
+        self.local
+    }
+
+    /// The server: run the game loop on it exactly as on a dedicated server.
+    pub fn server(&mut self) -> &mut GameServer<T, I> {
+        &mut self.server
+    }
+
+    /// The server, read-only.
+    #[must_use]
+    pub fn server_ref(&self) -> &GameServer<T, I> {
+        &self.server
+    }
+
+    /// The host player's input for the next tick.
+    pub fn set_input(&mut self, input: I) {
+        self.server.set_local_input(self.local, input);
+    }
+
+    /// Proposes an event as the host's player.
+    pub fn propose(
+        &mut self,
+        kind: u16,
+        entities: &[EntityId],
+        data: &[u8],
+    ) -> Result<(), EventRefused> {
+        self.server.propose_local(self.local, kind, entities, data)
+    }
+
+    /// Next user message the server sent the host's player.
+    pub fn poll_message(&mut self) -> Option<Message> {
+        self.server.poll_local_message().map(|(_, m)| m)
+    }
+}

@@ -619,6 +619,11 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         &self.session
     }
 
+    /// The session client, mutably (e.g. its transport: `session_mut().transport_mut()`).
+    pub fn session_mut(&mut self) -> &mut Client<T> {
+        &mut self.session
+    }
+
     /// Round-trip time estimate.
     #[must_use]
     pub fn rtt(&self) -> Option<Duration> {

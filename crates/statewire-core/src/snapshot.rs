@@ -407,8 +407,9 @@ impl EntityBuilder<'_, '_> {
     }
 }
 
-/// What a server-side engine implements: write its replicated entities into a builder (the
-/// resulting [`Snapshot`] goes to [`Store::apply_snapshot`](crate::Store::apply_snapshot)).
+/// What a server-side engine implements if it can list its world but not its changes: write
+/// its replicated entities into a builder. [`Store::apply_source`](crate::Store::apply_source)
+/// builds the snapshot and records only what differs.
 pub trait WorldSource {
     /// Adds every replicated entity with its owner and components.
     fn build(&self, builder: &mut SnapshotBuilder<'_>);

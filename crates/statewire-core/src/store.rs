@@ -70,6 +70,9 @@ pub enum StoreError {
     /// The new tick is not after the current one.
     #[error("tick {0} is not after the store's tick")]
     StaleTick(Tick),
+    /// A [`WorldSource`](crate::WorldSource) built an invalid snapshot.
+    #[error("world source: {0}")]
+    Build(#[from] crate::BuildError),
 }
 
 /// One state of an entity: what it looked like from `tick` on.
@@ -698,6 +701,48 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Makes the whole state equal to what `source` builds (see [`Store::apply_snapshot`]):
+    /// for engines that can list their world but not their changes. It costs O(world) per
+    /// call; telling the store the changes costs O(changes).
+    ///
+    /// ```
+    /// use statewire_core::*;
+    /// # #[derive(Debug, PartialEq)] struct Hp(i64);
+    /// # impl Replicate for Hp {
+    /// #     const NAME: &'static str = "Hp";
+    /// #     fn fields() -> Vec<Field> { vec![Field::new("hp", FieldKind::Int { min: 0, max: 100 })] }
+    /// #     fn write(&self, w: &mut FieldWriter<'_>) { w.int(self.0) }
+    /// #     fn read(r: &mut FieldReader<'_>) -> Option<Self> { Some(Hp(r.int()?)) }
+    /// # }
+    /// struct World(Vec<(u32, i64)>);
+    /// impl WorldSource for World {
+    ///     fn build(&self, b: &mut SnapshotBuilder<'_>) {
+    ///         for &(id, hp) in &self.0 {
+    ///             b.entity(EntityId(id), Owner::Server).component(&Hp(hp));
+    ///         }
+    ///     }
+    /// }
+    /// let mut registry = Registry::new();
+    /// registry.register::<Hp>().unwrap();
+    /// let mut store = Store::new(registry, StoreConfig::default());
+    /// store.begin_tick(Tick(1)).unwrap();
+    /// store.apply_source(&World(vec![(1, 90), (2, 50)])).unwrap();
+    /// store.begin_tick(Tick(2)).unwrap();
+    /// store.apply_source(&World(vec![(2, 40)])).unwrap();
+    /// assert!(!store.contains(EntityId(1)));
+    /// assert_eq!(store.component::<Hp>(EntityId(2)), Some(Hp(40)));
+    /// assert_eq!(store.changed_at(EntityId(2)), Some(Tick(2)));
+    /// ```
+    pub fn apply_source<S: crate::WorldSource + ?Sized>(
+        &mut self,
+        source: &S,
+    ) -> Result<(), StoreError> {
+        let mut builder = crate::SnapshotBuilder::new(&self.registry);
+        source.build(&mut builder);
+        let snapshot = builder.finish()?;
+        self.apply_snapshot(&snapshot)
     }
 
     /// The whole current state as a [`Snapshot`] (O(world); for tests and checks).

@@ -43,12 +43,18 @@ pub struct Host<T: Transport, U = ()> {
     local: ClientId,
 }
 
-impl<T: Transport, U> Host<T, U> {
+impl<T: Transport> Host<T> {
     /// Starts serving on `transport` with the host's player already connected.
     pub fn new(transport: T, config: SessionConfig, secret: Key) -> Result<Self, ConfigError> {
-        let mut server = Server::new(transport, config, secret)?;
+        Ok(Host::from_server(Server::new(transport, config, secret)?))
+    }
+}
+
+impl<T: Transport, U> Host<T, U> {
+    /// Adds the host's player to `server` (built with user data or tokens).
+    pub fn from_server(mut server: Server<T, U>) -> Self {
         let local = server.add_local_client();
-        Ok(Host { server, local })
+        Host { server, local }
     }
 
     /// The server half (send to clients, user data, events, kick...).

@@ -35,7 +35,7 @@
 //! let addr = statewire_transport::Transport::local_addr(&server_t);
 //! let tokens = TokenConfig { key: backend.clone(), public_addrs: vec![addr],
 //!     unix_time_at_zero: Duration::from_secs(1_700_000_000) };
-//! let mut server: Server<_> =
+//! let mut server =
 //!     Server::with_tokens(server_t, SessionConfig::default(), Key::random(), tokens)?;
 //!
 //! // The backend (e.g. a lobby) makes a token and hands it to the player over a secure channel.

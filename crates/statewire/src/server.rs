@@ -195,12 +195,13 @@ impl<T: Transport, U> std::fmt::Debug for Server<T, U> {
     }
 }
 
-impl<T: Transport, U> Server<T, U> {
+impl<T: Transport> Server<T> {
     /// A development-mode server on `transport`: no connect tokens; any client that proves it
     /// receives at its address may join, and gets session keys in clear (safe against
     /// off-path attackers, not against one who reads the path). `secret` seeds cookies,
     /// client ids and session keys: [`Key::random`] in production, a fixed key in
-    /// reproducible tests. Fails if the connection configuration is invalid.
+    /// reproducible tests. Fails if the connection configuration is invalid. Clients carry no
+    /// user data; see [`Server::with_user_data`] for that.
     pub fn new(transport: T, config: SessionConfig, secret: Key) -> Result<Self, ConfigError> {
         Self::build(transport, config, secret, None)
     }
@@ -214,6 +215,20 @@ impl<T: Transport, U> Server<T, U> {
         tokens: TokenConfig,
     ) -> Result<Self, ConfigError> {
         Self::build(transport, config, secret, Some(tokens))
+    }
+}
+
+impl<T: Transport, U> Server<T, U> {
+    /// A server whose clients carry user data of type `U` ([`Server::set_user_data`]): in
+    /// development mode with `tokens` `None` (as [`Server::new`]), else in token mode (as
+    /// [`Server::with_tokens`]).
+    pub fn with_user_data(
+        transport: T,
+        config: SessionConfig,
+        secret: Key,
+        tokens: Option<TokenConfig>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(transport, config, secret, tokens)
     }
 
     fn build(

@@ -11,13 +11,12 @@ use serde::{Deserialize, Serialize};
 use statewire::endpoint::*;
 use statewire::{ChannelId, Client, DisconnectReason, Fault, SessionConfig};
 use statewire_core::{
-    EventConfig, Field, FieldKind, FieldReader, FieldWriter, Owner, Replicate,
-    ServerConfig,
+    EventConfig, Field, FieldKind, FieldReader, FieldWriter, Owner, Replicate, ServerConfig,
 };
+use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
 use statewire_transport::netsim::{LinkConfig, NetSim};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
-use statewire_transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Pos {
@@ -88,11 +87,21 @@ fn play<T: Transport>(
     let mut server: GameServer<T, Steer> =
         GameServer::new(server_t, &protocol, GameServerConfig::default()).unwrap();
     let enemy = server.spawn(Owner::Server).unwrap();
-    server.store_mut().set(enemy, &Pos { x: 9.0, y: 9.0 }).unwrap();
+    server
+        .store_mut()
+        .set(enemy, &Pos { x: 9.0, y: 9.0 })
+        .unwrap();
     let mut clients: Vec<GameClient<T, Steer>> = client_ts
         .into_iter()
         .map(|t| {
-            GameClient::new(t, addr, &protocol, GameClientConfig::default(), Duration::ZERO).unwrap()
+            GameClient::new(
+                t,
+                addr,
+                &protocol,
+                GameClientConfig::default(),
+                Duration::ZERO,
+            )
+            .unwrap()
         })
         .collect();
     let mut out = Outcome {
@@ -130,7 +139,10 @@ fn play<T: Transport>(
             }
         }
         server.resolve_events(|p, store| {
-            p.kind == KILL && p.entities.first().is_some_and(|&e| store.despawn(e).is_ok())
+            p.kind == KILL
+                && p.entities
+                    .first()
+                    .is_some_and(|&e| store.despawn(e).is_ok())
         });
         server.flush(now).unwrap();
         let playing = frame < frames;
@@ -152,7 +164,14 @@ fn play<T: Transport>(
             };
             if playing {
                 let p = c.get::<Pos>(me).unwrap();
-                c.write(me, &Pos { x: (p.x + 0.25).min(50.0), y: p.y }).unwrap();
+                c.write(
+                    me,
+                    &Pos {
+                        x: (p.x + 0.25).min(50.0),
+                        y: p.y,
+                    },
+                )
+                .unwrap();
                 c.set_input(&Steer { dx: 0, dy: 1 });
                 // Nobody may write another's entity: refused locally...
                 for other in c.snapshot().entity_ids().filter(|&e| e != me) {
@@ -177,7 +196,11 @@ fn play<T: Transport>(
 }
 
 fn check(o: &Outcome, clients: usize) {
-    assert_eq!(o.kills, vec![1; clients], "each client sees the kill exactly once");
+    assert_eq!(
+        o.kills,
+        vec![1; clients],
+        "each client sees the kill exactly once"
+    );
     assert!(o.in_sync, "every client holds the server's world");
     assert_eq!(o.chats, clients);
     assert_eq!(o.rejected_writes, 0);
@@ -186,7 +209,12 @@ fn check(o: &Outcome, clients: usize) {
 #[test]
 fn game_converges_over_loopback() {
     let net = LoopbackNet::new(LoopbackConfig::default());
-    let o = play(net.endpoint(), vec![net.endpoint(), net.endpoint()], 120, |_, _, _| {});
+    let o = play(
+        net.endpoint(),
+        vec![net.endpoint(), net.endpoint()],
+        120,
+        |_, _, _| {},
+    );
     check(&o, 2);
     // Inputs arrive (stamped ahead, taken at their tick) for nearly every frame played.
     assert!(o.inputs >= 2 * 100, "{o:?}");
@@ -244,9 +272,14 @@ fn hostile_client_costs_only_itself() {
     let addr = st.local_addr();
     let mut server: GameServer<_, Steer> =
         GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut honest: GameClient<_, Steer> =
-        GameClient::new(net.endpoint(), addr, &protocol, GameClientConfig::default(), Duration::ZERO)
-            .unwrap();
+    let mut honest: GameClient<_, Steer> = GameClient::new(
+        net.endpoint(),
+        addr,
+        &protocol,
+        GameClientConfig::default(),
+        Duration::ZERO,
+    )
+    .unwrap();
     let mut evil = raw_client(&net, addr);
     let mut owned = std::collections::HashMap::new();
     let mut rejected = 0;
@@ -275,7 +308,16 @@ fn hostile_client_costs_only_itself() {
         while evil.poll_event().is_some() {}
         if evil.is_connected() && frame % 2 == 0 {
             // Garbage of every shape on both channels.
-            for m in [&[][..], &[0xff], &[1, 2], &[1, 0, 9], &[2, 1], &[3, 0], &[4, 200, 1], &[4]] {
+            for m in [
+                &[][..],
+                &[0xff],
+                &[1, 2],
+                &[1, 0, 9],
+                &[2, 1],
+                &[3, 0],
+                &[4, 200, 1],
+                &[4],
+            ] {
                 let _ = evil.send(ChannelId(1), m);
                 let _ = evil.send(ChannelId(0), m);
             }
@@ -326,9 +368,14 @@ fn client_that_never_acks_falls_behind_and_is_disconnected_alone() {
         ..GameServerConfig::default()
     };
     let mut server: GameServer<_, Steer> = GameServer::new(st, &protocol, config).unwrap();
-    let mut honest: GameClient<_, Steer> =
-        GameClient::new(net.endpoint(), addr, &protocol, GameClientConfig::default(), Duration::ZERO)
-            .unwrap();
+    let mut honest: GameClient<_, Steer> = GameClient::new(
+        net.endpoint(),
+        addr,
+        &protocol,
+        GameClientConfig::default(),
+        Duration::ZERO,
+    )
+    .unwrap();
     // Keeps its session alive but never acknowledges a snapshot.
     let mut mute = raw_client(&net, addr);
     let mut mute_id = None;
@@ -368,7 +415,11 @@ fn client_that_never_acks_falls_behind_and_is_disconnected_alone() {
     // The honest client got every event since it joined, once and in order, and the log
     // stays bounded.
     assert!(events_seen.windows(2).all(|w| w[1] == w[0] + 1));
-    assert!(events_seen.len() >= 400 * 4 - 5 * 4, "{}", events_seen.len());
+    assert!(
+        events_seen.len() >= 400 * 4 - 5 * 4,
+        "{}",
+        events_seen.len()
+    );
     assert!(server.events().log().len() <= 64);
 }
 
@@ -382,12 +433,27 @@ fn memory_is_returned_when_clients_leave() {
         GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
     for i in 0..200 {
         let e = server.spawn(Owner::Server).unwrap();
-        server.store_mut().set(e, &Pos { x: i as f32, y: 0.0 }).unwrap();
+        server
+            .store_mut()
+            .set(
+                e,
+                &Pos {
+                    x: i as f32,
+                    y: 0.0,
+                },
+            )
+            .unwrap();
     }
     let clock = std::cell::Cell::new(Duration::ZERO);
     let join = || {
-        GameClient::<_, Steer>::new(net.endpoint(), addr, &protocol, GameClientConfig::default(), clock.get())
-            .unwrap()
+        GameClient::<_, Steer>::new(
+            net.endpoint(),
+            addr,
+            &protocol,
+            GameClientConfig::default(),
+            clock.get(),
+        )
+        .unwrap()
     };
     let step = |server: &mut GameServer<_, Steer>, cs: &mut Vec<GameClient<_, Steer>>| {
         clock.set(clock.get() + DT);
@@ -415,7 +481,14 @@ fn memory_is_returned_when_clients_leave() {
             c.update(now).unwrap();
             while c.poll_event().is_some() {}
             if let Some(&me) = c.owned().first() {
-                c.write(me, &Pos { x: 1.0, y: clock.get().as_secs_f32() }).unwrap();
+                c.write(
+                    me,
+                    &Pos {
+                        x: 1.0,
+                        y: clock.get().as_secs_f32(),
+                    },
+                )
+                .unwrap();
             }
             c.set_input(&Steer { dx: 1, dy: 1 });
             c.flush(now).unwrap();
@@ -445,7 +518,10 @@ fn memory_is_returned_when_clients_leave() {
             step(&mut server, &mut stay);
         }
         assert_eq!(server.clients().len(), 1);
-        after.push((server.replicator().memory_bytes(), server.store().memory_bytes()));
+        after.push((
+            server.replicator().memory_bytes(),
+            server.store().memory_bytes(),
+        ));
     }
     // Nothing of the departed is kept by the replicator: no growth from wave to wave, and
     // well under the peak. (Each entity's viewer list keeps room for up to 4x its viewers, so
@@ -453,7 +529,10 @@ fn memory_is_returned_when_clients_leave() {
     // its pooled history buffers (shared, not per client), and its id index spans the ids
     // handed out, which keep increasing: at most 8 bytes per id.
     assert_eq!(after[0].0, after[2].0, "{after:?}");
-    assert!(after[2].0 * 3 < peak * 2, "{base} B before, {peak} B peak, {after:?} after");
+    assert!(
+        after[2].0 * 3 < peak * 2,
+        "{base} B before, {peak} B peak, {after:?} after"
+    );
     assert!(after[2].0 < base * 2, "{base} B before, {after:?} after");
     assert!(after[2].1 - after[1].1 <= 4 * 8, "{after:?}");
     // Only the long-lived player's entity is in the authority table.
@@ -468,9 +547,14 @@ fn host_plays_with_the_same_game_code() {
     let addr = st.local_addr();
     let mut host: GameHost<_, Steer> =
         GameHost::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut remote: GameClient<_, Steer> =
-        GameClient::new(net.endpoint(), addr, &protocol, GameClientConfig::default(), Duration::ZERO)
-            .unwrap();
+    let mut remote: GameClient<_, Steer> = GameClient::new(
+        net.endpoint(),
+        addr,
+        &protocol,
+        GameClientConfig::default(),
+        Duration::ZERO,
+    )
+    .unwrap();
     let mut players = std::collections::HashMap::new();
     let mut host_inputs = 0;
     let mut kills_remote = 0;
@@ -512,7 +596,10 @@ fn host_plays_with_the_same_game_code() {
         }
         remote.flush(now).unwrap();
     }
-    assert_eq!(host.poll_message().and_then(|m| m.read(chat)), Some(Ok(Chat(format!("hello {local}")))));
+    assert_eq!(
+        host.poll_message().and_then(|m| m.read(chat)),
+        Some(Ok(Chat(format!("hello {local}"))))
+    );
     assert!(host_inputs >= 115, "{host_inputs}");
     assert_eq!(kills_remote, 1);
     // The remote client sees the host's player moving.
@@ -542,7 +629,10 @@ fn configurations_that_cannot_work_are_refused() {
     );
     assert!(err.to_string().contains("unreliable channel"), "{err}");
     // The default fits exactly.
-    assert_eq!(GameServerConfig::default().replication.max_packet_bytes, 1134);
+    assert_eq!(
+        GameServerConfig::default().replication.max_packet_bytes,
+        1134
+    );
     let few = GameServerConfig {
         replication: ServerConfig {
             max_clients: 8,
@@ -552,10 +642,14 @@ fn configurations_that_cannot_work_are_refused() {
     };
     assert!(matches!(
         GameServer::<_, Steer>::new(net.endpoint(), &protocol, few),
-        Err(ConfigError::TooFewReplicationSlots { replication: 8, session: 64 })
+        Err(ConfigError::TooFewReplicationSlots {
+            replication: 8,
+            session: 64
+        })
     ));
     let mut p = protocol.clone();
-    p.channel::<Vec<u8>>("huge", Delivery::Unreliable, 5000).unwrap();
+    p.channel::<Vec<u8>>("huge", Delivery::Unreliable, 5000)
+        .unwrap();
     assert!(matches!(
         GameServer::<_, Steer>::new(net.endpoint(), &p, GameServerConfig::default()),
         Err(ConfigError::ChannelTooLarge { name: "huge", .. })
@@ -565,7 +659,13 @@ fn configurations_that_cannot_work_are_refused() {
         ..GameClientConfig::default()
     };
     assert!(matches!(
-        GameClient::<_, Steer>::new(net.endpoint(), "127.0.0.1:1".parse().unwrap(), &protocol, input, Duration::ZERO),
+        GameClient::<_, Steer>::new(
+            net.endpoint(),
+            "127.0.0.1:1".parse().unwrap(),
+            &protocol,
+            input,
+            Duration::ZERO
+        ),
         Err(ConfigError::InputSize(300))
     ));
 }
@@ -580,9 +680,14 @@ fn peers_with_different_protocols_refuse_each_other() {
     let addr = st.local_addr();
     let mut server: GameServer<_, Steer> =
         GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut c: GameClient<_, Steer> =
-        GameClient::new(net.endpoint(), addr, &other, GameClientConfig::default(), Duration::ZERO)
-            .unwrap();
+    let mut c: GameClient<_, Steer> = GameClient::new(
+        net.endpoint(),
+        addr,
+        &other,
+        GameClientConfig::default(),
+        Duration::ZERO,
+    )
+    .unwrap();
     let mut ended = None;
     for frame in 0..100u32 {
         let now = DT * frame;
@@ -597,6 +702,9 @@ fn peers_with_different_protocols_refuse_each_other() {
         }
         c.flush(now).unwrap();
     }
-    assert!(matches!(ended, Some(DisconnectReason::Rejected { .. })), "{ended:?}");
+    assert!(
+        matches!(ended, Some(DisconnectReason::Rejected { .. })),
+        "{ended:?}"
+    );
     assert!(server.clients().is_empty());
 }

@@ -48,8 +48,9 @@ impl Chat {
 #[test]
 fn host_plays_with_the_same_code_as_a_remote_client() {
     let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut host: Host<_, &'static str> =
-        Host::new(net.endpoint(), SessionConfig::default(), KEY).unwrap();
+    let mut host: Host<_, &'static str> = Host::from_server(
+        Server::with_user_data(net.endpoint(), SessionConfig::default(), KEY, None).unwrap(),
+    );
     let addr = host.server_ref().local_addr();
     let mut remote = Client::new(
         net.endpoint(),

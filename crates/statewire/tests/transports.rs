@@ -99,7 +99,7 @@ fn message(client: usize, seq: usize) -> Vec<u8> {
 fn many_clients(kind: Kind) {
     let mut env = Env::new(kind);
     let mut server: Server<Dyn, usize> =
-        Server::new(env.server(), SessionConfig::default(), KEY).unwrap();
+        Server::with_user_data(env.server(), SessionConfig::default(), KEY, None).unwrap();
     let addr = server.local_addr();
     // More messages on the virtual clock, where they cost no wall time.
     let (n, per_client) = (

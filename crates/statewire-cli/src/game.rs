@@ -125,7 +125,7 @@ pub(crate) fn registry(coding: ComponentCoding) -> Result<Registry, SchemaError>
 }
 
 /// A bot's steering input: a direction on 8 bits per axis (−127..=127), zero to stand still.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Input {
     pub(crate) dx: i8,
     pub(crate) dy: i8,
@@ -354,11 +354,6 @@ impl Game {
     /// Number of entities.
     pub(crate) fn len(&self) -> usize {
         self.actors.len()
-    }
-
-    /// Every entity with its owner.
-    pub(crate) fn owners(&self) -> impl Iterator<Item = (EntityId, Owner)> + '_ {
-        self.actors.iter().map(|a| (a.id, a.owner))
     }
 
     /// `client`'s player entity.

@@ -138,8 +138,8 @@ pub(crate) fn token(args: TokenArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return usage(&e),
     };
-    let protocol_id = match crate::game::registry(args.codec.coding()) {
-        Ok(r) => r.fingerprint(),
+    let protocol_id = match crate::rules::protocol_id(args.codec.coding()) {
+        Ok(id) => id,
         Err(e) => {
             eprintln!("statewire: {e}");
             return ExitCode::FAILURE;

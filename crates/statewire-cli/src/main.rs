@@ -8,13 +8,13 @@
 //! - `statewire keygen` / `statewire token` make a token backend's key and connect tokens.
 
 mod attack;
+mod bots;
 mod cubes;
 mod game;
 mod keys;
-mod netgame;
 mod realtime;
+mod rules;
 mod sim;
-mod wire;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -12,9 +12,10 @@ use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 use statewire::discovery::{Announcer, Beacon, GameTransport, HostList, MAX_NAME_LEN};
 
+use crate::bots::{Behaviour, BotClient as GameClient};
 use crate::game::TICK_HZ;
-use crate::netgame::{Behaviour, GameClient, GameServer};
 use crate::parse_addr;
+use crate::rules::ServerGame as GameServer;
 
 /// Flags of `statewire serve`.
 #[derive(Debug, clap::Args)]
@@ -73,7 +74,7 @@ pub(crate) struct LanArgs {
     #[arg(long, default_value_t = 3)]
     secs: u64,
     /// List only games of this coding (default: every coding). A game is listed only if its
-    /// game id is the protocol fingerprint of the coding its beacon announces.
+    /// game id is the protocol fingerprint (`Protocol::fingerprint`) of the coding its beacon announces.
     #[arg(long, value_enum)]
     codec: Option<crate::sim::CodecKind>,
 }
@@ -146,7 +147,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     };
     let mut server = match GameServer::new(
         transport,
-        &crate::netgame::GameParams {
+        &crate::rules::GameParams {
             enemies: args.entities,
             max_clients: args.max_clients,
             max_packet_bytes: args.max_packet,
@@ -156,14 +157,14 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             seed: args.seed,
             coding: args.codec.coding(),
         },
-        crate::netgame::Security { secret, tokens },
+        crate::rules::Security { secret, tokens },
     ) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    println!("listening on {}", server.session.local_addr());
+    println!("listening on {}", server.net.local_addr());
     let _ = std::io::stdout().flush();
-    let game_addr = server.session.local_addr();
+    let game_addr = server.net.local_addr();
     let mut beacon = match args.announce {
         None => None,
         Some(target) => {
@@ -178,26 +179,26 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             Some((sock, Announcer::new(target, Duration::from_secs(1))))
         }
     };
-    let protocol_id = match crate::game::registry(args.codec.coding()) {
-        Ok(r) => r.fingerprint(),
+    let protocol_id = match crate::rules::protocol_id(args.codec.coding()) {
+        Ok(id) => id,
         Err(e) => return fail(&e.to_string()),
     };
     let start = Instant::now();
     let total = args.ticks + args.quiet_ticks;
     let linger = 2 * TICK_HZ;
     let mut known = 0usize;
-    let mut last_security = security_line(&server.session.stats());
+    let mut last_security = security_line(&server.net.session().stats());
     for t in 0..total + linger {
         let now = start.elapsed();
         if let Err(e) = server.step(now, t < args.ticks) {
             return fail(&e.to_string());
         }
-        if server.connected.len() != known {
-            known = server.connected.len();
+        if server.connected().len() != known {
+            known = server.connected().len();
             println!("tick {t}: {known} clients connected");
         }
         if t % (10 * TICK_HZ) == 0 {
-            let line = security_line(&server.session.stats());
+            let line = security_line(&server.net.session().stats());
             if line != last_security {
                 println!("tick {t}: {line}");
                 last_security = line;
@@ -233,7 +234,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             println!(
                 "final state at {}: {} entities, digest {:016x}",
                 server.tick(),
-                server.store.len(),
+                server.net.store().len(),
                 server.world_digest()
             );
         }
@@ -241,21 +242,21 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         // fill the kernel's buffer and crowd out real clients' packets.
         let next = tick_len() * (t + 1);
         while let Some(wait) = next.checked_sub(start.elapsed()) {
-            match server.session.receive(start.elapsed()) {
+            match server.net.session_mut().receive(start.elapsed()) {
                 Ok(0) => std::thread::sleep(wait.min(Duration::from_millis(1))),
                 Ok(_) => {}
                 Err(e) => return fail(&format!("the server's transport failed: {e}")),
             }
         }
     }
-    server.session.shutdown();
-    let _ = server.session.flush(start.elapsed());
+    server.net.shutdown();
+    let _ = server.net.flush(start.elapsed());
     let c = server.counters;
     println!(
         "served {} ticks: {} snapshot bytes, {} entity records, {} deferred, {} bad client messages",
         total, c.snapshot_bytes, c.records, c.deferred, c.bad_client_messages
     );
-    println!("{}", security_line(&server.session.stats()));
+    println!("{}", security_line(&server.net.session().stats()));
     ExitCode::SUCCESS
 }
 
@@ -327,7 +328,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         }
         if !announced && client.is_connected() {
             announced = true;
-            println!("connected as {:?}", client.session.id());
+            println!("connected as {:?}", client.net.id());
         }
         if let Some(reason) = client.ended {
             println!("disconnected: {reason}");
@@ -349,14 +350,14 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
     }
     println!(
         "applied state: {} entities, digest {:016x}, {} decode errors",
-        client.repl.len(),
+        client.net.replicator().len(),
         client.digest(),
-        client.decode_errors
+        client.decode_errors()
     );
     match client.matches_final() {
         Some(true) => {
             println!("converged: true");
-            client.session.disconnect();
+            client.net.disconnect();
             ExitCode::SUCCESS
         }
         Some(false) => {
@@ -380,8 +381,8 @@ pub(crate) fn lan(args: LanArgs) -> ExitCode {
     };
     let mut games = Vec::with_capacity(kinds.len());
     for k in kinds {
-        match crate::game::registry(k.coding()) {
-            Ok(r) => games.push((k, r.fingerprint())),
+        match crate::rules::protocol_id(k.coding()) {
+            Ok(id) => games.push((k, id)),
             Err(e) => return fail(&e.to_string()),
         }
     }

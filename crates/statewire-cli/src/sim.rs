@@ -15,8 +15,9 @@ use statewire_transport::udp::{UdpConfig, UdpTransport};
 use statewire_core::{ClientConfig, ServerConfig, StoreConfig};
 
 use crate::attack::Attack;
+use crate::bots::{Behaviour, BotClient as GameClient};
 use crate::game::{Game, TICK_HZ};
-use crate::netgame::{Behaviour, GameClient, GameParams, GameServer, NetGameError, Security};
+use crate::rules::{GameParams, NetGameError, Security, ServerGame as GameServer};
 
 /// Which transport carries the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -263,7 +264,7 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
         return Err(SimError::BadCounts);
     }
     let invalid = |m: String| Err(SimError::Invalid(m));
-    let max_pkt = crate::netgame::max_replication_packet();
+    let max_pkt = crate::rules::max_replication_packet();
     for (flag, v) in [
         ("--max-packet", Some(cfg.max_packet_bytes)),
         ("--budget", cfg.budget),
@@ -459,14 +460,12 @@ pub(crate) fn run(
             tokens: None,
         },
     )?;
-    let server_addr = server.session.local_addr();
+    let server_addr = server.net.local_addr();
     let mut attack = match <[Box<dyn Transport>; 3]>::try_from(attack_ts) {
         Ok(ts) => Some(
             Attack::new(
                 server_addr,
-                &crate::netgame::client_session_config(
-                    &crate::game::registry(cfg.coding.coding()).map_err(NetGameError::from)?,
-                ),
+                &crate::rules::client_session_config(cfg.coding.coding())?,
                 ts,
                 cfg.seed,
             )
@@ -513,9 +512,9 @@ pub(crate) fn run(
                     active: bool|
      -> Result<(), SimError> {
         let now = now_at(t);
-        server.session.transport_mut().advance_to(now)?;
+        server.net.session_mut().transport_mut().advance_to(now)?;
         for c in clients.iter_mut() {
-            c.session.transport_mut().advance_to(now)?;
+            c.net.session_mut().transport_mut().advance_to(now)?;
         }
         server.step(now, active)?;
         for c in clients.iter_mut() {
@@ -532,7 +531,7 @@ pub(crate) fn run(
 
     // Connect phase: not part of the measured run.
     while !clients.iter().all(GameClient::is_connected)
-        || server.connected.len() < n_clients
+        || server.connected().len() < n_clients
         || attack.as_ref().is_some_and(|a| !a.connected())
     {
         if t >= connect_limit {
@@ -548,10 +547,10 @@ pub(crate) fn run(
     let connect_ticks = t;
     let honest = cfg.clients;
     let upstream0 = upstream_counts(&server, &clients[..honest]);
-    let down0 = server.session.transport().stats();
+    let down0 = server.net.session().transport().stats();
     let up0: Vec<NetSimStats> = clients
         .iter()
-        .map(|c| c.session.transport().stats())
+        .map(|c| c.net.session().transport().stats())
         .collect();
     let mut max_lag = 0u32;
     let mut converged_at: Vec<Option<u32>> = vec![None; n_clients];
@@ -567,22 +566,27 @@ pub(crate) fn run(
         // more than replicating it) and at the end.
         if i % 8 == 0 || i + 1 == cfg.ticks + cfg.quiet_ticks {
             server_mem = server_mem.max(server.replication_bytes());
-            client_mem = client_mem.max(clients.iter().map(|c| c.repl.memory_bytes()).sum());
+            client_mem = client_mem.max(
+                clients
+                    .iter()
+                    .map(|c| c.net.replicator().memory_bytes())
+                    .sum(),
+            );
         }
         if active {
             for c in &clients {
                 let lag = c
-                    .repl
+                    .net
                     .tick()
                     .map_or(i + 1, |a| server.tick().diff(a).max(0) as u32);
                 max_lag = max_lag.max(lag);
             }
             if i + 1 == cfg.ticks {
-                down_active = server.session.transport().stats();
+                down_active = server.net.session().transport().stats();
                 up_active = clients
                     .iter()
                     .zip(&up0)
-                    .map(|(c, s0)| c.session.transport().stats().bytes_sent - s0.bytes_sent)
+                    .map(|(c, s0)| c.net.session().transport().stats().bytes_sent - s0.bytes_sent)
                     .sum();
             }
         } else {
@@ -595,7 +599,7 @@ pub(crate) fn run(
         progress(u64::from(i) + 1, total);
     }
     if cfg.ticks == 0 {
-        down_active = server.session.transport().stats();
+        down_active = server.net.session().transport().stats();
     }
 
     // The incremental copy of the game into the store missed nothing.
@@ -603,13 +607,13 @@ pub(crate) fn run(
     assert!(server.store_matches_game(), "store differs from the game");
     let converged = clients.iter().all(|c| {
         client_matches(&server, c)
-            && c.session
+            && c.net
                 .id()
                 .is_some_and(|id| c.world.entities.len() == server.view_len(id))
     });
     let avg_view_entities = clients
         .iter()
-        .filter_map(|c| c.session.id())
+        .filter_map(|c| c.net.id())
         .map(|id| server.view_len(id) as f64)
         .sum::<f64>()
         / clients.len().max(1) as f64;
@@ -620,9 +624,9 @@ pub(crate) fn run(
     } else {
         None
     };
-    let mut net_stats = server.session.transport().stats();
+    let mut net_stats = server.net.session().transport().stats();
     for c in &clients {
-        add_stats(&mut net_stats, &c.session.transport().stats());
+        add_stats(&mut net_stats, &c.net.session().transport().stats());
     }
     let secs = f64::from(cfg.ticks.max(1)) / f64::from(TICK_HZ);
     let n = n_clients as f64;
@@ -649,7 +653,7 @@ pub(crate) fn run(
     } else {
         1.0
     };
-    let st = server.session.stats();
+    let st = server.net.session().stats();
     // Every handshake the server completed beyond the run's own clients came from a forgery.
     let own = (n_clients + extra.saturating_sub(1)) as u64;
     let forged_accepted = st.accepted.saturating_sub(own);
@@ -658,7 +662,7 @@ pub(crate) fn run(
         let peer = a
             .victim
             .id()
-            .and_then(|id| server.session.peer_stats(id))
+            .and_then(|id| server.net.session().peer_stats(id))
             .unwrap_or_default();
         replayed_accepted = a.counts.replays.saturating_sub(peer.replayed);
         victim_forged_accepted = a.counts.victim_forgeries.saturating_sub(peer.forged);
@@ -691,8 +695,8 @@ pub(crate) fn run(
         connect_ticks,
         max_lag_ticks: max_lag,
         deferred_records: counters.deferred,
-        decode_errors: clients.iter().map(|c| c.decode_errors).sum(),
-        wire_errors: clients.iter().map(|c| c.bad_messages).sum::<u64>()
+        decode_errors: clients.iter().map(|c| c.decode_errors()).sum(),
+        wire_errors: clients.iter().map(|c| c.bad_messages()).sum::<u64>()
             + counters.bad_client_messages
             + counters.send_refused,
         max_convergence_ticks,
@@ -704,13 +708,13 @@ pub(crate) fn run(
         events_duplicated,
         events_consistent,
         events_stale_refs: clients.iter().map(|c| c.world.stale_refs).sum(),
-        rejected_proposals: counters.rejected_proposals + counters.bad_proposals,
+        rejected_proposals: counters.rejected_proposals,
         predictions_confirmed: clients.iter().map(|c| c.confirmed).sum(),
         predictions_rolled_back: clients.iter().map(|c| c.rolled_back).sum(),
-        rejected_writes: server.authority.total_rejections().total()
+        rejected_writes: server.net.authority().total_rejections().total()
             + counters.policy_rejected_writes,
         accepted_writes: counters.accepted_writes,
-        rejected_inputs: server.inputs.total_rejected(),
+        rejected_inputs: server.net.inputs_rejected(),
         respawned_entities: clients.iter().map(|c| c.world.respawned).sum(),
         server_exits: 0,
         forged_accepted: forged_accepted + victim_forged_accepted,
@@ -737,9 +741,9 @@ pub(crate) fn run(
 /// Whether client `c`'s replicated state is exactly the server's world restricted to `c`'s
 /// view.
 fn client_matches(server: &GameServer<Link>, c: &GameClient<Link>) -> bool {
-    c.session
+    c.net
         .id()
-        .is_some_and(|id| server.view_matches(id, &c.repl.snapshot()))
+        .is_some_and(|id| server.view_matches(id, &c.net.snapshot()))
 }
 
 /// For the honest bots: datagrams their links delivered to the server (duplicates left out),
@@ -748,9 +752,13 @@ fn upstream_counts(server: &GameServer<Link>, clients: &[GameClient<Link>]) -> (
     let mut delivered = 0;
     let mut accepted = 0;
     for c in clients {
-        let s = c.session.transport().stats();
+        let s = c.net.session().transport().stats();
         delivered += s.delivered.saturating_sub(s.duplicated);
-        if let Some(p) = c.session.id().and_then(|id| server.session.peer_stats(id)) {
+        if let Some(p) = c
+            .net
+            .id()
+            .and_then(|id| server.net.session().peer_stats(id))
+        {
             accepted += p.connection.packets_received;
         }
     }

@@ -43,6 +43,10 @@ pub struct GameClientConfig {
     /// Events waiting for [`GameClient::poll_event`]; beyond it new ones are dropped and
     /// counted. Default 65,536.
     pub max_queued_events: usize,
+    /// Development mode: the salt of the handshake (it seeds the attempt the server's cookie
+    /// names). `None` (default): from the operating system's CSPRNG; `Some`: reproducible
+    /// runs (tests, simulations).
+    pub handshake_salt: Option<u64>,
 }
 
 impl Default for GameClientConfig {
@@ -55,6 +59,7 @@ impl Default for GameClientConfig {
             input_redundancy: 3,
             max_input_bytes: 64,
             max_queued_events: 65_536,
+            handshake_salt: None,
         }
     }
 }
@@ -197,13 +202,39 @@ impl<S: WorldSink + ?Sized> WorldSink for Tee<'_, S> {
     }
 }
 
-impl<S: ?Sized> EventSink for Tee<'_, S> {
+impl<S: EventSink + ?Sized> EventSink for Tee<'_, S> {
     fn event(&mut self, event: &GameEvent) {
+        self.user.event(event);
         if let Some(me) = self.me {
             self.predictions.on_event(me, event);
         }
         self.push(GameClientEvent::Event(event.clone()));
     }
+}
+
+/// Passes world changes on and drops events.
+struct IgnoreEvents<'a, S: ?Sized>(&'a mut S);
+
+impl<S: WorldSink + ?Sized> WorldSink for IgnoreEvents<'_, S> {
+    fn spawn(&mut self, id: EntityId, owner: Owner) {
+        self.0.spawn(id, owner);
+    }
+    fn despawn(&mut self, id: EntityId) {
+        self.0.despawn(id);
+    }
+    fn set_owner(&mut self, id: EntityId, owner: Owner) {
+        self.0.set_owner(id, owner);
+    }
+    fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
+        self.0.insert(id, component);
+    }
+    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
+        self.0.remove(id, component);
+    }
+}
+
+impl<S: ?Sized> EventSink for IgnoreEvents<'_, S> {
+    fn event(&mut self, _: &GameEvent) {}
 }
 
 /// A [`WorldSink`] that ignores everything (the client's state is in its replicator).
@@ -217,6 +248,10 @@ impl WorldSink for NoSink {
     fn remove(&mut self, _: EntityId, _: ComponentView<'_>) {}
 }
 
+impl EventSink for NoSink {
+    fn event(&mut self, _: &GameEvent) {}
+}
+
 impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     /// Connects in development mode to the server at `server` (see
     /// [`GameServer::new`](super::GameServer::new)).
@@ -228,7 +263,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         now: Duration,
     ) -> Result<Self, ConfigError> {
         let session_cfg = Self::check(protocol, &config)?;
-        let salt = getrandom::u64().unwrap_or(0x5eed);
+        let salt = config
+            .handshake_salt
+            .unwrap_or_else(|| getrandom::u64().unwrap_or(0x5eed));
         let session =
             Client::new(transport, server, session_cfg, now, salt).map_err(ConfigError::Session)?;
         Ok(Self::with_session(session, protocol, config))
@@ -287,12 +324,24 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
 
     /// Reads the network and applies what arrived to our copy of the world.
     pub fn update(&mut self, now: Duration) -> Result<(), TransportError> {
-        self.update_with(now, &mut NoSink)
+        self.update_with_events(now, &mut NoSink)
     }
 
     /// [`update`](Self::update), also passing every world change to `world` (an engine's
     /// world: spawn, insert, remove, despawn, in the order of [`WorldSink`]).
     pub fn update_with<S: WorldSink + ?Sized>(
+        &mut self,
+        now: Duration,
+        world: &mut S,
+    ) -> Result<(), TransportError> {
+        self.update_with_events(now, &mut IgnoreEvents(world))
+    }
+
+    /// [`update_with`](Self::update_with), also passing each resolved event to `world` in
+    /// its place among the changes of its packet (after the spawns and updates, before the
+    /// despawns), as [`EventSink`] describes. Events also come out of
+    /// [`poll_event`](Self::poll_event).
+    pub fn update_with_events<S: WorldSink + EventSink + ?Sized>(
         &mut self,
         now: Duration,
         world: &mut S,
@@ -325,7 +374,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         }
     }
 
-    fn handle_message<S: WorldSink + ?Sized>(
+    fn handle_message<S: WorldSink + EventSink + ?Sized>(
         &mut self,
         channel: crate::ChannelId,
         bytes: &[u8],

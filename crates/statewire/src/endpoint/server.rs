@@ -195,6 +195,7 @@ pub struct GameServer<T: Transport, I> {
     tick: Tick,
     started: bool,
     resolved: bool,
+    replicated: bool,
     remote: Vec<ClientId>,
     local: Vec<ClientId>,
     queue: VecDeque<GameServerEvent<I>>,
@@ -304,6 +305,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             tick: Tick(0),
             started: false,
             resolved: true,
+            replicated: false,
             remote: Vec::new(),
             local: Vec::new(),
             queue: VecDeque::new(),
@@ -354,10 +356,11 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
 
     fn begin_tick(&mut self) {
         if self.started && !self.resolved {
-            self.resolve_events(|_, _| false);
+            let _ = self.resolve_events(|_, _| false);
         }
         self.started = true;
         self.resolved = false;
+        self.replicated = false;
         self.tick = self.tick.next();
         // Ticks only increase, so this cannot fail.
         let _ = self.store.begin_tick(self.tick);
@@ -535,15 +538,18 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     /// [`GameServerEvent::EventResolved`] and travel to every client with the snapshots;
     /// proposers of refused ones are told. If the game does not call this in a tick, the
     /// tick's client proposals are refused.
-    pub fn resolve_events(&mut self, mut decide: impl FnMut(&Proposal, &mut Store) -> bool) {
+    pub fn resolve_events(
+        &mut self,
+        mut decide: impl FnMut(&Proposal, &mut Store) -> bool,
+    ) -> Vec<GameEvent> {
         self.resolved = true;
         let store = &mut self.store;
         let resolved = self.events.resolve(self.tick, |p| {
             p.proposer == Writer::Server || decide(p, store)
         });
         let resolved = resolved.to_vec();
-        for e in resolved {
-            self.push(GameServerEvent::EventResolved(e));
+        for e in &resolved {
+            self.push(GameServerEvent::EventResolved(e.clone()));
         }
         for (client, seq) in self.events.take_rejections() {
             self.stats.proposals_rejected += 1;
@@ -558,6 +564,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 self.stats.send_refused += 1;
             }
         }
+        resolved
     }
 
     /// Proposes an event from the server itself (accepted at the next
@@ -605,16 +612,22 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     }
 
     /// Replicates the tick to every client (each within its interest and byte budget, with
-    /// the events it has not acknowledged), trims the event log to what every client has, and
-    /// transmits. A client that fell behind the event log is disconnected
-    /// ([`Fault::FellBehind`]) and counted; the others go on.
-    pub fn flush(&mut self, now: Duration) -> Result<(), TransportError> {
+    /// the events it has not acknowledged) and trims the event log to what every client has;
+    /// the packets leave with [`flush`](Self::flush), which calls this if the game has not.
+    /// A client that fell behind the event log is disconnected ([`Fault::FellBehind`]) and
+    /// counted; the others go on. Once per tick; later calls in the same tick do nothing.
+    pub fn replicate(&mut self) {
+        if self.replicated {
+            return;
+        }
+        self.replicated = true;
         if !self.resolved {
-            self.resolve_events(|_, _| false);
+            let _ = self.resolve_events(|_, _| false);
         }
         self.repl.update(&mut self.store, Some(&self.events));
         let budget = self.config.replication.max_packet_bytes;
         let mut behind = Vec::new();
+        let mut too_big = Vec::new();
         for i in 0..self.remote.len() {
             let id = self.remote[i];
             self.pkt.clear();
@@ -642,16 +655,18 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                         self.stats.send_refused += 1;
                     }
                 }
-                Err(
-                    ReplicationError::EventsTrimmed { .. } | ReplicationError::EventTooLarge { .. },
-                ) => {
-                    behind.push(id);
-                }
+                // An event that cannot fit this client's budget at all.
+                Err(ReplicationError::EventTooLarge { .. }) => too_big.push(id),
+                // Fell behind the event log (or an inconsistency that only this client's
+                // state shows): the client starts over if it reconnects.
                 Err(_) => behind.push(id),
             }
         }
         for id in behind {
             self.fault(id, Fault::FellBehind);
+        }
+        for id in too_big {
+            self.fault(id, Fault::OverBudget);
         }
         if let Some(min) = self.repl.min_acked_event() {
             self.events.trim_through(min);
@@ -665,6 +680,12 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         }
         let store = &self.store;
         self.authority.retain(|e| store.contains(e));
+    }
+
+    /// Replicates (if [`replicate`](Self::replicate) was not called this tick) and transmits
+    /// everything queued.
+    pub fn flush(&mut self, now: Duration) -> Result<(), TransportError> {
+        self.replicate();
         self.session.flush(now)
     }
 

@@ -593,6 +593,21 @@ fn parse_field(index: usize, field: &syn::Field) -> syn::Result<FieldSpec> {
     })
 }
 
+/// What both derives require of the type (no generics), and its attributes.
+fn container(input: &DeriveInput, derive: &str, allow_name: bool) -> syn::Result<Container> {
+    reject_generics(input, derive)?;
+    parse_container(&input.attrs, allow_name)
+}
+
+/// An error pointing at the `struct`, `enum` or `union` keyword.
+fn keyword_error(data: &Data, message: &str) -> syn::Error {
+    match data {
+        Data::Struct(s) => syn::Error::new_spanned(s.struct_token, message),
+        Data::Enum(e) => syn::Error::new_spanned(e.enum_token, message),
+        Data::Union(u) => syn::Error::new_spanned(u.union_token, message),
+    }
+}
+
 fn reject_generics(input: &DeriveInput, derive: &str) -> syn::Result<()> {
     if input.generics.params.is_empty() && input.generics.where_clause.is_none() {
         Ok(())
@@ -608,24 +623,14 @@ fn reject_generics(input: &DeriveInput, derive: &str) -> syn::Result<()> {
 }
 
 fn expand_replicate(input: &DeriveInput) -> syn::Result<TokenStream2> {
-    let data = match &input.data {
-        Data::Struct(s) => s,
-        Data::Enum(e) => {
-            return Err(syn::Error::new_spanned(
-                e.enum_token,
-                "#[derive(Replicate)] supports structs only; to replicate a fieldless enum as a \
-                 field, derive ReplicateEnum on it and mark the field #[replicate(enumeration)]",
-            ));
-        }
-        Data::Union(u) => {
-            return Err(syn::Error::new_spanned(
-                u.union_token,
-                "#[derive(Replicate)] supports structs only",
-            ));
-        }
+    let Data::Struct(data) = &input.data else {
+        return Err(keyword_error(
+            &input.data,
+            "#[derive(Replicate)] supports structs only; to replicate a fieldless enum as a \
+             field, derive ReplicateEnum on it and mark the field #[replicate(enumeration)]",
+        ));
     };
-    reject_generics(input, "Replicate")?;
-    let container = parse_container(&input.attrs, true)?;
+    let container = container(input, "Replicate", true)?;
     let ident = &input.ident;
     let krate = &container.krate;
     let name = container
@@ -774,24 +779,13 @@ fn expand_replicate(input: &DeriveInput) -> syn::Result<TokenStream2> {
 }
 
 fn expand_replicate_enum(input: &DeriveInput) -> syn::Result<TokenStream2> {
-    let data = match &input.data {
-        Data::Enum(e) => e,
-        Data::Struct(s) => {
-            return Err(syn::Error::new_spanned(
-                s.struct_token,
-                "#[derive(ReplicateEnum)] supports fieldless enums only; derive Replicate on \
-                 a struct",
-            ));
-        }
-        Data::Union(u) => {
-            return Err(syn::Error::new_spanned(
-                u.union_token,
-                "#[derive(ReplicateEnum)] supports fieldless enums only",
-            ));
-        }
+    let Data::Enum(data) = &input.data else {
+        return Err(keyword_error(
+            &input.data,
+            "#[derive(ReplicateEnum)] supports fieldless enums only; derive Replicate on a struct",
+        ));
     };
-    reject_generics(input, "ReplicateEnum")?;
-    let container = parse_container(&input.attrs, false)?;
+    let container = container(input, "ReplicateEnum", false)?;
     let krate = &container.krate;
     let ident = &input.ident;
     if data.variants.is_empty() {

@@ -6,8 +6,8 @@
 //! two runs encode the same bytes.
 
 use statewire_core::{
-    ComponentView, EntityId, Field, FieldKind, FieldReader, FieldWriter, Owner, Registry,
-    Replicate, Snapshot, SnapshotBuilder, Store, StoreError, WorldSink, WorldSource,
+    ComponentView, EntityId, Owner, Registry, Replicate, Snapshot, SnapshotBuilder, Store,
+    StoreError, WorldSink, WorldSource,
 };
 
 /// Entities in the benchmark world.
@@ -50,81 +50,18 @@ impl SplitMix64 {
     }
 }
 
-/// Planar position: two floats over ±512 m at 1/64 m (16 bits each).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pos {
-    /// East, metres.
-    pub x: f32,
-    /// North, metres.
-    pub y: f32,
-}
-
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        let axis = FieldKind::Float {
-            min: -512.0,
-            max: 512.0,
-            precision: 1.0 / 64.0,
-        };
-        vec![Field::new("x", axis), Field::new("y", axis)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
-
-/// Orientation: a smallest-three quaternion at 9 bits per component (29 bits).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rot(pub [f32; 4]);
-
-impl Replicate for Rot {
-    const NAME: &'static str = "Rot";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("q", FieldKind::Quat { bits: 9 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.quat(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Rot(r.quat()?))
-    }
-}
+/// Position (metres) and orientation: the testkit's components, shared with the core's tests
+/// and the fuzz targets.
+pub use statewire_testkit::{Pos, Rot};
 
 /// A small gameplay component carried by a quarter of the entities: hit points and a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Replicate)]
 pub struct Status {
     /// Hit points, 0..=100 (7 bits).
+    #[replicate(int(min = 0, max = 100))]
     pub hp: i64,
     /// Whether the entity is alive (1 bit).
     pub alive: bool,
-}
-
-impl Replicate for Status {
-    const NAME: &'static str = "Status";
-    fn fields() -> Vec<Field> {
-        vec![
-            Field::new("hp", FieldKind::Int { min: 0, max: 100 }),
-            Field::new("alive", FieldKind::Bool),
-        ]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.hp);
-        w.bool(self.alive);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Status {
-            hp: r.int()?,
-            alive: r.bool()?,
-        })
-    }
 }
 
 /// The registry every benchmark uses: [`Pos`], [`Rot`], [`Status`], in that order.

@@ -1,164 +1,41 @@
-//! Shared pieces of the statewire fuzz targets: a fixed component registry that covers every
-//! field kind (including the 0- and 32-bit edge widths), a mirror world that checks the
-//! `WorldSink` contract, independent validity checks of a decoded snapshot, and a byte cursor
-//! that turns fuzzer input into decisions.
+//! Shared pieces of the statewire fuzz targets: a fixed component registry (the testkit's
+//! components plus [`Edge`]) that covers every field kind, including the 0- and 32-bit edge
+//! widths; a mirror world that checks the `WorldSink` contract; independent validity checks of a
+//! decoded snapshot; and a byte cursor that turns fuzzer input into decisions.
 
 use std::collections::BTreeMap;
 
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, Field,
-    FieldKind, FieldReader, FieldWriter, Owner, Registry, Replicate, ServerConfig,
-    ServerReplicator, Snapshot, SnapshotBuilder, Store, StoreConfig, Tick, WorldSink,
+    ClientConfig, ClientId, ClientReplicator, ComponentId, ComponentView, EntityId, FieldKind,
+    Owner, Registry, Replicate, ServerConfig, ServerReplicator, Snapshot, SnapshotBuilder, Store,
+    StoreConfig, Tick, WorldSink,
 };
 
-/// Two floats over ±512 at 1/64 (16 bits each).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pos {
-    /// x.
-    pub x: f32,
-    /// y.
-    pub y: f32,
-}
-
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        let axis = FieldKind::Float {
-            min: -512.0,
-            max: 512.0,
-            precision: 1.0 / 64.0,
-        };
-        vec![Field::new("x", axis), Field::new("y", axis)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
-
-/// Smallest-three quaternion at 9 bits (29 bits).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rot(pub [f32; 4]);
-
-impl Replicate for Rot {
-    const NAME: &'static str = "Rot";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("q", FieldKind::Quat { bits: 9 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.quat(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Rot(r.quat()?))
-    }
-}
-
-/// Int with a range that is not a power of two, a bool, and an enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
-    /// -100..=1000 (11 bits, max 1100).
-    pub hp: i64,
-    /// 1 bit.
-    pub alive: bool,
-    /// 0..4 (2 bits).
-    pub team: u32,
-}
-
-impl Replicate for Health {
-    const NAME: &'static str = "Health";
-    fn fields() -> Vec<Field> {
-        vec![
-            Field::new(
-                "hp",
-                FieldKind::Int {
-                    min: -100,
-                    max: 1000,
-                },
-            ),
-            Field::new("alive", FieldKind::Bool),
-            Field::new("team", FieldKind::Enum { variants: 4 }),
-        ]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.hp);
-        w.bool(self.alive);
-        w.enumeration(self.team);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Health {
-            hp: r.int()?,
-            alive: r.bool()?,
-            team: r.enumeration()?,
-        })
-    }
-}
+pub use statewire_testkit::{Health, Pos, Rot};
 
 /// Edge widths: a 32-bit int, a 32-bit quaternion, a 0-bit enum, an 8-bit quaternion and a
 /// 32-bit float whose range is not a power of two.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Replicate)]
 pub struct Edge {
     /// i64::MIN ..= i64::MIN + u32::MAX (32 bits).
+    #[replicate(int(min = i64::MIN, max = EDGE_WIDE_MAX))]
     pub wide: i64,
     /// Quaternion at 10 bits per component (32 bits).
+    #[replicate(quat(bits = 10))]
     pub q10: [f32; 4],
     /// The only variant of a one-variant enum (0 bits).
+    #[replicate(enumeration(variants = 1))]
     pub unit: u32,
     /// Quaternion at 2 bits per component (8 bits).
+    #[replicate(quat(bits = 2))]
     pub q2: [f32; 4],
     /// 0 ..= 4e9 in steps of 1 (32 bits, max below u32::MAX).
+    #[replicate(float(min = 0.0, max = 4.0e9, precision = 1.0))]
     pub big: f32,
 }
 
 /// Largest value of [`Edge::wide`].
 pub const EDGE_WIDE_MAX: i64 = i64::MIN + u32::MAX as i64;
-
-impl Replicate for Edge {
-    const NAME: &'static str = "Edge";
-    fn fields() -> Vec<Field> {
-        vec![
-            Field::new(
-                "wide",
-                FieldKind::Int {
-                    min: i64::MIN,
-                    max: EDGE_WIDE_MAX,
-                },
-            ),
-            Field::new("q10", FieldKind::Quat { bits: 10 }),
-            Field::new("unit", FieldKind::Enum { variants: 1 }),
-            Field::new("q2", FieldKind::Quat { bits: 2 }),
-            Field::new(
-                "big",
-                FieldKind::Float {
-                    min: 0.0,
-                    max: 4.0e9,
-                    precision: 1.0,
-                },
-            ),
-        ]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.wide);
-        w.quat(self.q10);
-        w.enumeration(self.unit);
-        w.quat(self.q2);
-        w.f32(self.big);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Edge {
-            wide: r.int()?,
-            q10: r.quat()?,
-            unit: r.enumeration()?,
-            q2: r.quat()?,
-            big: r.f32()?,
-        })
-    }
-}
 
 /// Sets the coding of every component type of [`registry`].
 pub fn set_entropy(registry: &mut Registry, coding: statewire_core::ComponentCoding) {
@@ -171,10 +48,7 @@ pub fn set_entropy(registry: &mut Registry, coding: statewire_core::ComponentCod
 /// The registry every target uses: [`Pos`], [`Rot`], [`Health`], [`Edge`] (ids 0..=3).
 #[must_use]
 pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register::<Pos>().expect("valid");
-    r.register::<Rot>().expect("valid");
-    r.register::<Health>().expect("valid");
+    let mut r = statewire_testkit::registry();
     r.register::<Edge>().expect("valid");
     r
 }

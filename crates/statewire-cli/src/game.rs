@@ -4,9 +4,8 @@
 use std::f32::consts::TAU;
 
 use statewire_core::{
-    ClientId, ComponentCoding, ComponentView, EntityId, EventSink, Field, FieldKind, FieldReader,
-    FieldWriter, GameEvent, Owner, Registry, Replicate, SchemaError, SnapshotBuilder, WorldSink,
-    WorldSource,
+    ClientId, ComponentCoding, ComponentView, EntityId, EventSink, GameEvent, Owner, Registry,
+    Replicate, ReplicateEnum, SchemaError, SnapshotBuilder, WorldSink, WorldSource,
 };
 use statewire_transport::netsim::SimRng;
 
@@ -22,94 +21,35 @@ pub(crate) const KILL: u16 = 1;
 const ENEMY_SPEED: f32 = 1.5;
 
 /// Position on the arena floor, 1/64 m steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Replicate)]
 pub(crate) struct Position {
+    #[replicate(float(min = -512.0, max = 512.0, precision = 1.0 / 64.0))]
     pub(crate) x: f32,
+    #[replicate(float(min = -512.0, max = 512.0, precision = 1.0 / 64.0))]
     pub(crate) y: f32,
 }
 
-impl Replicate for Position {
-    const NAME: &'static str = "Position";
-    fn fields() -> Vec<Field> {
-        let axis = FieldKind::Float {
-            min: -512.0,
-            max: 512.0,
-            precision: 1.0 / 64.0,
-        };
-        vec![Field::new("x", axis), Field::new("y", axis)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Position {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
-
 /// Facing angle in radians, 256 steps per turn.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Facing(pub(crate) f32);
-
-impl Replicate for Facing {
-    const NAME: &'static str = "Facing";
-    fn fields() -> Vec<Field> {
-        vec![Field::new(
-            "angle",
-            FieldKind::Float {
-                min: 0.0,
-                max: TAU,
-                precision: TAU / 256.0,
-            },
-        )]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Facing(r.f32()?))
-    }
-}
+#[derive(Debug, Clone, Copy, PartialEq, Replicate)]
+pub(crate) struct Facing(
+    #[replicate(float(min = 0.0, max = TAU, precision = TAU / 256.0), name = "angle")]
+    pub(crate)  f32,
+);
 
 /// What an entity is, and its health.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Replicate)]
 pub(crate) struct Body {
+    #[replicate(enumeration)]
     pub(crate) kind: Kind,
+    #[replicate(int(min = 0, max = 100))]
     pub(crate) hp: i64,
 }
 
-/// Entity kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Entity kinds (replicated as variant 0 and 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ReplicateEnum)]
 pub(crate) enum Kind {
     Player,
     Enemy,
-}
-
-impl Replicate for Body {
-    const NAME: &'static str = "Body";
-    fn fields() -> Vec<Field> {
-        vec![
-            Field::new("kind", FieldKind::Enum { variants: 2 }),
-            Field::new("hp", FieldKind::Int { min: 0, max: 100 }),
-        ]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.enumeration(match self.kind {
-            Kind::Player => 0,
-            Kind::Enemy => 1,
-        });
-        w.int(self.hp);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        let kind = match r.enumeration()? {
-            0 => Kind::Player,
-            _ => Kind::Enemy,
-        };
-        Some(Body { kind, hp: r.int()? })
-    }
 }
 
 /// The component registry both sides of the sim use; `coding` applies to the components that

@@ -102,6 +102,9 @@ impl Field {
 
 /// A game type whose state is replicated.
 ///
+/// Usually derived: `#[derive(Replicate)]` with a quantization rule per field (feature
+/// `derive`; see the crate docs). By hand:
+///
 /// ```
 /// use statewire_core::{Field, FieldKind, FieldReader, FieldWriter, Replicate};
 ///

@@ -1,95 +1,11 @@
-//! Component types and a plain-Vec world shared by the integration tests.
+//! The shared test components and a plain-Vec world for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
 use statewire_core::*;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pos {
-    pub x: f32,
-    pub y: f32,
-}
-
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        let axis = FieldKind::Float {
-            min: -512.0,
-            max: 512.0,
-            precision: 1.0 / 64.0,
-        };
-        vec![Field::new("x", axis), Field::new("y", axis)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rot(pub [f32; 4]);
-
-impl Replicate for Rot {
-    const NAME: &'static str = "Rot";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("q", FieldKind::Quat { bits: 9 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.quat(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Rot(r.quat()?))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Health {
-    pub hp: i64,
-    pub alive: bool,
-    pub team: u32,
-}
-
-impl Replicate for Health {
-    const NAME: &'static str = "Health";
-    fn fields() -> Vec<Field> {
-        vec![
-            Field::new(
-                "hp",
-                FieldKind::Int {
-                    min: -100,
-                    max: 1000,
-                },
-            ),
-            Field::new("alive", FieldKind::Bool),
-            Field::new("team", FieldKind::Enum { variants: 4 }),
-        ]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.hp);
-        w.bool(self.alive);
-        w.enumeration(self.team);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Health {
-            hp: r.int()?,
-            alive: r.bool()?,
-            team: r.enumeration()?,
-        })
-    }
-}
-
-pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register::<Pos>().unwrap();
-    r.register::<Rot>().unwrap();
-    r.register::<Health>().unwrap();
-    r
-}
+/// The components (`Pos`, `Rot`, `Health`) and their registry are the testkit's, shared with
+/// the fuzz targets and the benchmarks.
+pub use statewire_testkit::{Health, Pos, Rot, registry};
 
 /// The same components, with positions and health range-coded.
 pub fn registry_entropy() -> Registry {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use statewire_core::codec::cubes::entropy::{EntropyCodec, EntropyState};
-use statewire_core::codec::cubes::{
+use statewire_cubes::entropy::{EntropyCodec, EntropyState};
+use statewire_cubes::{
     BASELINE_DISTANCE, Baselines, FRAME_RATE, Frame, Generator, NUM_CUBES, Scene, packed,
     read_frames, write_frames,
 };
@@ -205,14 +205,14 @@ pub(crate) enum CubesError {
     #[error("{path}: {source}")]
     Format {
         path: PathBuf,
-        source: statewire_core::codec::cubes::FileError,
+        source: statewire_cubes::FileError,
     },
     #[error("need more than {BASELINE_DISTANCE} frames, got {0}")]
     TooFewFrames(usize),
     #[error("frame {frame}: {source}")]
     Encode {
         frame: usize,
-        source: statewire_core::codec::cubes::EncodeError,
+        source: statewire_cubes::EncodeError,
     },
 }
 
@@ -436,7 +436,7 @@ pub(crate) fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statewire_core::codec::cubes::generate;
+    use statewire_cubes::generate;
 
     #[test]
     fn short_generated_run_is_lossless_in_both_modes() {

@@ -13,8 +13,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use statewire_core::codec::cubes::entropy::{EntropyCodec, EntropyState};
-use statewire_core::codec::cubes::{
+use statewire_cubes::entropy::{EntropyCodec, EntropyState};
+use statewire_cubes::{
     BASELINE_DISTANCE, Baselines, Frame, NUM_CUBES, Scene, generate_scene, packed,
 };
 

@@ -12,8 +12,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use statewire_core::codec::cubes::entropy::{EntropyCodec, EntropyState};
-use statewire_core::codec::cubes::{
+use statewire_cubes::entropy::{EntropyCodec, EntropyState};
+use statewire_cubes::{
     BASELINE_DISTANCE, Baselines, Frame, Scene, generate_scene, packed, read_frames,
 };
 

@@ -259,7 +259,17 @@ impl<'a> BitReader<'a> {
 /// Appends `v` as a varint written backwards (7 bits a byte, the high bit set on all but the
 /// last byte *read*), to be read from the end of a packet by [`read_trailer`]: a packet made of
 /// two streams ends with the length of one of them.
-pub(crate) fn put_trailer(out: &mut Vec<u8>, v: usize) {
+///
+/// The trailer takes one byte per 7 bits of `v` (1 to 5 bytes for values below 2³⁵).
+///
+/// ```
+/// use statewire_core::bits::{put_trailer, read_trailer};
+///
+/// let mut packet = vec![0xAB; 3]; // the streams
+/// put_trailer(&mut packet, 300);
+/// assert_eq!(read_trailer(&packet), Some((300, 2)));
+/// ```
+pub fn put_trailer(out: &mut Vec<u8>, v: usize) {
     let at = out.len();
     crate::events::put_varint(out, v as u64);
     out[at..].reverse();
@@ -267,7 +277,9 @@ pub(crate) fn put_trailer(out: &mut Vec<u8>, v: usize) {
 
 /// Reads the backwards varint [`put_trailer`] wrote at the end of `bytes`: `(value, its length
 /// in bytes)`, or `None` if it is missing, longer than five bytes or not canonical.
-pub(crate) fn read_trailer(bytes: &[u8]) -> Option<(usize, usize)> {
+///
+/// The trailer's bytes are the last `len` bytes of `bytes`; what precedes them is the packet.
+pub fn read_trailer(bytes: &[u8]) -> Option<(usize, usize)> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().rev().take(5).enumerate() {
         v |= u64::from(b & 0x7f) << (7 * i);

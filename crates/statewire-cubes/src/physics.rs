@@ -1,4 +1,4 @@
-//! The deterministic physics generator behind [`super::generate`].
+//! The deterministic physics generator behind [`crate::generate`].
 //!
 //! A small impulse-based rigid-body simulation in `f64`, using only `+ - * /`, `sqrt` and
 //! `floor` (all exactly specified by IEEE 754 and never fused by rustc), iterated in a fixed
@@ -30,7 +30,7 @@
 //!
 //! 60 frames per second, two substeps per frame.
 
-use super::{CubeState, Frame, NUM_CUBES, POSITION_SCALE, Scene, XY_LIMIT, Z_LIMIT};
+use crate::{CubeState, Frame, NUM_CUBES, POSITION_SCALE, Scene, XY_LIMIT, Z_LIMIT};
 
 const SUBSTEPS: usize = 2;
 const H: f64 = 1.0 / 60.0 / SUBSTEPS as f64;

@@ -2,7 +2,7 @@
 //! baseline. No prediction and no adaptive state, so it needs only the baseline and costs
 //! little CPU.
 //!
-//! # Wire format (bit-packed with [`crate::bits`], least-significant bit first)
+//! # Wire format (bit-packed with [`statewire_core::bits`], least-significant bit first)
 //!
 //! ```text
 //! packet   := count:10  layout:1  (layout = 1: changed:901 bitmap)  record*count  padding
@@ -21,18 +21,18 @@
 //! increase and stay below 901, that every value is in range, and that only zero padding
 //! follows the last record.
 
-use crate::bits::BitError;
+use statewire_core::bits::BitError;
 
-use super::{CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT};
+use crate::{CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, XY_LIMIT, Z_LIMIT};
 
 const COUNT_BITS: u32 = 10;
 const ORIENT_WIDTHS: [u32; 3] = [2, 4, 6];
 const POS_WIDTHS: [u32; 3] = [4, 7, 10];
 
 /// LSB-first bit writer taking up to 56 bits per call (the same bit order as
-/// [`crate::bits::BitWriter`], with fewer, wider writes for speed). It writes into a slice sized
-/// for the worst case, always storing a whole 8-byte word and advancing by the bytes completed,
-/// so a write is a store and a shift with no length-dependent copy or capacity check.
+/// [`statewire_core::bits::BitWriter`], with fewer, wider writes for speed). It writes into a
+/// slice sized for the worst case, always storing a whole 8-byte word and advancing by the bytes
+/// completed, so a write is a store and a shift with no length-dependent copy or capacity check.
 struct Writer<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -165,11 +165,11 @@ fn read_gap(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
 
 /// Encodes `target` against `baseline`, appending to `out`; returns the bytes appended.
 pub fn encode(baseline: &Frame, target: &Frame, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
-    let words = super::diff_bitmap(baseline.cubes(), target.cubes());
+    let words = crate::diff_bitmap(baseline.cubes(), target.cubes());
     let mut changed = [0u16; NUM_CUBES];
     let mut n = 0;
     for (w, &word) in words.iter().enumerate() {
-        for k in super::set_bits(word) {
+        for k in crate::set_bits(word) {
             changed[n] = (w * 64 + k) as u16;
             n += 1;
         }
@@ -356,7 +356,7 @@ fn read_cube(r: &mut Reader<'_>, b: &CubeState) -> Result<CubeState, DecodeError
                 let c = i32::from(base) + sign_extend(v & m, wd);
                 u16::try_from(c)
                     .ok()
-                    .filter(|&c| c <= super::COMPONENT_LIMIT)
+                    .filter(|&c| c <= crate::COMPONENT_LIMIT)
                     .ok_or(out_of_range(field))
             };
             t.a = comp(b.a, raw, CubeField::A)?;
@@ -395,9 +395,9 @@ fn read_cube(r: &mut Reader<'_>, b: &CubeState) -> Result<CubeState, DecodeError
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::frames;
-    use super::super::{BASELINE_DISTANCE, generate};
     use super::*;
+    use crate::tests::frames;
+    use crate::{BASELINE_DISTANCE, generate};
     use proptest::prelude::*;
 
     fn round_trip(base: &Frame, target: &Frame) -> Vec<u8> {

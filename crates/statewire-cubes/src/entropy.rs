@@ -39,8 +39,8 @@
 //!
 //! Flags are binary decisions; each residual is one multi-symbol decision for its magnitude
 //! bucket (zero, one, or bit length and the bit under the leading one), a modelled sign and
-//! raw low bits ([`crate::codec::range::ResidualModel`]), all with [`crate::codec::range`].
-//! Contexts:
+//! raw low bits ([`statewire_core::codec::range::ResidualModel`]), all with
+//! [`statewire_core::codec::range`]. Contexts:
 //!
 //! - changed flag: how much the cube moved from `p` to `b` (six classes), whether it was
 //!   interacting, whether the previous cube changed in this packet, and its distance from the
@@ -51,12 +51,12 @@
 //!   previous axis of this cube, or the previous changed cube for the first one), so a collision
 //!   that breaks one prediction widens the distributions of the others.
 
-use super::{
+use crate::{
     Baselines, CubeField, CubeState, DecodeError, EncodeError, Frame, NUM_CUBES, WORDS, XY_LIMIT,
     Z_LIMIT, set_bits,
 };
-use crate::bits::{BitError, BitReader, BitWriter};
-use crate::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
+use statewire_core::bits::{BitError, BitReader, BitWriter};
+use statewire_core::codec::range::{BitModel, BitTree, RangeDecoder, RangeEncoder, ResidualModel};
 
 /// Gravity over one baseline interval in position units: 9.81 m/s² × (0.1 s)² × 512 ≈ 50. The
 /// starting bias of off-the-floor cubes; the adaptive bias takes over from there.
@@ -315,7 +315,7 @@ impl EntropyCodec {
         io.rc.finish();
         let raw_len = io.raw.finish();
         out.extend_from_slice(&self.raw);
-        crate::bits::put_trailer(out, raw_len);
+        statewire_core::bits::put_trailer(out, raw_len);
         Ok(out.len() - start)
     }
 
@@ -327,7 +327,8 @@ impl EntropyCodec {
         data: &[u8],
         out: &mut Frame,
     ) -> Result<(), DecodeError> {
-        let (raw_len, trailer) = crate::bits::read_trailer(data).ok_or(DecodeError::Framing)?;
+        let (raw_len, trailer) =
+            statewire_core::bits::read_trailer(data).ok_or(DecodeError::Framing)?;
         let coded_len = data
             .len()
             .checked_sub(trailer)
@@ -502,10 +503,10 @@ fn code_frame<I: Io>(
     let mut floor = i32::MAX;
     let moved_map = match moved {
         Some(map) => *map,
-        None => super::diff_bitmap(pf, bf),
+        None => crate::diff_bitmap(pf, bf),
     };
     *changed = if I::ENCODING {
-        super::diff_bitmap(bf, input)
+        crate::diff_bitmap(bf, input)
     } else {
         [0u64; WORDS]
     };
@@ -739,7 +740,7 @@ fn code_cube<I: Io>(
     let check = |v: i32, f| {
         u16::try_from(v)
             .ok()
-            .filter(|&v| v <= super::COMPONENT_LIMIT)
+            .filter(|&v| v <= crate::COMPONENT_LIMIT)
             .ok_or(f)
     };
     t.a = check(comps[0].wrapping_add(ra), CubeField::A)?;
@@ -750,9 +751,9 @@ fn code_cube<I: Io>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::frames;
-    use super::super::{BASELINE_DISTANCE, Scene, generate, generate_scene};
     use super::*;
+    use crate::tests::frames;
+    use crate::{BASELINE_DISTANCE, Scene, generate, generate_scene};
     use proptest::prelude::*;
 
     fn round_trip(base: Baselines<'_>, target: &Frame) -> usize {

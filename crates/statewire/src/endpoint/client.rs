@@ -271,6 +271,23 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         Ok(Self::with_session(session, protocol, config))
     }
 
+    /// Connects in development mode with the default settings
+    /// ([`GameClientConfig::default`]).
+    pub fn connect(
+        transport: T,
+        server: SocketAddr,
+        protocol: &Protocol,
+        now: Duration,
+    ) -> Result<Self, ConfigError> {
+        Self::new(
+            transport,
+            server,
+            protocol,
+            GameClientConfig::default(),
+            now,
+        )
+    }
+
     /// Connects with a connect token (from the game's backend, e.g. a lobby).
     pub fn with_token(
         transport: T,

@@ -64,7 +64,7 @@ enum CubesCommand {
 #[derive(Debug, clap::Args)]
 struct GenerateArgs {
     /// Frames to generate (the first 6 are the initial state).
-    #[arg(long, default_value_t = 2837)]
+    #[arg(long, default_value_t = 2837, value_parser = crate::parse_frames)]
     frames: usize,
     /// Seed of the generator.
     #[arg(long, default_value_t = 1)]
@@ -100,7 +100,7 @@ struct RunArgs {
     #[arg(long)]
     generate: bool,
     /// Frames to generate.
-    #[arg(long, default_value_t = 2837, requires = "generate")]
+    #[arg(long, default_value_t = 2837, value_parser = crate::parse_frames, requires = "generate")]
     frames: usize,
     /// Seed of the generator.
     #[arg(long, default_value_t = 1, requires = "generate")]

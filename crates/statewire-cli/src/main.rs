@@ -237,6 +237,22 @@ fn print_report(
     }
 }
 
+/// Most `cubes --frames` (about 5.5 minutes at 60 Hz; the frames are held in memory, about
+/// 18 KB each).
+const MAX_FRAMES: usize = 20_000;
+
+/// Parses `cubes --frames`: at least 7 (packet `i` is coded against frame `i - 6`), at most
+/// [`MAX_FRAMES`].
+fn parse_frames(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (7..=MAX_FRAMES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 7 to {MAX_FRAMES} (packet i is coded against frame \
+             i - 6; the article's capture has 2837 frames)"
+        )),
+    }
+}
+
 /// Parses `ADDR` for `serve`/`join`/`token`/`lan`: `IP:PORT` or `HOST:PORT` (e.g.
 /// `localhost:7777`), resolved with the system's resolver; of several addresses the first IPv4
 /// one is taken (a server bound to 127.0.0.1 does not answer on ::1).

@@ -188,3 +188,26 @@ fn join_and_lan_durations_out_of_range() {
     );
     refused(&["lan", "--secs", "0"], &["'--secs <SECS>'", "1..=3600"]);
 }
+
+#[test]
+fn cubes_frames_out_of_range() {
+    refused(
+        &[
+            "cubes",
+            "generate",
+            "--frames",
+            "0",
+            "--out",
+            "/nonexistent/f.bin",
+        ],
+        &["'--frames <FRAMES>'", "from 7 to 20000"],
+    );
+    refused(
+        &["cubes", "run", "--generate", "--frames", "3"],
+        &["from 7 to 20000"],
+    );
+    refused(
+        &["cubes", "run", "--generate", "--frames", "100000000000"],
+        &["from 7 to 20000"],
+    );
+}

@@ -465,6 +465,15 @@ impl Status {
         }
     }
 
+    /// Prints `line` on stdout (above the spinner line, if there is one).
+    fn println(&self, line: &str) {
+        match self {
+            Status::Spinner(bar) => bar.suspend(|| println!("{line}")),
+            _ => println!("{line}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+
     fn done(&self) {
         if let Status::Spinner(bar) = self {
             bar.finish_and_clear();
@@ -557,9 +566,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         }
         if !connected && let Some(id) = client.session.id() {
             connected = true;
-            status.done();
-            println!("connected as client {}", id.0);
-            let _ = std::io::stdout().flush();
+            status.println(&format!("connected as client {}", id.0));
         }
         if client.ended.is_some() {
             break;

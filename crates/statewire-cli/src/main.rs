@@ -17,8 +17,9 @@ mod rules;
 mod sim;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,15 +59,17 @@ struct SimArgs {
     /// Replicated entities (one player per client, the rest enemies).
     #[arg(long, default_value_t = 1000)]
     entities: usize,
-    /// Active ticks at 30 Hz (600 = 20 s).
+    /// Active ticks at 30 Hz (600 = 20 s; at least 1).
     #[arg(long, default_value_t = 600)]
     ticks: u32,
-    /// Ticks with no changes after the active ticks, to measure convergence.
+    /// Quiet ticks after the active ones (nothing changes), to measure convergence.
     #[arg(long, default_value_t = 150)]
     quiet_ticks: u32,
-    /// Network profile: perfect, average, poor, very-poor, hostile.
-    #[arg(long, default_value = "poor")]
-    profile: String,
+    /// Network profile of every link (one-way latency ± jitter, loss): perfect, average
+    /// (100 ± 25 ms, 2 %), poor (200 ± 50 ms, 4 %), very-poor (300 ± 75 ms, 6 %), hostile
+    /// (250 ± 100 ms, 25 %, 25 % duplicated, 10 % reordered).
+    #[arg(long, value_enum, default_value_t = sim::ProfileKind::Poor)]
+    profile: sim::ProfileKind,
     /// Seed for the game, the bots and the network simulator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -100,6 +103,47 @@ struct SimArgs {
     json: bool,
 }
 
+/// Set by Ctrl-C (SIGINT) or SIGTERM; `serve` and `join` check it every tick and leave
+/// cleanly (the server tells its clients it shuts down, a client tells the server it leaves).
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C (or SIGTERM) was pressed since [`catch_ctrl_c`].
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Makes Ctrl-C and SIGTERM set [`STOP`] instead of killing the process. Returns whether the
+/// handler is installed (if not, Ctrl-C ends the process at once, as before).
+pub(crate) fn catch_ctrl_c() -> bool {
+    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed)).is_ok()
+}
+
+/// `n` and `word`, with an `s` unless `n` is 1: `plural(1, "tick")` is "1 tick".
+pub(crate) fn plural(n: impl Into<u64>, word: &str) -> String {
+    count(n, word, &format!("{word}s"))
+}
+
+/// `n` and `one` if `n` is 1, else `n` and `many`: `count(2, "entity", "entities")`.
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `word` with an `s` unless `n` is 1 (for numbers printed in a column of their own).
+pub(crate) fn noun(n: impl Into<u64>, word: &str) -> String {
+    if n.into() == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+/// Prints a usage error (a bad flag or argument) and returns exit code 2.
+pub(crate) fn usage(msg: &str) -> ExitCode {
+    eprintln!("statewire: {msg}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -113,9 +157,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} ticks {elapsed}") {
+/// The run's bar: active and quiet ticks together, as the header names them, with an ETA.
+fn progress_bar(active: u32, quiet: u32) -> ProgressBar {
+    let bar = ProgressBar::new(u64::from(active) + u64::from(quiet));
+    let template = format!(
+        "{{bar:40}} {{pos}}/{{len}} ticks ({active} active + {quiet} quiet) {{elapsed}}, ETA {{eta}}"
+    );
+    if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style);
     }
     bar
@@ -127,7 +175,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         entities: args.entities,
         ticks: args.ticks,
         quiet_ticks: args.quiet_ticks,
-        profile: args.profile,
+        profile: args.profile.name().to_string(),
         seed: args.seed,
         max_packet_bytes: args.max_packet,
         transport: args.transport,
@@ -137,7 +185,10 @@ fn run_sim(args: SimArgs) -> ExitCode {
         interest_radius: args.interest_radius,
         budget: args.budget,
     };
-    let bar = progress_bar(u64::from(cfg.ticks) + u64::from(cfg.quiet_ticks));
+    if let Err(e) = sim::validate(&cfg) {
+        return usage(&e.to_string());
+    }
+    let bar = progress_bar(cfg.ticks, cfg.quiet_ticks);
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
     match result {
@@ -148,10 +199,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
             report.converged,
             &format!("clients did not converge (seed {})", cfg.seed),
         ),
-        Err(e) if e.is_usage() => {
-            eprintln!("statewire: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) if e.is_usage() => usage(&e.to_string()),
         Err(e) => {
             eprintln!("statewire: {e} (seed {})", cfg.seed);
             ExitCode::FAILURE
@@ -189,8 +237,21 @@ fn print_report(
     }
 }
 
-/// Parses `ADDR` for `serve`/`join`.
+/// Parses `ADDR` for `serve`/`join`/`token`/`lan`: `IP:PORT` or `HOST:PORT` (e.g.
+/// `localhost:7777`), resolved with the system's resolver; of several addresses the first IPv4
+/// one is taken (a server bound to 127.0.0.1 does not answer on ::1).
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:7777: {e}"))
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:7777 or localhost:7777: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }

@@ -1,7 +1,7 @@
 //! `statewire serve` and `statewire join`: the sim game across processes, on real sockets and
 //! the wall clock.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,18 +12,23 @@ use statewire_transport::udp::{UdpConfig, UdpTransport};
 
 use statewire::discovery::{Announcer, Beacon, GameTransport, HostList, MAX_NAME_LEN};
 
+use statewire::packet::RejectReason;
+use statewire::{ClientState, DisconnectReason};
+use statewire_core::{ClientConfig, ClientId, StoreConfig};
+
 use crate::bots::{Behaviour, BotClient as GameClient};
 use crate::game::TICK_HZ;
-use crate::parse_addr;
 use crate::rules::ServerGame as GameServer;
+use crate::sim::{MAX_TICKS, MIN_PACKET};
+use crate::{count, parse_addr, plural, stop_requested, usage};
 
 /// Flags of `statewire serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// Serve over UDP on this address (e.g. 127.0.0.1:7777).
-    #[arg(long, value_parser = parse_addr, conflicts_with = "tcp", required_unless_present = "tcp")]
+    /// Serve over UDP on this address (e.g. 127.0.0.1:7777); give this or --tcp.
+    #[arg(long, value_parser = parse_addr, conflicts_with = "tcp")]
     udp: Option<SocketAddr>,
-    /// Serve over TCP on this address.
+    /// Serve over TCP on this address (e.g. 127.0.0.1:7777); give this or --udp.
     #[arg(long, value_parser = parse_addr)]
     tcp: Option<SocketAddr>,
     /// Enemies in the world.
@@ -35,7 +40,7 @@ pub(crate) struct ServeArgs {
     /// Quiet ticks (nothing changes) before the final state digest is sent.
     #[arg(long, default_value_t = 90)]
     quiet_ticks: u32,
-    /// Most clients.
+    /// Most clients (1 to 1024).
     #[arg(long, default_value_t = 64)]
     max_clients: usize,
     /// Byte budget of one snapshot.
@@ -51,7 +56,7 @@ pub(crate) struct ServeArgs {
     /// 255.255.255.255:47800; broadcast is enabled on the beacon socket).
     #[arg(long, value_parser = parse_addr)]
     announce: Option<SocketAddr>,
-    /// Name announced in the beacon.
+    /// Name announced in the beacon (at most 64 bytes of UTF-8).
     #[arg(long, default_value = "statewire sim")]
     name: String,
     /// Require connect tokens sealed with this key file (from `statewire keygen`); without it
@@ -60,7 +65,7 @@ pub(crate) struct ServeArgs {
     key_file: Option<std::path::PathBuf>,
     /// With --key-file: the address clients use to reach this server, as named in their
     /// tokens (default: the bound address). May be given up to 4 times.
-    #[arg(long = "public-addr", value_parser = parse_addr)]
+    #[arg(long = "public-addr", value_parser = parse_addr, requires = "key_file")]
     public_addrs: Vec<SocketAddr>,
 }
 
@@ -70,8 +75,8 @@ pub(crate) struct LanArgs {
     /// Listen for beacons on this address (e.g. 0.0.0.0:47800).
     #[arg(long, value_parser = parse_addr, default_value = "0.0.0.0:47800")]
     listen: SocketAddr,
-    /// How long to listen, in seconds.
-    #[arg(long, default_value_t = 3)]
+    /// How long to listen, in seconds (1 to 3600).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     secs: u64,
     /// List only games of this coding (default: every coding). A game is listed only if its
     /// game id is the protocol fingerprint (`Protocol::fingerprint`) of the coding its beacon announces.
@@ -82,7 +87,7 @@ pub(crate) struct LanArgs {
 /// Flags of `statewire join`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JoinArgs {
-    /// The server's address.
+    /// The server's address (e.g. 127.0.0.1:7777 or localhost:7777).
     #[arg(value_parser = parse_addr)]
     addr: SocketAddr,
     /// Connect over TCP instead of UDP.
@@ -91,8 +96,8 @@ pub(crate) struct JoinArgs {
     /// Seed of this bot.
     #[arg(long, default_value_t = 2)]
     seed: u64,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 300)]
+    /// Give up after this many seconds (1 to 86,400).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout_secs: u64,
     /// Coding of positions and facings (as the server).
     #[arg(long, value_enum, default_value_t = crate::sim::CodecKind::Packed)]
@@ -106,7 +111,71 @@ fn tick_len() -> Duration {
     Duration::from_micros(1_000_000 / u64::from(TICK_HZ))
 }
 
+/// Most `serve --max-clients`: the replicator's limit.
+const MAX_SERVE_CLIENTS: usize = 1024;
+
+/// Checks `serve`'s flags; the error names the one flag at fault.
+fn validate_serve(args: &ServeArgs) -> Result<(), String> {
+    if args.udp.is_none() && args.tcp.is_none() {
+        return Err(
+            "serve needs an address to listen on: give --udp ADDR or --tcp ADDR \
+             (e.g. --udp 127.0.0.1:7777)"
+                .into(),
+        );
+    }
+    for (flag, v) in [("--ticks", args.ticks), ("--quiet-ticks", args.quiet_ticks)] {
+        if v > MAX_TICKS {
+            return Err(format!(
+                "{flag} {v} is more than {MAX_TICKS} (about {} hours at {TICK_HZ} Hz)",
+                MAX_TICKS / TICK_HZ / 3600
+            ));
+        }
+    }
+    if !(1..=MAX_SERVE_CLIENTS).contains(&args.max_clients) {
+        return Err(format!(
+            "--max-clients {} is out of range: 1 to {MAX_SERVE_CLIENTS}",
+            args.max_clients
+        ));
+    }
+    let max_pkt = crate::rules::max_replication_packet();
+    if !(MIN_PACKET..=max_pkt).contains(&args.max_packet) {
+        return Err(format!(
+            "--max-packet {} is out of range: a replication packet must be at least \
+             {MIN_PACKET} bytes and fit the session's unreliable channel ({max_pkt} bytes)",
+            args.max_packet
+        ));
+    }
+    // Every client sees every entity (no interest radius): enemies plus one player each.
+    let client_max = ClientConfig::default().max_entities;
+    let store_max = StoreConfig::default().max_entities;
+    let most = client_max.min(store_max).saturating_sub(args.max_clients);
+    if args.entities > most {
+        return Err(format!(
+            "--entities {} is more than {most}: every client holds every entity, and a client \
+             holds at most {client_max} (less one player for each of --max-clients {})",
+            args.entities, args.max_clients
+        ));
+    }
+    if args.name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "--name is {} bytes long; a beacon carries at most {MAX_NAME_LEN}",
+            args.name.len()
+        ));
+    }
+    if args.public_addrs.len() > statewire::crypto::MAX_TOKEN_ADDRS {
+        return Err(format!(
+            "--public-addr given {} times; a token names at most {} server addresses",
+            args.public_addrs.len(),
+            statewire::crypto::MAX_TOKEN_ADDRS
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn serve(args: ServeArgs) -> ExitCode {
+    if let Err(e) = validate_serve(&args) {
+        return usage(&e);
+    }
     let transport: Box<dyn Transport> = match (args.udp, args.tcp) {
         (Some(a), _) => match UdpTransport::bind(a, UdpConfig::default()) {
             Ok(t) => Box::new(t),
@@ -116,14 +185,14 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             Ok(t) => Box::new(t),
             Err(e) => return fail(&format!("cannot listen on TCP {a}: {e}")),
         },
-        (None, None) => return fail("give --udp ADDR or --tcp ADDR"),
+        (None, None) => return usage("give --udp ADDR or --tcp ADDR"),
     };
     let tokens = match &args.key_file {
         None => None,
         Some(path) => {
             let key = match crate::keys::read_key(path) {
                 Ok(k) => k,
-                Err(e) => return fail(&e),
+                Err(e) => return usage(&format!("--key-file: {e}")),
             };
             let bound = transport.local_addr();
             let public_addrs = if args.public_addrs.is_empty() {
@@ -183,19 +252,34 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         Ok(id) => id,
         Err(e) => return fail(&e.to_string()),
     };
+    let interruptible = crate::catch_ctrl_c();
     let start = Instant::now();
     let total = args.ticks + args.quiet_ticks;
     let linger = 2 * TICK_HZ;
-    let mut known = 0usize;
+    let mut known: Vec<ClientId> = Vec::new();
     let mut last_security = security_line(&server.net.session().stats());
+    let mut interrupted = false;
     for t in 0..total + linger {
+        if interruptible && stop_requested() {
+            interrupted = true;
+            break;
+        }
         let now = start.elapsed();
         if let Err(e) = server.step(now, t < args.ticks) {
             return fail(&e.to_string());
         }
-        if server.connected().len() != known {
-            known = server.connected().len();
-            println!("tick {t}: {known} clients connected");
+        if server.connected() != known.as_slice() {
+            for id in server.connected().iter().filter(|id| !known.contains(id)) {
+                println!("tick {t}: client {} joined", id.0);
+            }
+            for id in known.iter().filter(|id| !server.connected().contains(id)) {
+                println!("tick {t}: client {} left", id.0);
+            }
+            known = server.connected().to_vec();
+            println!(
+                "tick {t}: {} connected",
+                count(known.len() as u64, "client", "clients")
+            );
         }
         if t % (10 * TICK_HZ) == 0 {
             let line = security_line(&server.net.session().stats());
@@ -215,16 +299,10 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
                     GameTransport::Udp
                 },
                 codec: args.codec.coding(),
-                players: known.min(usize::from(u16::MAX)) as u16,
+                players: known.len().min(usize::from(u16::MAX)) as u16,
                 max_players: args.max_clients.min(usize::from(u16::MAX)) as u16,
-                // At most MAX_NAME_LEN bytes, cut at a character boundary (32 characters of
-                // up to 4 bytes each could exceed it, and the beacon would not encode).
-                name: args
-                    .name
-                    .char_indices()
-                    .take_while(|(i, c)| i + c.len_utf8() <= MAX_NAME_LEN)
-                    .map(|(_, c)| c)
-                    .collect(),
+                // At most MAX_NAME_LEN bytes (validated above).
+                name: args.name.clone(),
             };
             // A failed beacon is not worth stopping the game for.
             let _ = announcer.poll(now, &b, sock);
@@ -242,6 +320,9 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         // fill the kernel's buffer and crowd out real clients' packets.
         let next = tick_len() * (t + 1);
         while let Some(wait) = next.checked_sub(start.elapsed()) {
+            if interruptible && stop_requested() {
+                break;
+            }
             match server.net.session_mut().receive(start.elapsed()) {
                 Ok(0) => std::thread::sleep(wait.min(Duration::from_millis(1))),
                 Ok(_) => {}
@@ -249,15 +330,41 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
+    // Tell every client the server shuts down (they leave at once instead of waiting out
+    // their idle timeout).
+    let told = server.net.clients().len();
     server.net.shutdown();
     let _ = server.net.flush(start.elapsed());
+    if interrupted {
+        println!(
+            "interrupted at tick {}: told {} the server is shutting down",
+            server.tick().0,
+            count(told as u64, "client", "clients")
+        );
+    }
     let c = server.counters;
     println!(
-        "served {} ticks: {} snapshot bytes, {} entity records, {} deferred, {} bad client messages",
-        total, c.snapshot_bytes, c.records, c.deferred, c.bad_client_messages
+        "served {}: {} snapshot bytes, {} entity records, {} deferred, {} bad client messages",
+        plural(
+            if interrupted {
+                server.tick().0.min(total)
+            } else {
+                total
+            },
+            "tick"
+        ),
+        c.snapshot_bytes,
+        c.records,
+        c.deferred,
+        c.bad_client_messages
     );
     println!("{}", security_line(&server.net.session().stats()));
-    ExitCode::SUCCESS
+    if interrupted {
+        // The shell's convention for a process ended by SIGINT.
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// What the server refused and why, in words (printed at the end of `serve` and whenever it
@@ -265,8 +372,8 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
 fn security_line(s: &statewire::ServerStats) -> String {
     format!(
         "security: {} handshakes accepted; refused {} forged tokens, {} expired, {} for \
-         another server, {} in use elsewhere, {} without a token, {} bad cookies, {} other \
-         versions; dropped {} rate-limited handshakes, {} forged and {} replayed packets, {} \
+         another server, {} in use elsewhere, {} without a token, {} bad cookies, {} of \
+         another protocol or version; dropped {} rate-limited handshakes, {} forged and {} replayed packets, {} \
          from unknown addresses, {} malformed; {} clients disconnected for faults",
         s.accepted,
         s.token_forged,
@@ -285,6 +392,113 @@ fn security_line(s: &statewire::ServerStats) -> String {
     )
 }
 
+/// Why a join failed, in words: what the server's refusal means for this command's flags, and
+/// for a timeout whether anything answered at all.
+fn explain_end(reason: DisconnectReason, args: &JoinArgs, last: ClientState) -> String {
+    match reason {
+        DisconnectReason::Rejected {
+            reason: RejectReason::ProtocolMismatch,
+            ..
+        } => format!(
+            "rejected: the server runs a different game protocol: a different codec (--codec; \
+             this client uses --codec {}) or version",
+            args.codec.name()
+        ),
+        DisconnectReason::Rejected {
+            reason: RejectReason::VersionMismatch,
+            server_version,
+        } => format!(
+            "rejected: the server runs protocol version {server_version}, this client version \
+             {}",
+            statewire::SessionConfig::default().version
+        ),
+        DisconnectReason::Rejected {
+            reason: RejectReason::ChannelMismatch,
+            ..
+        } => "rejected: the server uses a different channel configuration (another build of \
+              statewire)"
+            .into(),
+        DisconnectReason::ConnectTimeout => {
+            let secs = statewire::SessionConfig::default()
+                .connect_timeout
+                .as_secs();
+            let mut m = format!("no answer from the server within {secs} s (the connect timeout)");
+            if !args.tcp && matches!(last, ClientState::Requesting) {
+                m.push_str("; no reply over UDP: if the server runs with --tcp, add --tcp");
+            }
+            m
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `join`'s once-a-second status (tick, entities, RTT, kills) while a terminal watches: a
+/// spinner line on stderr, or plain lines on stdout when only stdout is a terminal.
+enum Status {
+    Spinner(indicatif::ProgressBar),
+    Lines,
+    Off,
+}
+
+impl Status {
+    fn new() -> Status {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                bar.set_style(style);
+            }
+            Status::Spinner(bar)
+        } else if std::io::stdout().is_terminal() {
+            Status::Lines
+        } else {
+            Status::Off
+        }
+    }
+
+    fn show(&self, line: String) {
+        match self {
+            Status::Spinner(bar) => {
+                bar.set_message(line);
+                bar.tick();
+            }
+            Status::Lines => println!("{line}"),
+            Status::Off => {}
+        }
+    }
+
+    /// Prints `line` on stdout (above the spinner line, if there is one).
+    fn println(&self, line: &str) {
+        match self {
+            Status::Spinner(bar) => bar.suspend(|| println!("{line}")),
+            _ => println!("{line}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    fn done(&self) {
+        if let Status::Spinner(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn status_line<T: Transport>(client: &GameClient<T>, elapsed: Duration) -> String {
+    format!(
+        "{:>4} s  server tick {}  {}  RTT {}  {} seen",
+        elapsed.as_secs(),
+        client
+            .net
+            .tick()
+            .map_or_else(|| "-".to_string(), |t| t.0.to_string()),
+        count(client.net.replicator().len() as u64, "entity", "entities"),
+        client
+            .net
+            .rtt()
+            .map_or_else(|| "-".to_string(), |r| format!("{} ms", r.as_millis())),
+        plural(client.world.events.len() as u64, "kill"),
+    )
+}
+
 pub(crate) fn join(args: JoinArgs) -> ExitCode {
     let any = SocketAddr::new(
         if args.addr.is_ipv4() {
@@ -297,7 +511,18 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
     let transport: Box<dyn Transport> = if args.tcp {
         match TcpTransport::connect(args.addr, TcpConfig::default()) {
             Ok(t) => Box::new(t),
-            Err(e) => return fail(&format!("cannot connect to {}: {e}", args.addr)),
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    "; nothing accepts TCP connections there: if the server runs with --udp, \
+                     leave out --tcp"
+                } else {
+                    ""
+                };
+                return fail(&format!(
+                    "cannot connect to {} over TCP: {e}{hint}",
+                    args.addr
+                ));
+            }
         }
     } else {
         match UdpTransport::bind(any, UdpConfig::default()) {
@@ -317,21 +542,34 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    let interruptible = crate::catch_ctrl_c();
+    let status = Status::new();
     let start = Instant::now();
     let limit = Duration::from_secs(args.timeout_secs);
-    let mut announced = false;
+    let mut connected = false;
+    let mut interrupted = false;
+    let mut last_state = client.net.session().state();
     let mut digest_since: Option<Instant> = None;
+    let mut next_status = Duration::from_secs(1);
     let mut t: u32 = 0;
     while start.elapsed() < limit {
+        if interruptible && stop_requested() {
+            interrupted = true;
+            break;
+        }
         if let Err(e) = client.step(start.elapsed(), true) {
+            status.done();
             return fail(&e.to_string());
         }
-        if !announced && client.is_connected() {
-            announced = true;
-            println!("connected as {:?}", client.net.id());
+        match client.net.session().state() {
+            ClientState::Disconnected(_) => {}
+            s => last_state = s,
         }
-        if let Some(reason) = client.ended {
-            println!("disconnected: {reason}");
+        if !connected && let Some(id) = client.net.id() {
+            connected = true;
+            status.println(&format!("connected as client {}", id.0));
+        }
+        if client.ended.is_some() {
             break;
         }
         if client.final_digest.is_some() {
@@ -342,29 +580,85 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
                 break;
             }
         }
+        if start.elapsed() >= next_status {
+            next_status += Duration::from_secs(1);
+            status.show(if connected {
+                status_line(&client, start.elapsed())
+            } else {
+                format!(
+                    "{:>4} s  connecting to {}",
+                    start.elapsed().as_secs(),
+                    args.addr
+                )
+            });
+        }
         t += 1;
         let next = tick_len() * t;
         if let Some(wait) = next.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
     }
+    status.done();
+    if interrupted {
+        if connected && client.ended.is_none() {
+            // Tell the server at once, instead of leaving it to notice after its idle timeout.
+            client.net.disconnect();
+            let _ = client.net.flush(start.elapsed());
+            println!("interrupted: told the server this client leaves");
+        } else {
+            println!("interrupted");
+        }
+        return ExitCode::from(130);
+    }
+    if !connected {
+        let why = match client.ended {
+            Some(reason) => explain_end(reason, &args, last_state),
+            None => {
+                let mut m = format!(
+                    "gave up after {} (--timeout-secs) without connecting",
+                    plural(args.timeout_secs, "second")
+                );
+                if !args.tcp && matches!(last_state, ClientState::Requesting) {
+                    m.push_str("; no reply over UDP: if the server runs with --tcp, add --tcp");
+                }
+                m
+            }
+        };
+        return fail(&format!("could not join {}: {why}", args.addr));
+    }
+    if let Some(reason) = client.ended {
+        println!("disconnected: {}", explain_end(reason, &args, last_state));
+    }
     println!(
-        "applied state: {} entities, digest {:016x}, {} decode errors",
-        client.net.replicator().len(),
+        "applied state: {}, digest {:016x}, {}",
+        count(client.net.replicator().len() as u64, "entity", "entities"),
         client.digest(),
-        client.decode_errors()
+        plural(client.decode_errors(), "decode error")
     );
     match client.matches_final() {
         Some(true) => {
             println!("converged: true");
             client.net.disconnect();
+            let _ = client.net.flush(start.elapsed());
             ExitCode::SUCCESS
         }
         Some(false) => {
             println!("converged: false");
+            client.net.disconnect();
+            let _ = client.net.flush(start.elapsed());
             ExitCode::from(2)
         }
-        None => fail("no final state digest from the server"),
+        None if client.ended.is_some() => {
+            fail("the session ended before the server's final state digest")
+        }
+        None => {
+            client.net.disconnect();
+            let _ = client.net.flush(start.elapsed());
+            fail(&format!(
+                "no final state digest from the server within {} (--timeout-secs)",
+                plural(args.timeout_secs, "second")
+            ))
+        }
     }
 }
 

@@ -31,15 +31,40 @@ pub(crate) enum TransportKind {
     Tcp,
 }
 
+/// The network simulator's named link profiles (`--profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProfileKind {
+    /// No delay, no loss.
+    Perfect,
+    /// 100 ms ± 25 ms one way, 2 % loss.
+    Average,
+    /// 200 ms ± 50 ms one way, 4 % loss.
+    Poor,
+    /// 300 ms ± 75 ms one way, 6 % loss.
+    VeryPoor,
+    /// 250 ms ± 100 ms one way, 25 % loss, 25 % duplicated, 10 % reordered.
+    Hostile,
+}
+
+impl ProfileKind {
+    /// The profile's name for [`LinkConfig::profile`].
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ProfileKind::Perfect => "perfect",
+            ProfileKind::Average => "average",
+            ProfileKind::Poor => "poor",
+            ProfileKind::VeryPoor => "very-poor",
+            ProfileKind::Hostile => "hostile",
+        }
+    }
+}
+
 impl SimError {
     /// Whether the error is a bad flag (exit code 2) rather than a failure of the run.
     pub(crate) fn is_usage(&self) -> bool {
         matches!(
             self,
-            SimError::UnknownProfile(_)
-                | SimError::BadCounts
-                | SimError::Invalid(_)
-                | SimError::TooMuchMemory { .. }
+            SimError::UnknownProfile(_) | SimError::Invalid(_) | SimError::TooMuchMemory { .. }
         )
     }
 }
@@ -77,8 +102,15 @@ pub(crate) struct SimConfig {
     pub(crate) budget: Option<usize>,
 }
 
+/// Bytes the game puts before a replication packet in its snapshot message (the message tag).
+const SNAPSHOT_TAG_BYTES: usize = 1;
 /// Smallest accepted `--max-packet` / `--budget`.
 pub(crate) const MIN_PACKET: usize = 64;
+/// Most `--ticks` and `--quiet-ticks` (about 92 hours each at 30 Hz).
+pub(crate) const MAX_TICKS: u32 = 10_000_000;
+/// Largest `--interest-radius`, metres: the arena is at most 1000 m across, so 1500 m already
+/// covers all of it (and far larger radii make the interest grid's cell walk run for ever).
+pub(crate) const MAX_INTEREST_RADIUS: f32 = 10_000.0;
 /// Memory the estimate counts per entity on the server, per entity in a client's view (both
 /// sides' records and states), and per client (session buffers, world, bot).
 const EST_PER_ENTITY: u64 = 200;
@@ -122,8 +154,6 @@ pub(crate) enum SimError {
     Transport(#[from] statewire_transport::TransportError),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("--clients must be at least 1 and --entities at least --clients")]
-    BadCounts,
     /// A flag out of its range (the message says which and why).
     #[error("{0}")]
     Invalid(String),
@@ -139,7 +169,10 @@ pub(crate) enum SimError {
         clients: usize,
         in_view: usize,
     },
-    #[error("only {connected} of {wanted} clients connected within {ticks} ticks")]
+    #[error(
+        "only {connected} of {wanted} clients connected within {}",
+        crate::plural(*.ticks, "tick")
+    )]
     ConnectFailed {
         connected: usize,
         wanted: usize,
@@ -166,7 +199,11 @@ pub(crate) struct SimReport {
     pub(crate) upstream_bytes_per_client_per_sec: f64,
     /// Snapshot payload bytes per entity record (spawn, update or despawn) sent.
     pub(crate) bytes_per_entity_update: f64,
+    /// Largest snapshot message the server sent: a replication packet plus the game's 1-byte
+    /// message tag in front of it (see `largest_replication_packet_bytes`).
     pub(crate) max_packet_bytes: usize,
+    /// Largest replication packet (what `--budget`/`--max-packet` bound), without the tag.
+    pub(crate) largest_replication_packet_bytes: usize,
     pub(crate) packets_sent: u64,
     pub(crate) packets_lost: u64,
     pub(crate) packets_duplicated: u64,
@@ -258,12 +295,37 @@ pub(crate) struct SimReport {
 }
 
 /// Checks `cfg`'s sizes against the limits of the session, the replicator and the store, and
-/// the run's estimated memory against this machine's.
-fn validate(cfg: &SimConfig) -> Result<(), SimError> {
-    if cfg.clients == 0 || cfg.entities < cfg.clients {
-        return Err(SimError::BadCounts);
-    }
+/// the run's estimated memory against this machine's. Each error names the one flag at fault.
+pub(crate) fn validate(cfg: &SimConfig) -> Result<(), SimError> {
     let invalid = |m: String| Err(SimError::Invalid(m));
+    if LinkConfig::profile(&cfg.profile).is_none() {
+        return Err(SimError::UnknownProfile(cfg.profile.clone()));
+    }
+    if cfg.clients == 0 {
+        return invalid("--clients must be at least 1".into());
+    }
+    if cfg.entities < cfg.clients {
+        return invalid(format!(
+            "--entities {} is fewer than --clients {}: every client's player is one of the \
+             entities (give --entities {} or more)",
+            cfg.entities, cfg.clients, cfg.clients
+        ));
+    }
+    if cfg.ticks == 0 {
+        return invalid(
+            "--ticks must be at least 1: the bandwidth and lag figures are measured over the \
+             active ticks"
+                .into(),
+        );
+    }
+    for (flag, v) in [("--ticks", cfg.ticks), ("--quiet-ticks", cfg.quiet_ticks)] {
+        if v > MAX_TICKS {
+            return invalid(format!(
+                "{flag} {v} is more than {MAX_TICKS} (about {} hours at {TICK_HZ} Hz)",
+                MAX_TICKS / TICK_HZ / 3600
+            ));
+        }
+    }
     let max_pkt = crate::rules::max_replication_packet();
     for (flag, v) in [
         ("--max-packet", Some(cfg.max_packet_bytes)),
@@ -310,6 +372,13 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
     if !(cfg.interest_radius.is_finite() && cfg.interest_radius >= 0.0) {
         return invalid(format!(
             "--interest-radius {} must be a finite number of metres, 0 or more",
+            cfg.interest_radius
+        ));
+    }
+    if cfg.interest_radius > MAX_INTEREST_RADIUS {
+        return invalid(format!(
+            "--interest-radius {} is more than {MAX_INTEREST_RADIUS} m (the arena is at most \
+             1000 m across: 1500 m sees all of it, and 0 replicates everything without a radius)",
             cfg.interest_radius
         ));
     }
@@ -686,6 +755,8 @@ pub(crate) fn run(
             counters.snapshot_bytes as f64 / counters.records as f64
         },
         max_packet_bytes: counters.max_packet,
+        // The snapshot message is the tag byte (wire::begin_snapshot) and the packet.
+        largest_replication_packet_bytes: counters.max_packet.saturating_sub(SNAPSHOT_TAG_BYTES),
         packets_sent: net_stats.sent,
         packets_lost: net_stats.dropped_loss
             + net_stats.dropped_burst
@@ -777,79 +848,103 @@ fn add_stats(total: &mut NetSimStats, s: &NetSimStats) {
 impl SimReport {
     /// The human-readable report.
     pub(crate) fn render(&self) -> String {
+        use crate::{count, noun, plural};
         let conv = match (self.converged, self.max_convergence_ticks) {
             (true, Some(t)) => format!(
-                "yes: every client matched the server's quantized state {t} ticks ({:.2} s) after the last change",
+                "yes: every client matched the server's quantized state {} ({:.2} s) after the last change",
+                plural(t, "tick"),
                 f64::from(t) / f64::from(self.tick_hz)
             ),
             _ => format!(
-                "NO: some client still differs after {} quiet ticks",
-                self.quiet_ticks
+                "NO: some client still differs after {}",
+                plural(self.quiet_ticks, "quiet tick")
             ),
         };
+        // Over TCP the simulator wraps the TCP transport, so it drops, duplicates and reorders
+        // whole messages before TCP carries them: the sessions see them lost as over a lossy
+        // datagram link, and TCP's own retransmission is never exercised.
+        let above_tcp = if self.transport == "tcp" {
+            "\n\x20                  (tcp: the simulator sits above TCP: it drops, duplicates and reorders\n\
+             \x20                  whole messages before TCP carries them, so the sessions see these\n\
+             \x20                  losses as over UDP; TCP's own retransmission delay is not simulated)"
+        } else {
+            ""
+        };
         format!(
-            "statewire sim: {clients} clients, {entities} entities, {ticks} ticks at {hz} Hz, \
+            "statewire sim: {clients}, {entities}, {ticks} active + {quiet} quiet ticks at {hz} Hz, \
              profile {profile}, seed {seed}, transport {transport}, codec {codec}\n\
-             \x20 connected        {connect:>10} ticks to complete every handshake\n\
+             \x20 connected        {connect:>10} {connect_w} to complete every handshake\n\
              \x20 downstream       {down:>10.0} B/s per client ({kbps:.1} kbit/s)\n\
              \x20 upstream         {up:>10.0} B/s per client\n\
              \x20 per entity update {bpe:>9.2} B\n\
-             \x20 largest packet   {maxp:>10} B\n\
-             \x20 packets          {sent} sent, {lost} lost, {dup} duplicated\n\
+             \x20 largest packet   {maxp:>10} B replication packet (+{tag} B message tag: {maxm} B snapshot message)\n\
+             \x20 packets          {sent} sent, {lost} lost, {dup} duplicated{above_tcp}\n\
              \x20 deferred records {deferred:>10} (packet full, sent later)\n\
-             \x20 max lag          {lag:>10} ticks behind the server (newest applied snapshot)\n\
-             \x20 events           {evr} kills resolved; lost {evl}, duplicated {evd}, stale refs {evs}; consistent: {evc}\n\
-             \x20 predictions      {pc} confirmed, {pr} rolled back; {rp} claims rejected\n\
-             \x20 authority        {aw} owner writes applied, {rw} writes rejected, {ri} inputs rejected{adv}\n\
-             \x20 flicker          {resp} entities came back after vanishing\n\
+             \x20 max lag          {lag:>10} {lag_w} behind the server (newest applied snapshot)\n\
+             \x20 events           {evr} resolved; lost {evl}, duplicated {evd}, stale refs {evs}; consistent: {evc}\n\
+             \x20 predictions      {pc} confirmed, {pr} rolled back; {rp} rejected\n\
+             \x20 authority        {aw} applied, {rw} rejected, {ri} rejected{adv}\n\
+             \x20 flicker          {resp} after vanishing\n\
              \x20 errors           {derr} decode, {werr} framing\n\
              \x20 interest         radius {radius} m{moving}; {view:.0} entities in view per client\n\
              \x20 replication      {p50} µs median, {p99} µs p99 per tick (update + encode, all clients)\n\
              \x20 memory           {smem} B server (store + records), {cmem} B all clients (peak)\n\
-             \x20 budget           {budget} B per packet, {bex} packets over it; changes waited at most {stale} ticks\n\
-             \x20 security         {fa} forged and {ra} replayed packets accepted; {pf} clients disconnected for faults; upstream delivery {ud:.3}{attack}\n\
+             \x20 budget           {budget} B per packet, {bex} over it; changes waited at most {stale}\n\
+             \x20 security         {fa} and {ra} accepted; {pf} disconnected for faults; upstream delivery {ud:.3}{attack}\n\
              \x20 converged        {conv}",
-            clients = self.clients,
-            entities = self.entities,
+            clients = plural(self.clients as u64, "client"),
+            entities = count(self.entities as u64, "entity", "entities"),
             ticks = self.ticks,
+            quiet = self.quiet_ticks,
             hz = self.tick_hz,
             profile = self.profile,
             seed = self.seed,
             transport = self.transport,
             codec = self.codec,
             connect = self.connect_ticks,
+            connect_w = noun(self.connect_ticks, "tick"),
             down = self.bytes_per_client_per_sec,
             kbps = self.bytes_per_client_per_sec * 8.0 / 1000.0,
             up = self.upstream_bytes_per_client_per_sec,
             bpe = self.bytes_per_entity_update,
-            maxp = self.max_packet_bytes,
+            maxp = self.largest_replication_packet_bytes,
+            tag = self.max_packet_bytes - self.largest_replication_packet_bytes,
+            maxm = self.max_packet_bytes,
             sent = self.packets_sent,
             lost = self.packets_lost,
             dup = self.packets_duplicated,
             deferred = self.deferred_records,
             lag = self.max_lag_ticks,
-            evr = self.events_resolved,
+            lag_w = noun(self.max_lag_ticks, "tick"),
+            evr = plural(self.events_resolved as u64, "kill"),
             evl = self.events_lost,
             evd = self.events_duplicated,
             evs = self.events_stale_refs,
             evc = if self.events_consistent { "yes" } else { "NO" },
             pc = self.predictions_confirmed,
             pr = self.predictions_rolled_back,
-            rp = self.rejected_proposals,
-            aw = self.accepted_writes,
-            rw = self.rejected_writes,
-            ri = self.rejected_inputs,
+            rp = plural(self.rejected_proposals, "claim"),
+            aw = plural(self.accepted_writes, "owner write"),
+            rw = plural(self.rejected_writes, "write"),
+            ri = plural(self.rejected_inputs, "input"),
             adv = if self.adversary {
                 " (one adversary)"
             } else {
                 ""
             },
-            resp = self.respawned_entities,
+            resp = count(
+                self.respawned_entities,
+                "entity came back",
+                "entities came back"
+            ),
             derr = self.decode_errors,
             werr = self.wire_errors,
             radius = self.interest_radius,
             moving = match self.moving {
-                Some(m) => format!(", {m} enemies moving every tick"),
+                Some(m) => format!(
+                    ", {} moving every tick",
+                    count(m as u64, "enemy", "enemies")
+                ),
                 None => String::new(),
             },
             view = self.avg_view_entities,
@@ -858,17 +953,17 @@ impl SimReport {
             smem = self.server_replication_bytes,
             cmem = self.client_replication_bytes,
             budget = self.budget,
-            bex = self.budget_exceeded,
-            stale = self.max_staleness_ticks,
-            fa = self.forged_accepted,
-            ra = self.replayed_accepted,
-            pf = self.peers_disconnected_for_faults,
+            bex = plural(self.budget_exceeded, "packet"),
+            stale = plural(self.max_staleness_ticks, "tick"),
+            fa = plural(self.forged_accepted, "forged packet"),
+            ra = plural(self.replayed_accepted, "replayed packet"),
+            pf = plural(self.peers_disconnected_for_faults, "client"),
             ud = self.legit_upstream_delivery,
             attack = if self.adversary {
                 format!(
-                    "\n\x20 attacks          {} junk/forged datagrams, {} replays; the client that acknowledges nothing got {} B ({} B in its first second)",
+                    "\n\x20 attacks          {} junk/forged datagrams, {}; the client that acknowledges nothing got {} B ({} B in its first second)",
                     self.junk_sent,
-                    self.replays_sent,
+                    plural(self.replays_sent, "replay"),
                     self.bytes_to_unacking_peer,
                     self.bytes_to_unacking_peer_first_sec
                 )
@@ -1051,9 +1146,6 @@ mod tests {
             run(&cfg("nope", 1), &mut |_, _| {}),
             Err(SimError::UnknownProfile(_))
         ));
-        let mut c = cfg("perfect", 1);
-        c.entities = 1;
-        assert!(matches!(run(&c, &mut |_, _| {}), Err(SimError::BadCounts)));
         let bad = |f: &dyn Fn(&mut SimConfig)| {
             let mut c = cfg("perfect", 1);
             f(&mut c);
@@ -1076,6 +1168,25 @@ mod tests {
         bad(&|c| c.moving = Some(201));
         bad(&|c| c.interest_radius = -1.0);
         bad(&|c| c.interest_radius = f32::NAN);
+        bad(&|c| c.interest_radius = 1e20);
+        bad(&|c| c.entities = 1);
+        bad(&|c| c.clients = 0);
+        bad(&|c| c.ticks = 0);
+        bad(&|c| c.quiet_ticks = MAX_TICKS + 1);
+    }
+
+    #[test]
+    fn every_profile_kind_is_a_netsim_profile() {
+        use clap::ValueEnum as _;
+        let names: Vec<&str> = ProfileKind::value_variants()
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(names, LinkConfig::PROFILE_NAMES);
+        for k in ProfileKind::value_variants() {
+            let pv = k.to_possible_value().expect("not skipped");
+            assert_eq!(pv.get_name(), k.name());
+        }
     }
 
     #[test]

@@ -754,9 +754,9 @@ pub(crate) fn run(
         } else {
             counters.snapshot_bytes as f64 / counters.records as f64
         },
-        max_packet_bytes: counters.max_packet,
-        // The snapshot message is the tag byte (wire::begin_snapshot) and the packet.
-        largest_replication_packet_bytes: counters.max_packet.saturating_sub(SNAPSHOT_TAG_BYTES),
+        max_packet_bytes: counters.max_packet + SNAPSHOT_TAG_BYTES,
+        // The snapshot message is the endpoint envelope's tag byte and the packet.
+        largest_replication_packet_bytes: counters.max_packet,
         packets_sent: net_stats.sent,
         packets_lost: net_stats.dropped_loss
             + net_stats.dropped_burst

@@ -153,7 +153,7 @@ pub use events::{
 };
 pub use ids::{ClientId, EntityId, Owner, Tick, Writer};
 pub use replication::{
-    AckFrame, AckOutcome, Applied, ClientConfig, ClientReplicator, MIN_PACKET_BYTES,
+    AckFrame, AckOutcome, Applied, ClientConfig, ClientReplicator, IgnoreEvents, MIN_PACKET_BYTES,
     ReplicationError, ServerConfig, ServerReplicator, packet_header,
 };
 pub use schema::{

@@ -254,6 +254,17 @@ fn game_converges_over_a_lossy_link() {
     }
 }
 
+/// A server on a new endpoint of `net`, and its address.
+fn server_on(
+    net: &LoopbackNet,
+    protocol: &Protocol,
+    config: GameServerConfig,
+) -> (GameServer<LoopbackEndpoint, Steer>, std::net::SocketAddr) {
+    let t = net.endpoint();
+    let addr = t.local_addr();
+    (GameServer::new(t, protocol, config).unwrap(), addr)
+}
+
 /// Connects a raw session client with the game's protocol id (an attacker that knows it).
 fn raw_client(net: &LoopbackNet, addr: std::net::SocketAddr) -> Client<LoopbackEndpoint> {
     let (p, _) = protocol();
@@ -268,18 +279,9 @@ fn raw_client(net: &LoopbackNet, addr: std::net::SocketAddr) -> Client<LoopbackE
 fn hostile_client_costs_only_itself() {
     let net = LoopbackNet::new(LoopbackConfig::default());
     let (protocol, _) = protocol();
-    let st = net.endpoint();
-    let addr = st.local_addr();
-    let mut server: GameServer<_, Steer> =
-        GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut honest: GameClient<_, Steer> = GameClient::new(
-        net.endpoint(),
-        addr,
-        &protocol,
-        GameClientConfig::default(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let (mut server, addr) = server_on(&net, &protocol, GameServerConfig::default());
+    let mut honest: GameClient<_, Steer> =
+        GameClient::connect(net.endpoint(), addr, &protocol, Duration::ZERO).unwrap();
     let mut evil = raw_client(&net, addr);
     let mut owned = std::collections::HashMap::new();
     let mut rejected = 0;
@@ -358,8 +360,6 @@ fn hostile_client_costs_only_itself() {
 fn client_that_never_acks_falls_behind_and_is_disconnected_alone() {
     let net = LoopbackNet::new(LoopbackConfig::default());
     let (protocol, _) = protocol();
-    let st = net.endpoint();
-    let addr = st.local_addr();
     let config = GameServerConfig {
         events: EventConfig {
             max_log: 64,
@@ -367,15 +367,9 @@ fn client_that_never_acks_falls_behind_and_is_disconnected_alone() {
         },
         ..GameServerConfig::default()
     };
-    let mut server: GameServer<_, Steer> = GameServer::new(st, &protocol, config).unwrap();
-    let mut honest: GameClient<_, Steer> = GameClient::new(
-        net.endpoint(),
-        addr,
-        &protocol,
-        GameClientConfig::default(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let (mut server, addr) = server_on(&net, &protocol, config);
+    let mut honest: GameClient<_, Steer> =
+        GameClient::connect(net.endpoint(), addr, &protocol, Duration::ZERO).unwrap();
     // Keeps its session alive but never acknowledges a snapshot.
     let mut mute = raw_client(&net, addr);
     let mut mute_id = None;
@@ -427,10 +421,7 @@ fn client_that_never_acks_falls_behind_and_is_disconnected_alone() {
 fn memory_is_returned_when_clients_leave() {
     let net = LoopbackNet::new(LoopbackConfig::default());
     let (protocol, _) = protocol();
-    let st = net.endpoint();
-    let addr = st.local_addr();
-    let mut server: GameServer<_, Steer> =
-        GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
+    let (mut server, addr) = server_on(&net, &protocol, GameServerConfig::default());
     for i in 0..200 {
         let e = server.spawn(Owner::Server).unwrap();
         server
@@ -547,14 +538,8 @@ fn host_plays_with_the_same_game_code() {
     let addr = st.local_addr();
     let mut host: GameHost<_, Steer> =
         GameHost::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut remote: GameClient<_, Steer> = GameClient::new(
-        net.endpoint(),
-        addr,
-        &protocol,
-        GameClientConfig::default(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let mut remote: GameClient<_, Steer> =
+        GameClient::connect(net.endpoint(), addr, &protocol, Duration::ZERO).unwrap();
     let mut players = std::collections::HashMap::new();
     let mut host_inputs = 0;
     let mut kills_remote = 0;
@@ -676,18 +661,9 @@ fn peers_with_different_protocols_refuse_each_other() {
     let (protocol, _) = protocol();
     let mut other = protocol.clone();
     other.channel::<u8>("extra", Delivery::Reliable, 4).unwrap();
-    let st = net.endpoint();
-    let addr = st.local_addr();
-    let mut server: GameServer<_, Steer> =
-        GameServer::new(st, &protocol, GameServerConfig::default()).unwrap();
-    let mut c: GameClient<_, Steer> = GameClient::new(
-        net.endpoint(),
-        addr,
-        &other,
-        GameClientConfig::default(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let (mut server, addr) = server_on(&net, &protocol, GameServerConfig::default());
+    let mut c: GameClient<_, Steer> =
+        GameClient::connect(net.endpoint(), addr, &other, Duration::ZERO).unwrap();
     let mut ended = None;
     for frame in 0..100u32 {
         let now = DT * frame;

@@ -47,8 +47,10 @@ pub struct ClientReplicator {
     late: u64,
 }
 
-/// Wraps a [`WorldSink`], dropping events, for [`ClientReplicator::handle_packet`].
-struct IgnoreEvents<'a, S: ?Sized>(&'a mut S);
+/// Wraps a [`WorldSink`] that takes no events: passes world changes on and drops events (as
+/// [`ClientReplicator::handle_packet`] does).
+#[derive(Debug)]
+pub struct IgnoreEvents<'a, S: ?Sized>(pub &'a mut S);
 
 impl<S: WorldSink + ?Sized> WorldSink for IgnoreEvents<'_, S> {
     fn spawn(&mut self, id: EntityId, owner: Owner) {

@@ -52,7 +52,7 @@ mod client;
 mod records;
 mod server;
 
-pub use client::ClientReplicator;
+pub use client::{ClientReplicator, IgnoreEvents};
 pub use server::ServerReplicator;
 
 use crate::delta::{DecodeError, PacketHeader};

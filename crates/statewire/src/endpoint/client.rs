@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use statewire_core::authority::encode_writes;
 use statewire_core::events::{EntityRefs, EventData, EventSink, encode_proposal};
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, GameEvent, Owner,
-    PredictionOutcome, Predictions, Replicate, Snapshot, StateWrite, Tick, WorldSink,
+    ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, GameEvent, IgnoreEvents,
+    Owner, PredictionOutcome, Predictions, Replicate, Snapshot, StateWrite, Tick, WorldSink,
 };
 use statewire_transport::{Transport, TransportError};
 
@@ -210,31 +210,6 @@ impl<S: EventSink + ?Sized> EventSink for Tee<'_, S> {
         }
         self.push(GameClientEvent::Event(event.clone()));
     }
-}
-
-/// Passes world changes on and drops events.
-struct IgnoreEvents<'a, S: ?Sized>(&'a mut S);
-
-impl<S: WorldSink + ?Sized> WorldSink for IgnoreEvents<'_, S> {
-    fn spawn(&mut self, id: EntityId, owner: Owner) {
-        self.0.spawn(id, owner);
-    }
-    fn despawn(&mut self, id: EntityId) {
-        self.0.despawn(id);
-    }
-    fn set_owner(&mut self, id: EntityId, owner: Owner) {
-        self.0.set_owner(id, owner);
-    }
-    fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
-        self.0.insert(id, component);
-    }
-    fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
-        self.0.remove(id, component);
-    }
-}
-
-impl<S: ?Sized> EventSink for IgnoreEvents<'_, S> {
-    fn event(&mut self, _: &GameEvent) {}
 }
 
 /// A [`WorldSink`] that ignores everything (the client's state is in its replicator).

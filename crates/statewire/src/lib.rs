@@ -1,7 +1,54 @@
-//! Sessions for statewire: connections with a versioned, challenge-based handshake (connect
-//! tokens or development mode), AEAD-sealed packets, channels
-//! (unreliable, unreliable-sequenced, reliable-ordered with fragmentation), [`Server`],
-//! [`Client`] and [`Host`] (listen-server) endpoints over any [`statewire_transport::Transport`].
+//! statewire: sessions and game endpoints over any [`statewire_transport::Transport`].
+//!
+//! Start with [`endpoint`]: a [`GameServer`](endpoint::GameServer) (dedicated server), a
+//! [`GameHost`](endpoint::GameHost) (listen server with a local player) or a
+//! [`GameClient`](endpoint::GameClient) owns the whole game loop: session, replication of the
+//! server's [`Store`](statewire_core::Store), authority, inputs, events and messages. Below
+//! them are the sessions: [`Server`], [`Client`] and [`Host`] with a versioned, challenge-based
+//! handshake (connect tokens or development mode), AEAD-sealed packets, and channels
+//! (unreliable, unreliable-sequenced, reliable-ordered with fragmentation).
+//!
+//! # A game loop: a server and a client over loopback
+//!
+//! ```
+//! use std::time::Duration;
+//! use statewire::endpoint::*;
+//! use statewire_core::{Owner, Replicate};
+//! use statewire_transport::{Transport, loopback::{LoopbackConfig, LoopbackNet}};
+//!
+//! #[derive(Replicate, Debug, PartialEq)]
+//! struct Hp(#[replicate(int(min = 0, max = 100))] u8);
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let protocol = Protocol::new().with::<Hp>()?;
+//! let net = LoopbackNet::new(LoopbackConfig::default());
+//! let (server_t, client_t) = (net.endpoint(), net.endpoint());
+//! let addr = server_t.local_addr();
+//! // Inputs are any serde type; this game has none.
+//! let mut server = GameServer::<_, ()>::new(server_t, &protocol, GameServerConfig::default())?;
+//! let mut client = GameClient::<_, ()>::connect(client_t, addr, &protocol, Duration::ZERO)?;
+//! let boss = server.spawn(Owner::Server)?;
+//! for frame in 0..60u32 {
+//!     let now = Duration::from_millis(33) * frame;
+//!     // Server tick: read, handle events, change the world, replicate and send.
+//!     server.update(now)?;
+//!     while let Some(event) = server.poll_event() {
+//!         if let GameServerEvent::Joined(id) = event {
+//!             println!("{id} joined");
+//!         }
+//!     }
+//!     server.store_mut().set(boss, &Hp(100 - frame.min(50) as u8))?;
+//!     server.flush(now)?;
+//!     // Client frame: read, handle events, send acks and inputs.
+//!     client.update(now)?;
+//!     while client.poll_event().is_some() {}
+//!     client.flush(now)?;
+//! }
+//! assert_eq!(client.get::<Hp>(boss), Some(Hp(50)));
+//! assert_eq!(client.snapshot(), server.store().snapshot());
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Handshake
 //!
@@ -70,7 +117,7 @@
 //!
 //! # Drain rule
 //!
-//! Each frame: `update(now)` (reads all pending datagrams, handles timeouts, transmits), then
+//! The same for sessions and endpoints. Each frame: `update(now)` (reads all pending datagrams, handles timeouts, transmits), then
 //! `poll_event()` until `None`, then queue sends; they leave on the next `update` (or call
 //! `flush(now)` to send them at once).
 #![warn(missing_docs)]

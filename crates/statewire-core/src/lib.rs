@@ -188,7 +188,3 @@ pub use statewire_derive::Replicate;
 pub use statewire_derive::ReplicateEnum;
 pub use store::{EntityMut, Store, StoreConfig, StoreError};
 
-// Compiles and runs the README's example as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;

@@ -139,3 +139,9 @@ pub use connection::{ChannelId, ConnectionConfig};
 pub use crypto::{ConnectToken, Key, TokenParams};
 pub use host::{Host, LocalClient, PlayerLink};
 pub use server::{PeerStats, Server, ServerEvent, ServerSendError, ServerStats, TokenConfig};
+
+// Compiles and runs the README's examples as doctests (they use the endpoints, the core and the
+// transports, which this crate has).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

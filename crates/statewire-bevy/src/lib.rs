@@ -4,7 +4,7 @@
 //!
 //! # Quick start
 //!
-//! Declare replicated components as bevy [`Component`](bevy_ecs::component::Component)s
+//! Declare replicated components as bevy [`Component`]s
 //! that also implement statewire's [`Replicate`](statewire_core::Replicate) (the fields and
 //! their quantization). Register them on both apps, in the same order, with
 //! [`AppReplicateExt::replicate`], add [`StatewireServerPlugin`] or

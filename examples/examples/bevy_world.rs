@@ -6,9 +6,10 @@
 //! cargo run -p statewire-examples --example bevy_world -- 7     # another seed
 //! ```
 //!
-//! The integration itself (the server's sync, which feeds its store the changes bevy's change
-//! detection finds, the `WorldSink` that maps `EntityId`s to bevy `Entity`s on each client, and
-//! the game loop) is in `examples/src/bevy_world.rs`, shared with the crate's tests. The run
+//! The integration is the `statewire-bevy` adapter used without an app: its `ServerSync` feeds
+//! the server's store the changes bevy's change detection finds, and its `BevySink` maps
+//! `EntityId`s to bevy `Entity`s on each client. The game and the loop are in
+//! `examples/src/bevy_world.rs`, shared with the crate's tests. The run
 //! panics, naming the seed, if the server's store missed a change or any client's world differs
 //! from the server's after the quiet period.
 

@@ -6,11 +6,11 @@
 //! cargo run -p statewire-examples --example hecs_world -- 7     # another seed
 //! ```
 //!
-//! The integration itself (the server's sync, which feeds its store the changes
-//! `hecs::ChangeTracker` finds, the `WorldSink` that maps `EntityId`s to `hecs::Entity`s on
-//! each client, and the game loop) is in `examples/src/hecs_world.rs`, shared with the crate's
-//! tests. The run panics, naming the seed, if the server's store missed a change or any
-//! client's world differs from the server's after the quiet period.
+//! The integration is the `statewire-hecs` adapter: its `HecsReplication` feeds the server's
+//! store the changes `hecs::ChangeTracker` finds, and its `HecsSink` maps `EntityId`s to
+//! `hecs::Entity`s on each client. The game and the loop are in `examples/src/hecs_world.rs`,
+//! shared with the crate's tests. The run panics, naming the seed, if the server's store missed
+//! a change or any client's world differs from the server's after the quiet period.
 
 use statewire_examples::{hecs_world, seed_from_args};
 

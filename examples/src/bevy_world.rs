@@ -1,53 +1,33 @@
-//! statewire over [bevy_ecs](https://docs.rs/bevy_ecs) (bevy's ECS alone, without the engine): a
-//! server `bevy_ecs::world::World` tells the server's [`Store`] what changed each tick, found
-//! with bevy's own change detection ([`BevyServer::sync`]), and each client's own `World`
-//! receives the replicated state through [`WorldSink`], over loopback wrapped in netsim with
-//! the `poor` profile. The game, the loop and the checks are the same as in
-//! [`hecs_world`](crate::hecs_world); only the storage differs.
+//! statewire over [bevy_ecs](https://docs.rs/bevy_ecs) (bevy's ECS alone, without the engine),
+//! through the `statewire-bevy` adapter used without an app: a server
+//! `bevy_ecs::world::World` tells the server's [`Store`] what changed each tick, found with
+//! bevy's own change detection by a [`ServerSync`] ([`BevyServer::sync`]), and each client's
+//! own `World` receives the replicated state through a [`BevySink`], over loopback wrapped in
+//! netsim with the `poor` profile. The game, the loop and the checks are the same as in
+//! [`hecs_world`](crate::hecs_world); only the storage differs. (In a bevy app the adapter's
+//! plugins run the same two pieces as systems, and drive the endpoints too.)
 //!
 //! # Mapping entities
 //!
 //! As in the hecs example, each replicated entity carries a [`NetId`] from a server-side
-//! counter, and entities without one (the [`SpawnPoint`]) are not replicated. bevy's `Entity`
-//! is an index plus a generation and bevy reuses indices after a despawn, so it is not used as
-//! the wire id. Clients keep an `EntityId → Entity` map in their [`BevyClient`] sink and store
-//! the [`NetId`] on the entity too.
+//! counter and a [`NetOwner`], and entities without a [`NetId`] (the [`SpawnPoint`]) are not
+//! replicated. Clients find their `Entity` for an id in their [`NetEntities`], and the
+//! [`NetId`] is on the entity too.
 //!
 //! # Components
 //!
 //! [`Transform`] and [`Health`] (from [`game`], which derives bevy's `Component` for them) are
-//! replicated; [`Velocity`] and the [`Npc`] marker exist only on the server. statewire's
-//! [`Owner`] is a foreign type, so the orphan rule forbids making it a bevy `Component` here:
-//! both sides store it wrapped in [`NetOwner`].
+//! replicated (registered in the [`ReplicationRules`]); [`Velocity`] and the [`Npc`] marker
+//! exist only on the server.
 //!
 //! # Finding what changed
 //!
-//! The replicator's work per tick grows with the number of changes the store is told about, so
-//! the server tells it only those, and bevy already knows them: every component carries the
-//! change tick of its insertion and of its last mutable access, and every removal is recorded.
-//! [`BevyServer::sync`] reads them through the system parameters a bevy system would declare:
-//!
-//! - `Query<.., Added<NetId>>`: new replicated entities, spawned in the store with their owner;
-//! - `Query<.., Changed<NetOwner>>`, `Changed<Transform>`, `Changed<Health>`: values to `set`
-//!   (an insertion counts as a change, so a restored `Health` is among them);
-//! - `RemovedComponents<NetId>`: despawns (bevy reports a despawned entity as having lost each
-//!   of its components), and `RemovedComponents<Health>`: removals.
-//!
-//! bevy marks a component changed on any mutable access, even one that writes the same value;
-//! the store ignores a value that quantizes to what it already holds, so that costs a
-//! comparison and nothing else. A removal names the bevy [`Entity`], whose [`NetId`] is gone
-//! with it, so the server keeps an `Entity → EntityId` map of what it has spawned in the
-//! store.
-//!
-//! A replicated entity is spawned with its [`NetId`], [`NetOwner`] and [`Transform`] together
-//! (the queries above, and the end-of-run snapshot, read them together) and keeps them until
-//! it is despawned.
-//!
-//! In a bevy app `sync` would be a system (taking the store as a resource, say) scheduled
-//! after the game's systems. This example drives its world by hand, so it keeps the same
-//! parameters in a [`SystemState`], which remembers, like a system, the tick it last ran at
-//! and how far it has read the removals, and calls [`World::clear_trackers`] after each sync,
-//! as an app does at the end of every update, so the removal buffers do not grow forever.
+//! [`ServerSync::sync`] reads `Changed<NetId>` (spawns), `RemovedComponents<NetId>` (despawns),
+//! `Changed<NetOwner>`, and `Changed<T>` / `RemovedComponents<T>` for each replicated `T`, each
+//! through a `SystemState` that remembers, like a system, the tick it last ran at and how far
+//! it has read the removals. This example drives its world by hand, so after each sync it
+//! calls [`World::clear_trackers`], as an app does at the end of every update, so the removal
+//! buffers do not grow forever.
 //!
 //! # Reading the server's world
 //!
@@ -62,15 +42,14 @@
 //! `&World` but rebuilds the state (walking every archetype) on every snapshot, and a `RefCell`
 //! or `Mutex` around the state hides a mutation behind `&self` for no benefit.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use bevy_ecs::component::Component;
 use bevy_ecs::entity::Entity;
-use bevy_ecs::query::{Added, Changed, QueryFilter, QueryState, With, Without};
-use bevy_ecs::removal_detection::RemovedComponents;
-use bevy_ecs::system::{Query, SystemState};
+use bevy_ecs::query::{QueryFilter, QueryState, With, Without};
+use bevy_ecs::resource::IsResource;
 use bevy_ecs::world::World;
+pub use statewire_bevy::{BevySink, NetEntities, NetId, NetOwner, ReplicationRules, ServerSync};
 use statewire_core::{
     ClientId, ComponentView, EntityId, Owner, Registry, Snapshot, SnapshotBuilder, Store,
     StoreError, WorldSink, WorldSource,
@@ -81,15 +60,6 @@ use crate::{RunError, Summary};
 
 use crate::netsim_run::{self, Engine};
 pub use crate::netsim_run::{CLIENTS, PROFILE, QUIET_TICKS};
-
-/// The wire name of a replicated entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Component)]
-pub struct NetId(pub EntityId);
-
-/// Who may change the entity, stored as a component on both sides (statewire's [`Owner`] cannot
-/// derive bevy's `Component` from this crate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Component)]
-pub struct NetOwner(pub Owner);
 
 /// Server-only: how an entity moves, in m/s and rad/s.
 #[derive(Debug, Clone, Copy, PartialEq, Component)]
@@ -117,30 +87,29 @@ type Replicated = (
     Option<&'static Health>,
 );
 
-/// The change-detection parameters [`BevyServer::sync`] reads, as a system would declare them
-/// (a `SystemState` needs them spelled with `'static` lifetimes).
-type Changes = (
-    Query<'static, 'static, (Entity, &'static NetId, &'static NetOwner), Added<NetId>>,
-    Query<'static, 'static, (&'static NetId, &'static NetOwner), Changed<NetOwner>>,
-    Query<'static, 'static, (&'static NetId, &'static Transform), Changed<Transform>>,
-    Query<'static, 'static, (&'static NetId, &'static Health), Changed<Health>>,
-    RemovedComponents<'static, 'static, NetId>,
-    RemovedComponents<'static, 'static, Health>,
-);
+/// The replicated components, as both sides register them (the same ids as
+/// [`game::registry`]).
+///
+/// # Panics
+///
+/// Never: the game's schemas are valid.
+#[must_use]
+pub fn rules() -> ReplicationRules {
+    ReplicationRules::new()
+        .with::<Transform>()
+        .and_then(|r| r.with::<Health>())
+        .expect("the game's schemas are valid")
+}
 
-/// The server's game: a bevy world, the counter [`NetId`]s come from, what
-/// [`sync`](Self::sync) needs to find the world's changes, and the cached query the end-of-run
-/// snapshot reads through.
+/// The server's game: a bevy world, the counter [`NetId`]s come from, the adapter's
+/// [`ServerSync`] that finds the world's changes, and the cached query the end-of-run snapshot
+/// reads through.
 pub struct BevyServer {
     /// The authoritative world. Any change made to it, through any API, reaches the store at
     /// the next sync.
     pub world: World,
     replicated: QueryState<Replicated>,
-    /// The parameters of the sync "system" and its change ticks (see the [module docs](self)).
-    changes: SystemState<Changes>,
-    /// The wire id of every entity spawned in the store, to name an entity bevy reports as
-    /// despawned or as having lost a component.
-    net_ids: HashMap<Entity, EntityId>,
+    sync: ServerSync,
     clients: Vec<ClientId>,
     next_id: u32,
     /// What changed so far.
@@ -152,7 +121,7 @@ impl fmt::Debug for BevyServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BevyServer")
             .field("entities", &self.world.entities().len())
-            .field("in_store", &self.net_ids.len())
+            .field("in_store", &self.sync.len())
             .field("next_id", &self.next_id)
             .field("events", &self.events)
             .finish_non_exhaustive()
@@ -164,14 +133,10 @@ impl BevyServer {
     pub fn new(clients: &[ClientId], rng: &mut GameRng) -> Self {
         let mut world = World::new();
         let replicated = world.query::<Replicated>();
-        // Created before anything is spawned, but that does not matter: a new `SystemState`
-        // treats everything already in the world as added.
-        let changes = SystemState::new(&mut world);
         let mut s = BevyServer {
             world,
             replicated,
-            changes,
-            net_ids: HashMap::new(),
+            sync: ServerSync::new(&rules()),
             clients: clients.to_vec(),
             next_id: 0,
             events: GameEvents::default(),
@@ -254,10 +219,10 @@ impl BevyServer {
         // The NPCs' random turns are drawn in NetId order, then everything with a velocity
         // moves; the movement itself draws nothing, so its storage order does not matter.
         for (_, e) in self.npcs::<()>() {
-            if rng.chance(0.02) {
-                if let Some(mut v) = self.world.get_mut::<Velocity>(e) {
-                    v.turn = rng.range(-1.0, 1.0);
-                }
+            if rng.chance(0.02)
+                && let Some(mut v) = self.world.get_mut::<Velocity>(e)
+            {
+                v.turn = rng.range(-1.0, 1.0);
             }
         }
         for (mut t, v) in self
@@ -306,61 +271,28 @@ impl BevyServer {
         }
         if plan.restore_health {
             let without = self.npcs::<Without<Health>>();
-            if let Some(&(_, e)) = without.get(rng.below(without.len())) {
-                if let Ok(mut em) = self.world.get_entity_mut(e) {
-                    em.insert(Health { hp: 100 });
-                    self.events.health_restored += 1;
-                }
+            if let Some(&(_, e)) = without.get(rng.below(without.len()))
+                && let Ok(mut em) = self.world.get_entity_mut(e)
+            {
+                em.insert(Health { hp: 100 });
+                self.events.health_restored += 1;
             }
         }
-        if plan.hand_over {
-            if let Some(&(_, e)) = self.npcs::<()>().first() {
-                if let Some(mut owner) = self.world.get_mut::<NetOwner>(e) {
-                    owner.0 = game::next_owner(owner.0, &self.clients);
-                    self.events.owner_changes += 1;
-                }
-            }
+        if plan.hand_over
+            && let Some(&(_, e)) = self.npcs::<()>().first()
+            && let Some(mut owner) = self.world.get_mut::<NetOwner>(e)
+        {
+            owner.0 = game::next_owner(owner.0, &self.clients);
+            self.events.owner_changes += 1;
         }
     }
 
     /// Applies to `store` what changed in the world since the last call (on the first call:
     /// everything), for a tick the caller has started with [`Store::begin_tick`].
     pub fn sync(&mut self, store: &mut Store) -> Result<(), StoreError> {
-        let (spawned, owners, transforms, healths, mut despawned, mut lost_health) =
-            self.changes.get_mut(&mut self.world);
-        // Despawns first. An entity spawned and despawned within one tick was never in the
-        // store, so it is not in the map either.
-        for e in despawned.read() {
-            if let Some(id) = self.net_ids.remove(&e) {
-                store.despawn(id)?;
-            }
-        }
-        // Spawns before any component: the store needs the entity before its values.
-        for (e, id, owner) in &spawned {
-            store.spawn(id.0, owner.0)?;
-            self.net_ids.insert(e, id.0);
-        }
-        // Includes the entities just spawned (`Added` implies `Changed`); for them this is
-        // the owner they already have, which is not a change.
-        for (id, owner) in &owners {
-            store.set_owner(id.0, owner.0)?;
-        }
-        // Removals before sets: a `Health` removed and given back within one tick is reported
-        // by both, and must end up present.
-        for e in lost_health.read() {
-            // Not in the map: the entity was despawned (and handled above).
-            if let Some(&id) = self.net_ids.get(&e) {
-                store.remove::<Health>(id)?;
-            }
-        }
-        for (id, t) in &transforms {
-            store.set(id.0, t)?;
-        }
-        for (id, h) in &healths {
-            store.set(id.0, h)?;
-        }
-        // What a bevy app does after every update: start new removal buffers (the reader has
-        // consumed these) and a new change tick.
+        self.sync.sync(&mut self.world, store)?;
+        // What a bevy app does after every update: start new removal buffers (the sync has
+        // read these) and a new change tick.
         self.world.clear_trackers();
         Ok(())
     }
@@ -405,21 +337,14 @@ impl WorldSource for BevySource<'_> {
     }
 }
 
-/// A client's world: a bevy world kept up to date through [`WorldSink`].
-///
-/// The sink changes the world directly rather than through bevy's deferred `Commands`: it holds
-/// the world exclusively, and applying each change at once tells it whether the entity or
-/// component was there, which is how it counts [`errors`](Self::errors). In a bevy app the
-/// same code runs in an exclusive system (one taking `&mut World`).
+/// A client's world: a bevy world kept up to date through the adapter's [`BevySink`].
 #[derive(Debug)]
 pub struct BevyClient {
     /// The client's own world. Each replicated entity has a [`NetId`], a [`NetOwner`] and the
     /// replicated components it has on the server.
     pub world: World,
-    entities: HashMap<EntityId, Entity>,
-    /// Changes that could not be applied (unknown entity or component); always 0 when the
-    /// replicator and the sink agree.
-    pub errors: u64,
+    entities: NetEntities,
+    rules: ReplicationRules,
 }
 
 impl Default for BevyClient {
@@ -434,93 +359,49 @@ impl BevyClient {
     #[must_use]
     pub fn new() -> Self {
         let mut world = World::new();
-        world.register_component::<NetId>();
-        world.register_component::<NetOwner>();
-        world.register_component::<Transform>();
-        world.register_component::<Health>();
+        let rules = rules();
+        rules.register_components(&mut world);
         BevyClient {
             world,
-            entities: HashMap::new(),
-            errors: 0,
+            entities: NetEntities::default(),
+            rules,
         }
     }
 
     /// The bevy entity replicating `id`, if it exists.
     #[must_use]
     pub fn entity(&self, id: EntityId) -> Option<Entity> {
-        self.entities.get(&id).copied()
+        self.entities.get(id)
+    }
+
+    /// Changes that could not be applied (unknown entity or component); always 0 when the
+    /// replicator and the sink agree.
+    #[must_use]
+    pub fn errors(&self) -> u64 {
+        self.entities.errors()
+    }
+
+    fn sink(&mut self) -> BevySink<'_> {
+        // This example's worlds do not mark ownership: no client id.
+        BevySink::new(&mut self.world, &mut self.entities, &self.rules, None)
     }
 }
 
 impl WorldSink for BevyClient {
     fn spawn(&mut self, id: EntityId, owner: Owner) {
-        let e = self.world.spawn((NetId(id), NetOwner(owner))).id();
-        if let Some(old) = self.entities.insert(id, e) {
-            // The protocol never spawns a live id twice; keep the newer entity.
-            self.world.despawn(old);
-            self.errors += 1;
-        }
+        self.sink().spawn(id, owner);
     }
-
     fn despawn(&mut self, id: EntityId) {
-        let gone = self
-            .entities
-            .remove(&id)
-            .is_some_and(|e| self.world.despawn(e));
-        if !gone {
-            self.errors += 1;
-        }
+        self.sink().despawn(id);
     }
-
     fn set_owner(&mut self, id: EntityId, owner: Owner) {
-        let set = self.entity(id).is_some_and(|e| {
-            self.world
-                .get_mut::<NetOwner>(e)
-                .map(|mut o| o.0 = owner)
-                .is_some()
-        });
-        if !set {
-            self.errors += 1;
-        }
+        self.sink().set_owner(id, owner);
     }
-
     fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
-        let Some(mut em) = self
-            .entity(id)
-            .and_then(|e| self.world.get_entity_mut(e).ok())
-        else {
-            self.errors += 1;
-            return;
-        };
-        // bevy's `insert` adds or replaces, which is exactly "added or changed".
-        if let Some(t) = component.get::<Transform>() {
-            em.insert(t);
-        } else if let Some(h) = component.get::<Health>() {
-            em.insert(h);
-        } else {
-            self.errors += 1;
-        }
+        self.sink().insert(id, component);
     }
-
     fn remove(&mut self, id: EntityId, component: ComponentView<'_>) {
-        let Some(mut em) = self
-            .entity(id)
-            .and_then(|e| self.world.get_entity_mut(e).ok())
-        else {
-            self.errors += 1;
-            return;
-        };
-        // `take` rather than `remove`: it says whether the component was there.
-        let done = if component.is::<Transform>() {
-            em.take::<Transform>().is_some()
-        } else if component.is::<Health>() {
-            em.take::<Health>().is_some()
-        } else {
-            false
-        };
-        if !done {
-            self.errors += 1;
-        }
+        self.sink().remove(id, component);
     }
 }
 
@@ -559,10 +440,18 @@ pub fn verify(
         registry,
         snapshot,
         entries,
-        client.world.iter_entities().count(),
+        game_entities(&client.world),
         |id| client.entity(id),
         server_query.iter(&server.world).map(|(id, t)| (id.0, *t)),
     )
+}
+
+/// Entities of `world` other than its resources (which bevy 0.19 keeps as entities too).
+fn game_entities(world: &World) -> usize {
+    world
+        .iter_entities()
+        .filter(|e| !e.contains::<IsResource>())
+        .count()
 }
 
 /// Runs `ticks` active ticks and [`QUIET_TICKS`] quiet ones with [`CLIENTS`] clients over
@@ -597,11 +486,11 @@ impl Engine for BevyServer {
     fn events(&self) -> GameEvents {
         self.events
     }
-    fn client() -> BevyClient {
+    fn client(&self) -> BevyClient {
         BevyClient::new()
     }
     fn client_errors(client: &BevyClient) -> u64 {
-        client.errors
+        client.errors()
     }
     fn verify(
         &self,
@@ -656,19 +545,24 @@ mod tests {
     }
 
     #[test]
+    fn the_adapter_registers_the_games_components_in_order() {
+        assert_eq!(
+            rules().registry().fingerprint(),
+            game::registry().unwrap().fingerprint()
+        );
+    }
+
+    #[test]
     fn one_packet_fills_the_client_world_and_skips_server_only_state() {
         let registry = game::registry().unwrap();
         let mut game = new_game();
         let (snapshot, mut client) = replicate_once(&mut game, &registry);
         verify(&registry, &snapshot, &game, &client).unwrap();
         // The spawn point has no NetId; NPC markers and velocities stay on the server.
-        assert_eq!(
-            client.world.iter_entities().count(),
-            game.world.iter_entities().count() - 1
-        );
+        assert_eq!(game_entities(&client.world), game_entities(&game.world) - 1);
         assert_eq!(count::<Npc>(&mut client.world), 0);
         assert_eq!(count::<Velocity>(&mut client.world), 0);
-        assert_eq!(client.errors, 0);
+        assert_eq!(client.errors(), 0);
     }
 
     #[test]

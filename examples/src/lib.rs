@@ -12,9 +12,10 @@
 //!
 //! Each tick the server tells its replicated [`Store`](statewire_core::Store) only what changed,
 //! each example finding its changes the way its storage allows: the `Vec` world notes the ids
-//! it touches, the hecs world uses `hecs::ChangeTracker`, the bevy world bevy's own change
-//! detection (`Added`, `Changed`, `RemovedComponents`). The replicator's work per tick then
-//! grows with the number of changes, not with the size of the world.
+//! it touches, the hecs world uses `hecs::ChangeTracker` (through the `statewire-hecs` adapter),
+//! the bevy world bevy's own change detection (`Changed`, `RemovedComponents`, through the
+//! `statewire-bevy` adapter). The replicator's work per tick then grows with the number of
+//! changes, not with the size of the world.
 //!
 //! After the active ticks comes a quiet period with no changes, and each run then checks two
 //! things. The server's store equals a snapshot rebuilt from the game's whole world, so a

@@ -69,7 +69,7 @@ pub(crate) trait Engine: Sized {
     /// What the script did so far.
     fn events(&self) -> GameEvents;
     /// An empty client world.
-    fn client() -> Self::Client;
+    fn client(&self) -> Self::Client;
     /// Changes the client world could not apply.
     fn client_errors(client: &Self::Client) -> u64;
     /// Checks `client` against `snapshot` and the server's own state.
@@ -264,6 +264,8 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
     // The replicator reads the server's state from this store; the engine tells it what changed
     // each tick (`Engine::sync`).
     let mut store = Store::new(registry.clone(), StoreConfig::default());
+    let mut rng = GameRng::new(seed);
+    let mut game = E::new(&ids, &mut rng);
     let mut peers: Vec<Peer<E>> = Vec::new();
     let mut by_addr = HashMap::new();
     for (i, &id) in ids.iter().enumerate() {
@@ -278,7 +280,7 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
             addr,
             net: NetSim::new(endpoint, link.clone(), link_seed),
             repl: ClientReplicator::new(ClientConfig::default()),
-            world: E::client(),
+            world: game.client(),
             summary: ClientSummary {
                 client: id,
                 applied: 0,
@@ -291,8 +293,6 @@ pub(crate) fn run<E: Engine>(seed: u64, ticks: u32) -> Result<Summary, RunError>
         });
     }
 
-    let mut rng = GameRng::new(seed);
-    let mut game = E::new(&ids, &mut rng);
     let mut buf = vec![0u8; 65_536];
     let mut packet = Vec::new();
     let (mut acks_sent, mut bad_acks) = (0u64, 0u64);

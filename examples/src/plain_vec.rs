@@ -171,39 +171,39 @@ impl PlainServer {
                 self.remove(i);
             }
         }
-        if plan.damage > 0 {
-            if let Some(i) = self.pick(rng, |s| s.health.is_some()) {
-                let dead = self.ships[i].health.as_mut().is_some_and(|h| {
-                    h.hp -= plan.damage;
-                    h.hp <= 0
-                });
-                if dead {
-                    self.remove(i);
-                } else {
-                    self.dirty.push(self.ships[i].id);
-                }
-            }
-        }
-        if plan.remove_health {
-            if let Some(i) = self.pick(rng, |s| s.health.is_some()) {
-                self.ships[i].health = None;
+        if plan.damage > 0
+            && let Some(i) = self.pick(rng, |s| s.health.is_some())
+        {
+            let dead = self.ships[i].health.as_mut().is_some_and(|h| {
+                h.hp -= plan.damage;
+                h.hp <= 0
+            });
+            if dead {
+                self.remove(i);
+            } else {
                 self.dirty.push(self.ships[i].id);
-                self.events.health_removed += 1;
             }
         }
-        if plan.restore_health {
-            if let Some(i) = self.pick(rng, |s| s.health.is_none()) {
-                self.ships[i].health = Some(Health { hp: 100 });
-                self.dirty.push(self.ships[i].id);
-                self.events.health_restored += 1;
-            }
+        if plan.remove_health
+            && let Some(i) = self.pick(rng, |s| s.health.is_some())
+        {
+            self.ships[i].health = None;
+            self.dirty.push(self.ships[i].id);
+            self.events.health_removed += 1;
         }
-        if plan.hand_over {
-            if let Some(s) = self.ships.iter_mut().find(|s| s.npc) {
-                s.owner = game::next_owner(s.owner, &self.clients);
-                self.dirty.push(s.id);
-                self.events.owner_changes += 1;
-            }
+        if plan.restore_health
+            && let Some(i) = self.pick(rng, |s| s.health.is_none())
+        {
+            self.ships[i].health = Some(Health { hp: 100 });
+            self.dirty.push(self.ships[i].id);
+            self.events.health_restored += 1;
+        }
+        if plan.hand_over
+            && let Some(s) = self.ships.iter_mut().find(|s| s.npc)
+        {
+            s.owner = game::next_owner(s.owner, &self.clients);
+            self.dirty.push(s.id);
+            self.events.owner_changes += 1;
         }
     }
 

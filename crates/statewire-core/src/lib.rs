@@ -187,4 +187,3 @@ pub use statewire_derive::Replicate;
 #[cfg(feature = "derive")]
 pub use statewire_derive::ReplicateEnum;
 pub use store::{EntityMut, Store, StoreConfig, StoreError};
-

@@ -283,6 +283,9 @@ fn hostile_client_costs_only_itself() {
     let mut honest: GameClient<_, Steer> =
         GameClient::connect(net.endpoint(), addr, &protocol, Duration::ZERO).unwrap();
     let mut evil = raw_client(&net, addr);
+    let seed = 0x5eed_e71c;
+    println!("random envelopes from seed {seed:#x}");
+    let mut rng = statewire_transport::netsim::SimRng::new(seed);
     let mut owned = std::collections::HashMap::new();
     let mut rejected = 0;
     for frame in 0..200u32 {
@@ -308,6 +311,15 @@ fn hostile_client_costs_only_itself() {
         honest.flush(now).unwrap();
         evil.update(now).unwrap();
         while evil.poll_event().is_some() {}
+        if evil.is_connected() && frame % 2 == 1 {
+            // Seeded random envelopes: a valid tag (or not) and random bytes after it.
+            for _ in 0..8 {
+                let mut m = vec![rng.range_u64(0..=5) as u8];
+                m.extend((0..rng.range_u64(0..=40)).map(|_| rng.range_u64(0..=255) as u8));
+                let ch = ChannelId(rng.range_u64(0..=1) as u8);
+                let _ = evil.send(ch, &m);
+            }
+        }
         if evil.is_connected() && frame % 2 == 0 {
             // Garbage of every shape on both channels.
             for m in [

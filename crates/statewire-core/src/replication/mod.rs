@@ -68,7 +68,9 @@ pub const MIN_PACKET_BYTES: usize = 16;
 pub struct ServerConfig {
     /// Byte budget of one snapshot packet. Default 1,200 (fits common path MTUs with room for
     /// transport headers). What does not fit waits for the next packet, by priority. At least
-    /// [`MIN_PACKET_BYTES`].
+    /// [`MIN_PACKET_BYTES`]. Over statewire sessions the packet must also fit the session's
+    /// unreliable channel: the endpoints (`statewire::endpoint`) default to what it carries
+    /// (1,134 bytes with the default session) and refuse a larger budget.
     pub max_packet_bytes: usize,
     /// Most clients [`ServerReplicator::add_client`] accepts. Default 1,024 (at most 65,535).
     pub max_clients: usize,

@@ -14,6 +14,59 @@ use super::server::{EventRefused, GameServer, GameServerConfig};
 /// inputs come out as [`super::GameServerEvent::Input`] at the tick they are for, and its
 /// proposals are resolved with everyone else's. Its view is the server's store itself, so
 /// the same server-side game code runs whether the player is local or remote.
+///
+/// ```
+/// use std::time::Duration;
+/// use statewire::endpoint::*;
+/// use statewire_core::{Owner, Replicate};
+/// use statewire_transport::{Transport, loopback::{LoopbackConfig, LoopbackNet}};
+///
+/// #[derive(Replicate, Debug, Clone, Copy, PartialEq)]
+/// struct X(#[replicate(int(min = 0, max = 1000))] u16);
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let protocol = Protocol::new().with::<X>()?;
+/// let net = LoopbackNet::new(LoopbackConfig::default());
+/// let host_t = net.endpoint();
+/// let addr = host_t.local_addr();
+/// // Inputs: how far to step this tick.
+/// let mut host = GameHost::<_, u16>::new(host_t, &protocol, GameServerConfig::default())?;
+/// let mut friend = GameClient::<_, u16>::connect(net.endpoint(), addr, &protocol, Duration::ZERO)?;
+/// let mut players = std::collections::HashMap::new();
+/// for frame in 0..60u32 {
+///     let now = Duration::from_millis(33) * frame;
+///     host.set_input(1); // the host's own player steps 1 per tick
+///     let server = host.server();
+///     server.update(now)?;
+///     while let Some(ev) = server.poll_event() {
+///         match ev {
+///             // Local or remote, a player joins and sends inputs the same way.
+///             GameServerEvent::Joined(c) => {
+///                 let e = server.spawn(Owner::Client(c))?;
+///                 server.store_mut().set(e, &X(0))?;
+///                 players.insert(c, e);
+///             }
+///             GameServerEvent::Input { client, input, .. } => {
+///                 let e = players[&client];
+///                 let x = server.store().component::<X>(e).map_or(0, |x| x.0);
+///                 server.store_mut().set(e, &X(x + input))?;
+///             }
+///             _ => {}
+///         }
+///     }
+///     server.flush(now)?;
+///     friend.update(now)?;
+///     while friend.poll_event().is_some() {}
+///     friend.set_input(&2);
+///     friend.flush(now)?;
+/// }
+/// // The friend sees the host's player move, and holds the host's world.
+/// let hosts_player = players[&host.local_id()];
+/// assert!(friend.get::<X>(hosts_player).is_some_and(|x| x.0 >= 55));
+/// assert_eq!(friend.snapshot(), host.server_ref().store().snapshot());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct GameHost<T: Transport, I> {
     server: GameServer<T, I>,

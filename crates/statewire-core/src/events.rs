@@ -5,8 +5,11 @@
 //!
 //! Any peer *proposes* an event ([`Proposal`]: a kind, the entities it is about, a few bytes of
 //! game data, and the tick the proposer saw when it acted). The server collects proposals and,
-//! once per tick, [`EventServer::resolve`]s them in a deterministic order: by proposal tick,
-//! then server before clients, then by [`ClientId`], then by the proposer's sequence number.
+//! once per tick, [`EventServer::resolve`]s them in a deterministic order: by proposal tick
+//! (older first; a tick is taken as at most [`EventConfig::max_claim_age_ticks`] old and at
+//! most the resolving tick, so a claim stamped far in the past or the future cannot jump the
+//! queue), then server before clients, then by [`ClientId`], then by the proposer's sequence
+//! number.
 //! The game's `decide` callback sees them in that order and accepts or rejects each against its
 //! own state, so two players claiming the same kill in the same tick yield exactly one death
 //! (the first in that order) and everyone learns the same killer. Accepted proposals become
@@ -96,6 +99,10 @@ pub struct EventConfig {
     pub max_log: usize,
     /// Events carried by one snapshot packet. Default 32.
     pub max_per_packet: usize,
+    /// Oldest a proposal's tick counts as when ordering claims, in ticks before the resolving
+    /// tick (older stamps count as this old; stamps after the resolving tick count as it).
+    /// Default 90 (3 s at 30 Hz).
+    pub max_claim_age_ticks: u32,
 }
 
 impl Default for EventConfig {
@@ -107,6 +114,7 @@ impl Default for EventConfig {
             max_per_client_per_tick: 16,
             max_log: 65_536,
             max_per_packet: 32,
+            max_claim_age_ticks: 90,
         }
     }
 }
@@ -199,11 +207,12 @@ impl EventServer {
         mut decide: impl FnMut(&Proposal) -> bool,
     ) -> &[GameEvent] {
         let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_by(|a, b| {
-            a.tick
-                .wrapping_cmp(b.tick)
-                .then_with(|| writer_order(a.proposer).cmp(&writer_order(b.proposer)))
-                .then(a.seq.cmp(&b.seq))
+        // A total order (wrapping tick comparison is not one, and sorting with it can panic):
+        // the claim's age relative to `tick`, clamped to the window, oldest first.
+        let max_age = i64::from(self.config.max_claim_age_ticks);
+        pending.sort_by_key(|p| {
+            let age = i64::from(tick.diff(p.tick)).clamp(0, max_age);
+            (std::cmp::Reverse(age), writer_order(p.proposer), p.seq)
         });
         let first = self.log.len();
         for p in pending.drain(..) {

@@ -395,3 +395,47 @@ fn racing_claims_resolve_once_and_everyone_agrees() {
     );
     let _ = BTreeSet::<u32>::new();
 }
+
+/// Claims stamped with ticks a hostile client chose (far past, far future, spread around the
+/// tick circle, where a wrapping comparison is not a total order) resolve without a panic, in
+/// an order that does not depend on the order they arrived in, and a stamp older than the claim
+/// window does not win over a fresh one.
+#[test]
+fn hostile_claim_ticks_resolve_in_a_total_order() {
+    let ticks = [0u32, 0x5555_5556, 0xAAAA_AAAC, 7, u32::MAX, 100, 95];
+    let run = |order: &[usize]| {
+        let mut events = EventServer::new(EventConfig {
+            max_per_client_per_tick: 64,
+            ..EventConfig::default()
+        });
+        for &i in order {
+            let c = (i % 5) as u64 + 1;
+            events
+                .propose(Proposal {
+                    proposer: Writer::Client(ClientId(c)),
+                    seq: i as u32,
+                    tick: Tick(ticks[i % ticks.len()]),
+                    kind: 1,
+                    entities: Default::default(),
+                    data: Default::default(),
+                })
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let _ = events.resolve(Tick(100), |p| {
+            seen.push(p.seq);
+            true
+        });
+        seen
+    };
+    let forward: Vec<usize> = (0..64).collect();
+    let backward: Vec<usize> = (0..64).rev().collect();
+    let a = run(&forward);
+    assert_eq!(a.len(), 64);
+    assert_eq!(a, run(&backward));
+    // Tick 95 (5 ticks old) is older than tick 100 but both are in the window: 95 goes first;
+    // every stamp beyond the 90-tick window (or in the future) counts as exactly that old or
+    // as now, so it cannot claim to be older than the window.
+    let pos = |seq: u32| a.iter().position(|&s| s == seq).unwrap();
+    assert!(pos(6) < pos(5), "tick 95 before tick 100");
+}

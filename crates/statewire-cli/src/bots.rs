@@ -198,20 +198,23 @@ impl<T: Transport> BotClient<T> {
             .write_of(player, &Facing(self.aim))
             .into_iter()
             .collect();
-        let others: Vec<EntityId> = self
+        // Lowest ids first: the world is a hash map, whose order differs between processes.
+        let mut others: Vec<EntityId> = self
             .world
             .entities
             .iter()
             .filter(|(_, e)| e.owner.is_some() && e.owner != me)
             .map(|(&id, _)| id)
-            .take(4)
             .collect();
+        others.sort_unstable();
+        others.truncate(4);
         let enemy = self
             .world
             .entities
             .iter()
-            .find(|(_, e)| e.owner.is_none())
-            .map(|(&id, _)| id);
+            .filter(|(_, e)| e.owner.is_none())
+            .map(|(&id, _)| id)
+            .min();
         for id in others {
             writes.extend(self.write_of(id, &Facing(1.0)));
             writes.extend(self.write_of(id, &Position { x: 0.0, y: 0.0 }));

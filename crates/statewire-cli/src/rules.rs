@@ -262,9 +262,7 @@ impl<T: Transport> ServerGame<T> {
             match ev {
                 GameServerEvent::Joined(id) => {
                     if self.budget.is_some() {
-                        self.net
-                            .replicator_mut()
-                            .set_packet_budget(id, self.budget)?;
+                        self.net.set_packet_budget(id, self.budget)?;
                     }
                     self.game.add_player(id);
                 }

@@ -43,6 +43,18 @@ pub struct GameClientConfig {
     /// Events waiting for [`GameClient::poll_event`]; beyond it new ones are dropped and
     /// counted. Default 65,536.
     pub max_queued_events: usize,
+    /// Entities one proposal may name; must not exceed the server's
+    /// `EventConfig::max_entities`. Default 8 (the server's default).
+    pub max_event_entities: usize,
+    /// Data bytes one proposal may carry; must not exceed the server's
+    /// `EventConfig::max_data`. Default 64 (the server's default).
+    pub max_event_data: usize,
+    /// Proposals waiting for the server's answer; [`GameClient::propose`] refuses more.
+    /// Default 256.
+    pub max_open_predictions: usize,
+    /// State writes per message; must not exceed the server's
+    /// `GameServerConfig::max_writes_per_message`. Default 64 (the server's default).
+    pub max_writes_per_message: usize,
     /// Development mode: the salt of the handshake (it seeds the attempt the server's cookie
     /// names). `None` (default): from the operating system's CSPRNG; `Some`: reproducible
     /// runs (tests, simulations).
@@ -59,6 +71,10 @@ impl Default for GameClientConfig {
             input_redundancy: 3,
             max_input_bytes: 64,
             max_queued_events: 65_536,
+            max_event_entities: 8,
+            max_event_data: 64,
+            max_open_predictions: 256,
+            max_writes_per_message: 64,
             handshake_salt: None,
         }
     }
@@ -106,9 +122,12 @@ pub enum ClientActionError {
     /// The component is not registered or its value does not fit its schema.
     #[error("component value: {0}")]
     Value(String),
-    /// Over the event limits (entities or data bytes).
+    /// Over the proposal limits (`max_event_entities`, `max_event_data`).
     #[error("event proposal too large")]
     TooLarge,
+    /// `max_open_predictions` proposals are waiting for the server's answer.
+    #[error("too many proposals waiting for the server")]
+    TooManyOpen,
 }
 
 /// Counters of a [`GameClient`].
@@ -289,8 +308,15 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         {
             return Err(ConfigError::InputRedundancy(config.input_redundancy));
         }
-        if config.tick_rate_hz == 0 || config.max_queued_events == 0 {
+        if config.tick_rate_hz == 0
+            || config.max_queued_events == 0
+            || config.max_open_predictions == 0
+            || config.max_writes_per_message == 0
+        {
             return Err(ConfigError::ZeroLimit);
+        }
+        if config.max_event_entities > 255 || config.max_event_data > 255 {
+            return Err(ConfigError::EventLimits);
         }
         Ok(SessionConfig {
             protocol_id: protocol.fingerprint(),
@@ -447,7 +473,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     /// [`flush`](Self::flush) (and, for redundancy, with the few after it). Setting it again
     /// before the stamp moves replaces it. Ignored until we hold a first snapshot.
     pub fn set_input(&mut self, input: &I) {
-        let Some(mut tick) = self.input_tick() else {
+        let Some(tick) = self.input_tick() else {
             return;
         };
         let Ok(bytes) = postcard::to_allocvec(input) else {
@@ -456,29 +482,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         if bytes.len() > self.config.max_input_bytes {
             return;
         }
-        if let Some(&(last, _)) = self.recent.back() {
-            // Never stamp backwards (the RTT estimate fell): replace the newest instead.
-            if !tick.is_after(last) {
-                tick = last;
-                self.recent.pop_back();
-            } else if tick.diff(last) > 1 {
-                // Ticks between keep the previous input, as the server would.
-                let prev = self
-                    .recent
-                    .back()
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                let mut t = last.next();
-                while t.is_after(last) && tick.is_after(t) && self.recent.len() < 64 {
-                    self.recent.push_back((t, prev.clone()));
-                    t = t.next();
-                }
-            }
-        }
-        if self.recent.back().is_none_or(|&(t, _)| t != tick) {
+        if stamp(&mut self.recent, tick, bytes, self.config.input_redundancy) {
             self.stats.inputs_sent += 1;
         }
-        self.recent.push_back((tick, bytes));
         while self.recent.len() > self.config.input_redundancy {
             self.recent.pop_front();
         }
@@ -522,8 +528,13 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         data: &[u8],
     ) -> Result<u32, ClientActionError> {
         let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
-        if entities.len() > 255 || data.len() > 1024 {
+        if entities.len() > self.config.max_event_entities
+            || data.len() > self.config.max_event_data
+        {
             return Err(ClientActionError::TooLarge);
+        }
+        if self.predictions.open().count() >= self.config.max_open_predictions {
+            return Err(ClientActionError::TooManyOpen);
         }
         let tick = self.repl.tick().unwrap_or_default();
         let p = self.predictions.predict(
@@ -581,7 +592,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             while start < self.writes.len() {
                 let mut end = start + 1;
                 let mut size = 3 + write_len(&self.writes[start]);
-                while end < self.writes.len() && size + write_len(&self.writes[end]) <= limit {
+                while end < self.writes.len()
+                    && end - start < self.config.max_writes_per_message
+                    && size + write_len(&self.writes[end]) <= limit
+                {
                     size += write_len(&self.writes[end]);
                     end += 1;
                 }
@@ -689,6 +703,36 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     }
 }
 
+/// Adds `bytes` as the input for `tick` to `recent` (inputs for consecutive ticks, newest
+/// last; at most `keep` after the caller trims): an input is never stamped before the newest
+/// (it replaces it), ticks skipped since keep the previous input (as the server would), and
+/// after a gap of `keep` ticks or more nothing older is kept. Returns whether this is an input
+/// for a new tick.
+fn stamp(recent: &mut VecDeque<(Tick, Vec<u8>)>, tick: Tick, bytes: Vec<u8>, keep: usize) -> bool {
+    let mut tick = tick;
+    let mut fresh = true;
+    if let Some(&(last, _)) = recent.back() {
+        if !tick.is_after(last) {
+            // The RTT estimate fell: replace the newest instead of stamping backwards.
+            tick = last;
+            recent.pop_back();
+            fresh = false;
+        } else if tick.diff(last) as usize >= keep {
+            // A stall longer than the copies span: nothing before it is worth resending.
+            recent.clear();
+        } else {
+            let prev = recent.back().map(|(_, b)| b.clone()).unwrap_or_default();
+            let mut t = last.next();
+            while tick.is_after(t) {
+                recent.push_back((t, prev.clone()));
+                t = t.next();
+            }
+        }
+    }
+    recent.push_back((tick, bytes));
+    fresh
+}
+
 /// Encoded size of one write (see `statewire_core::authority::encode_writes`).
 fn write_len(w: &StateWrite) -> usize {
     use statewire_core::RawValue;
@@ -704,4 +748,49 @@ fn write_len(w: &StateWrite) -> usize {
             _ => 16,
         })
         .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticks(r: &VecDeque<(Tick, Vec<u8>)>) -> Vec<u32> {
+        r.iter().map(|(t, _)| t.0).collect()
+    }
+
+    #[test]
+    fn inputs_are_stamped_for_consecutive_ticks() {
+        let mut r = VecDeque::new();
+        let keep = 3;
+        let push = |r: &mut VecDeque<_>, t: u32, b: u8| {
+            let fresh = stamp(r, Tick(t), vec![b], keep);
+            while r.len() > keep {
+                r.pop_front();
+            }
+            fresh
+        };
+        assert!(push(&mut r, 98, 1));
+        assert!(push(&mut r, 99, 2));
+        assert!(push(&mut r, 100, 3));
+        assert_eq!(ticks(&r), [98, 99, 100]);
+        // The same tick again, or an earlier one: replaces the newest, not a new input.
+        assert!(!push(&mut r, 100, 4));
+        assert!(!push(&mut r, 97, 5));
+        assert_eq!(ticks(&r), [98, 99, 100]);
+        assert_eq!(r.back().map(|(_, b)| b[0]), Some(5));
+        // A skipped tick keeps the previous input.
+        assert!(push(&mut r, 102, 6));
+        assert_eq!(ticks(&r), [100, 101, 102]);
+        assert_eq!(r[1].1, vec![5]);
+        // A stall: only the new input, at its own tick (the copies stay consecutive).
+        assert!(push(&mut r, 250, 7));
+        assert_eq!(ticks(&r), [250]);
+        assert!(push(&mut r, 251, 8));
+        assert_eq!(ticks(&r), [250, 251]);
+        // Across the wrap of the tick counter.
+        let mut w = VecDeque::new();
+        push(&mut w, u32::MAX, 1);
+        push(&mut w, 1, 2);
+        assert_eq!(ticks(&w), [u32::MAX, 0, 1]);
+    }
 }

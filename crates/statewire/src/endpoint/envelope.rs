@@ -52,6 +52,12 @@ pub enum EnvelopeError {
     /// More inputs than allowed, or one larger than allowed.
     #[error("inputs over their limits")]
     InputsTooLarge,
+    /// A WRITES body that does not decode (or carries more writes than allowed).
+    #[error("state writes do not decode")]
+    Writes,
+    /// A PROPOSE body that does not decode (or is over the event limits).
+    #[error("event proposal does not decode")]
+    Proposal,
 }
 
 /// A decoded TICK message: the ack and the inputs (still encoded).

@@ -114,13 +114,14 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameHost<T, I> {
         self.server.set_local_input(self.local, input);
     }
 
-    /// Proposes an event as the host's player.
+    /// Proposes an event as the host's player; returns its sequence number (see
+    /// [`GameServer::propose_local`]).
     pub fn propose(
         &mut self,
         kind: u16,
         entities: &[EntityId],
         data: &[u8],
-    ) -> Result<(), EventRefused> {
+    ) -> Result<u32, EventRefused> {
         self.server.propose_local(self.local, kind, entities, data)
     }
 

@@ -187,9 +187,15 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("a queue or rate limit is zero")]
     ZeroLimit,
+    /// `max_event_entities` or `max_event_data` is over 255 (what a proposal encodes).
+    #[error("max_event_entities and max_event_data may be at most 255")]
+    EventLimits,
     /// The connect token could not be used.
     #[error("connect token: {0}")]
     Token(String),
+    /// No connected client has this id.
+    #[error("no connected client {0}")]
+    UnknownClient(statewire_core::ClientId),
 }
 
 /// Checks what both endpoint kinds need from the session.

@@ -15,7 +15,7 @@ use statewire_core::{
 };
 use statewire_transport::{Transport, TransportError};
 
-use super::envelope::{self, EnvelopeError};
+use super::envelope::{self, EnvelopeError, MAX_INPUTS_PER_MESSAGE};
 use super::protocol::{Delivery, Message, MessageChannel, MessageError, Protocol, encode_message};
 use super::{ConfigError, RELIABLE, UNRELIABLE, check_session};
 use crate::config::{DisconnectReason, Fault, SessionConfig};
@@ -49,8 +49,14 @@ pub struct GameServerConfig {
     /// State writes one message may carry. Default 64.
     pub max_writes_per_message: usize,
     /// Events waiting for [`GameServer::poll_event`]; beyond it new ones are dropped and
-    /// counted in [`GameServerStats::events_dropped`]. Default 65,536.
+    /// counted in [`GameServerStats::events_dropped`]. Drain the queue every tick: then only
+    /// the events below can fill it, and they have their own budget. Default 65,536.
     pub max_queued_events: usize,
+    /// Events one client's messages may cause per tick ([`GameServerEvent::WriteApplied`],
+    /// [`GameServerEvent::WriteRejected`], [`GameServerEvent::Message`]); beyond it they are
+    /// dropped and counted (the writes themselves are still applied or refused), so one client
+    /// cannot crowd out the others' events. Default 64.
+    pub max_events_per_client_per_tick: u32,
 }
 
 impl Default for GameServerConfig {
@@ -75,6 +81,7 @@ impl Default for GameServerConfig {
             max_input_bytes: 64,
             max_writes_per_message: 64,
             max_queued_events: 65_536,
+            max_events_per_client_per_tick: 64,
         }
     }
 }
@@ -90,6 +97,9 @@ pub enum WriteRefusal {
     /// ([`GameServer::set_client_writable`]).
     #[error("clients may not write this component")]
     NotWritable,
+    /// The entity has no such component (a write changes a component; it never adds one).
+    #[error("the entity has no such component")]
+    NoSuchComponent,
 }
 
 /// What happened on a [`GameServer`]; drain with [`GameServer::poll_event`] after each
@@ -132,6 +142,13 @@ pub enum GameServerEvent<I> {
     },
     /// An event was resolved (accepted) this tick; it reaches every client once.
     EventResolved(GameEvent),
+    /// A proposal of the host's local player was refused.
+    LocalProposalRefused {
+        /// The local player.
+        client: ClientId,
+        /// The sequence number [`GameServer::propose_local`] returned.
+        seq: u32,
+    },
     /// A user message from a client.
     Message(ClientId, Message),
 }
@@ -152,7 +169,8 @@ pub struct GameServerStats {
     pub records: u64,
     /// Changes left for a later packet (by priority, within the budget), summed over packets.
     pub deferred: u64,
-    /// Packets over their client's budget (never expected; counted to prove it).
+    /// Packets the encoder reports over their client's budget, or longer than
+    /// `max_packet_bytes` (never expected; counted to prove it).
     pub budget_exceeded: u64,
     /// Longest a change waited for a packet, in ticks.
     pub max_staleness_ticks: u32,
@@ -199,6 +217,10 @@ pub struct GameServer<T: Transport, I> {
     remote: Vec<ClientId>,
     local: Vec<ClientId>,
     queue: VecDeque<GameServerEvent<I>>,
+    per_client_events: HashMap<ClientId, u32>,
+    /// Clients disconnected by the endpoint whose `Left` waits for the session's event.
+    pending_left: Vec<ClientId>,
+    next_local_seq: u32,
     local_messages: VecDeque<(ClientId, Message)>,
     writable: Option<u64>,
     next_entity: u32,
@@ -282,7 +304,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 session: config.session.max_clients,
             });
         }
-        if config.max_inputs_per_client == 0 || config.max_queued_events == 0 {
+        if config.max_inputs_per_client == 0
+            || config.max_queued_events == 0
+            || config.max_events_per_client_per_tick == 0
+        {
             return Err(ConfigError::ZeroLimit);
         }
         config.session.protocol_id = protocol.fingerprint();
@@ -309,6 +334,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             remote: Vec::new(),
             local: Vec::new(),
             queue: VecDeque::new(),
+            per_client_events: HashMap::new(),
+            pending_left: Vec::new(),
+            next_local_seq: 0,
             local_messages: VecDeque::new(),
             writable: None,
             next_entity: 1,
@@ -330,8 +358,16 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             match ev {
                 ServerEvent::Connected(id) => self.join(id),
                 ServerEvent::Disconnected(id, reason) => {
+                    // Only clients the game saw join hear of leaving (one refused at join
+                    // never joined).
+                    let known = self.remote.contains(&id)
+                        || self.local.contains(&id)
+                        || self.pending_left.contains(&id);
+                    self.pending_left.retain(|&c| c != id);
                     self.forget(id);
-                    self.push(GameServerEvent::Left(id, reason));
+                    if known {
+                        self.push(GameServerEvent::Left(id, reason));
+                    }
                 }
                 ServerEvent::Message(id, channel, bytes) => {
                     if self.handle_message(id, channel, &bytes).is_err() {
@@ -365,9 +401,12 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         // Ticks only increase, so this cannot fail.
         let _ = self.store.begin_tick(self.tick);
         self.authority.begin_tick(self.tick);
+        self.per_client_events.clear();
         self.stats.ticks += 1;
     }
 
+    /// Queues an event the endpoint itself causes (joins, leaves, inputs, resolved events):
+    /// at most a few per client per tick, so only a game that stops polling fills the queue.
     fn push(&mut self, ev: GameServerEvent<I>) {
         if self.queue.len() >= self.config.max_queued_events {
             self.stats.events_dropped += 1;
@@ -376,13 +415,27 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         }
     }
 
+    /// Queues an event a client's own messages cause (its writes, its user messages), within
+    /// its per-tick budget, so one client cannot crowd the others' events out.
+    fn push_from(&mut self, client: ClientId, ev: GameServerEvent<I>) {
+        let n = self.per_client_events.entry(client).or_insert(0);
+        if *n >= self.config.max_events_per_client_per_tick {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        *n += 1;
+        self.push(ev);
+    }
+
     fn join(&mut self, id: ClientId) {
         if self.session.is_local(id) {
             self.local.push(id);
         } else {
-            // The replicator refusing a client (full) costs only that client.
+            // The replicator refusing a client (full) costs only that client, which the game
+            // never sees join.
             if self.repl.add_client(id).is_err() {
-                self.fault(id, Fault::OverBudget);
+                self.stats.fault_disconnects += 1;
+                self.session.disconnect_for_fault(id, Fault::OverBudget);
                 return;
             }
             self.remote.push(id);
@@ -390,11 +443,15 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         self.push(GameServerEvent::Joined(id));
     }
 
+    /// Disconnects `id` for a fault of its own; the session reports it gone (a
+    /// [`GameServerEvent::Left`] with the fault as the reason follows from that report).
     fn fault(&mut self, id: ClientId, fault: Fault) {
         self.stats.fault_disconnects += 1;
         self.session.disconnect_for_fault(id, fault);
-        self.forget(id);
-        self.push(GameServerEvent::Left(id, DisconnectReason::Fault(fault)));
+        // Replicate nothing more to it; `Left` comes with the session's event.
+        self.repl.remove_client(id);
+        self.remote.retain(|&c| c != id);
+        self.pending_left.push(id);
     }
 
     /// Frees everything kept for `id`.
@@ -406,6 +463,8 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         self.latest_input.remove(&id);
         self.last_encode.remove(&id);
         self.local_inputs.retain(|(c, _)| *c != id);
+        self.local_messages.retain(|(c, _)| *c != id);
+        self.per_client_events.remove(&id);
         self.remote.retain(|&c| c != id);
         self.local.retain(|&c| c != id);
     }
@@ -426,9 +485,12 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 }
                 let mut tick = m.first_tick;
                 for raw in m.inputs {
-                    // Redundant copies of inputs for ticks already run are expected: skip them
-                    // without counting them as rejections.
-                    if !self.tick.is_after(tick) {
+                    // Redundant copies of inputs for the few ticks just run are expected: skip
+                    // them without counting. Anything older goes to the buffer, which counts it
+                    // as too old.
+                    let copy = self.tick.is_after(tick)
+                        && self.tick.diff(tick) <= MAX_INPUTS_PER_MESSAGE as i32;
+                    if !copy {
                         match postcard::from_bytes::<I>(raw) {
                             // The buffer counts out-of-window inputs.
                             Ok(input) => drop(self.inputs.push(id, tick, input)),
@@ -445,7 +507,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                     body,
                     self.config.max_writes_per_message,
                 )
-                .map_err(|_| EnvelopeError::Truncated)?;
+                .map_err(|_| EnvelopeError::Writes)?;
                 for w in &writes {
                     self.apply_write(id, w);
                 }
@@ -453,7 +515,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             }
             (envelope::PROPOSE, RELIABLE) => {
                 let p = decode_proposal(body, id, self.events.config())
-                    .map_err(|_| EnvelopeError::Truncated)?;
+                    .map_err(|_| EnvelopeError::Proposal)?;
                 // Refusals (rate, size) come back through take_rejections.
                 let _ = self.events.propose(p);
                 Ok(())
@@ -473,13 +535,16 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 if ch != expected || msg.len() > info.max_bytes {
                     return Err(EnvelopeError::InputsTooLarge);
                 }
-                self.push(GameServerEvent::Message(
+                self.push_from(
                     id,
-                    Message {
-                        channel: index,
-                        bytes: msg.to_vec(),
-                    },
-                ));
+                    GameServerEvent::Message(
+                        id,
+                        Message {
+                            channel: index,
+                            bytes: msg.to_vec(),
+                        },
+                    ),
+                );
                 Ok(())
             }
             _ => Err(EnvelopeError::UnexpectedTag(tag)),
@@ -491,17 +556,23 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         // transfers for the grace period).
         sync_owner(&mut self.authority, w.entity, self.store.owner(w.entity));
         self.scratch.clear();
-        let verdict = self
-            .authority
-            .accept_write(self.protocol.registry(), client, w, &mut self.scratch)
-            .map_err(WriteRefusal::from)
-            .and_then(|()| match self.writable {
-                Some(mask) if w.component.0 >= 64 || mask & (1 << w.component.0) == 0 => {
-                    Err(WriteRefusal::NotWritable)
-                }
-                _ => Ok(()),
-            });
+        // The game's policy first, so a refused component costs no write budget.
+        let verdict = match self.writable {
+            Some(mask) if w.component.0 >= 64 || mask & (1 << w.component.0) == 0 => {
+                Err(WriteRefusal::NotWritable)
+            }
+            _ => Ok(()),
+        };
         let verdict = verdict.and_then(|()| {
+            self.authority
+                .accept_write(self.protocol.registry(), client, w, &mut self.scratch)
+                .map_err(WriteRefusal::from)
+        });
+        // A write changes a component the entity has; it never adds one.
+        let verdict = verdict.and_then(|()| {
+            if self.store.component_view(w.entity, w.component).is_none() {
+                return Err(WriteRefusal::NoSuchComponent);
+            }
             self.store
                 .set_quantized(w.entity, w.component, &self.scratch)
                 .map_err(|_| WriteRefusal::Authority(WriteRejection::UnknownEntity))
@@ -509,19 +580,25 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         match verdict {
             Ok(()) => {
                 self.stats.writes_applied += 1;
-                self.push(GameServerEvent::WriteApplied {
+                self.push_from(
                     client,
-                    entity: w.entity,
-                    component: w.component,
-                });
+                    GameServerEvent::WriteApplied {
+                        client,
+                        entity: w.entity,
+                        component: w.component,
+                    },
+                );
             }
             Err(reason) => {
                 self.stats.writes_rejected += 1;
-                self.push(GameServerEvent::WriteRejected {
+                self.push_from(
                     client,
-                    entity: w.entity,
-                    reason,
-                });
+                    GameServerEvent::WriteRejected {
+                        client,
+                        entity: w.entity,
+                        reason,
+                    },
+                );
             }
         }
     }
@@ -554,6 +631,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         for (client, seq) in self.events.take_rejections() {
             self.stats.proposals_rejected += 1;
             if self.session.is_local(client) {
+                self.push(GameServerEvent::LocalProposalRefused { client, seq });
                 continue;
             }
             if self
@@ -575,26 +653,32 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         entities: &[EntityId],
         data: &[u8],
     ) -> Result<(), EventRefused> {
-        self.propose_as(Writer::Server, kind, entities, data)
+        self.propose_as(Writer::Server, 0, kind, entities, data)
     }
 
     /// Proposes an event as the host's local player `client` (see [`GameHost`](super::GameHost)).
+    /// Returns its sequence number: a refusal comes back as
+    /// [`GameServerEvent::LocalProposalRefused`], an acceptance as the resolved event with it.
     pub fn propose_local(
         &mut self,
         client: ClientId,
         kind: u16,
         entities: &[EntityId],
         data: &[u8],
-    ) -> Result<(), EventRefused> {
+    ) -> Result<u32, EventRefused> {
         if !self.local.contains(&client) {
             return Err(EventRefused);
         }
-        self.propose_as(Writer::Client(client), kind, entities, data)
+        let seq = self.next_local_seq;
+        self.next_local_seq = seq.wrapping_add(1);
+        self.propose_as(Writer::Client(client), seq, kind, entities, data)?;
+        Ok(seq)
     }
 
     fn propose_as(
         &mut self,
         proposer: Writer,
+        seq: u32,
         kind: u16,
         entities: &[EntityId],
         data: &[u8],
@@ -602,7 +686,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         self.events
             .propose(Proposal {
                 proposer,
-                seq: 0,
+                seq,
                 tick: self.tick,
                 kind,
                 entities: EntityRefs::from_slice(entities),
@@ -811,8 +895,34 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         &mut self.store
     }
 
-    /// The replicator, for per-client settings: [`ServerReplicator::set_viewer`],
-    /// [`ServerReplicator::set_packet_budget`], rooms, filters and weights.
+    /// Sets `client`'s replication packet budget (`None`: the configured
+    /// `max_packet_bytes`); a budget over what the session's unreliable channel carries, or
+    /// under [`statewire_core::MIN_PACKET_BYTES`], is refused.
+    pub fn set_packet_budget(
+        &mut self,
+        client: ClientId,
+        budget: Option<usize>,
+    ) -> Result<(), ConfigError> {
+        if let Some(b) = budget {
+            let limit = self.config.replication.max_packet_bytes;
+            if b > limit {
+                return Err(ConfigError::PacketBudgetTooLarge { budget: b, limit });
+            }
+            if b < statewire_core::MIN_PACKET_BYTES {
+                return Err(ConfigError::PacketBudgetTooSmall {
+                    budget: b,
+                    min: statewire_core::MIN_PACKET_BYTES,
+                });
+            }
+        }
+        self.repl
+            .set_packet_budget(client, budget)
+            .map_err(|_| ConfigError::UnknownClient(client))
+    }
+
+    /// The replicator, for per-client settings: [`ServerReplicator::set_viewer`], rooms,
+    /// filters and weights (set budgets with [`set_packet_budget`](Self::set_packet_budget),
+    /// which checks them against the session).
     pub fn replicator_mut(&mut self) -> &mut ServerReplicator {
         &mut self.repl
     }
@@ -904,8 +1014,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     pub fn kick(&mut self, client: ClientId) -> bool {
         let kicked = self.session.kick(client);
         if kicked {
-            self.forget(client);
-            self.push(GameServerEvent::Left(client, DisconnectReason::Kicked));
+            // `Left` comes with the session's event at the next update.
+            self.repl.remove_client(client);
+            self.remote.retain(|&c| c != client);
+            self.pending_left.push(client);
         }
         kicked
     }

@@ -173,6 +173,7 @@
 //! their few small dependencies are built; the first build of this crate after the rest of
 //! the workspace, all new dependencies included, took 1 min 49 s (44 s of CPU).
 
+mod owner_writes;
 mod plugin;
 mod rules;
 mod sink;

@@ -215,6 +215,15 @@ pub trait AppReplicateExt {
     /// [`replicate`](Self::replicate), returning the schema error instead of panicking.
     fn try_replicate<T: Replicate + Component>(&mut self) -> Result<&mut Self, ProtocolError>;
 
+    /// Replicates `T` and lets its owner write it: on a client, a game system's change of `T`
+    /// on an [`Owned`](crate::Owned) entity is sent to the server as a state write (see
+    /// [`ReplicationRules::replicate_owned`]).
+    ///
+    /// # Panics
+    ///
+    /// If `T`'s schema is invalid.
+    fn replicate_owned<T: Replicate + Component>(&mut self) -> &mut Self;
+
     /// The protocol the registered components make, to build the endpoint with.
     fn protocol(&self) -> Protocol;
 }
@@ -231,6 +240,19 @@ impl AppReplicateExt for App {
         world.resource_mut::<ReplicationRules>().replicate::<T>()?;
         world.register_component::<T>();
         Ok(self)
+    }
+
+    fn replicate_owned<T: Replicate + Component>(&mut self) -> &mut Self {
+        let world = self.world_mut();
+        world.init_resource::<ReplicationRules>();
+        if let Err(e) = world
+            .resource_mut::<ReplicationRules>()
+            .replicate_owned::<T>()
+        {
+            panic!("cannot replicate {}: {e}", T::NAME);
+        }
+        world.register_component::<T>();
+        self
     }
 
     fn protocol(&self) -> Protocol {
@@ -374,7 +396,9 @@ where
 ///   [`Owned`](crate::Owned), component inserts and removals, despawns), events out as
 ///   [`ClientEvent`]s;
 /// - `PostUpdate` ([`StatewireSet::Send`]): the [`LocalInput`] to `GameClient::set_input`,
-///   then `GameClient::flush` (with any writes the game queued through [`NetClient`]).
+///   the game's changes of [`replicate_owned`](AppReplicateExt::replicate_owned) components
+///   on [`Owned`](crate::Owned) entities as writes, then `GameClient::flush` (with any writes
+///   the game queued through [`NetClient`]).
 ///
 /// [`replicate`]: AppReplicateExt::replicate
 /// [`protocol`]: AppReplicateExt::protocol
@@ -431,6 +455,10 @@ where
                 if let Err(e) = net.client.update_with(now, &mut sink) {
                     net.error = Some(e);
                 }
+                // What the replication changed is not the owner's to send back.
+                for f in rules.owner_writes() {
+                    (f.consume)(world);
+                }
                 let me = net.client.id();
                 if me != before {
                     // We learnt our id in this update: mark what we own.
@@ -471,6 +499,18 @@ where
             .and_then(|i| i.0.as_ref())
         {
             net.client.set_input(input);
+        }
+        // The owner's own changes, as writes.
+        let mut writes = Vec::new();
+        world.init_resource::<ReplicationRules>();
+        world.resource_scope(|world, rules: Mut<ReplicationRules>| {
+            for f in rules.owner_writes() {
+                (f.collect)(world, rules.registry(), &mut writes);
+            }
+        });
+        for w in writes {
+            // Refused locally only if ownership moved since the query ran.
+            let _ = net.client.write_raw(w);
         }
         if let Err(e) = net.client.flush(now) {
             net.error = Some(e);

@@ -91,6 +91,8 @@ pub struct ReplicationRules {
     protocol: Protocol,
     /// Indexed by `ComponentId.0`.
     fns: Vec<Option<ComponentFns>>,
+    /// Components their owner writes (client side), each once.
+    owner_writes: Vec<(ComponentId, crate::owner_writes::OwnerWriteFns)>,
 }
 
 impl std::fmt::Debug for ReplicationRules {
@@ -116,6 +118,7 @@ impl ReplicationRules {
         ReplicationRules {
             protocol,
             fns: Vec::new(),
+            owner_writes: Vec::new(),
         }
     }
 
@@ -139,6 +142,28 @@ impl ReplicationRules {
             register: register::<T>,
         });
         Ok(id)
+    }
+
+    /// Replicates `T` (as [`replicate`](Self::replicate)) and lets its owner write it: on a
+    /// client, when a game system changes `T` on an entity marked [`Owned`](crate::Owned), the
+    /// client plugin sends the new value to the server, which validates it (owner, rate,
+    /// range; see `GameServer::set_client_writable` for the server's own policy) and applies
+    /// it. Changes the replication made are not echoed back.
+    pub fn replicate_owned<T: Replicate + Component>(
+        &mut self,
+    ) -> Result<ComponentId, ProtocolError> {
+        let id = self.replicate::<T>()?;
+        if !self.owner_writes.iter().any(|(c, _)| *c == id) {
+            self.owner_writes
+                .push((id, crate::owner_writes::fns::<T>()));
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn owner_writes(
+        &self,
+    ) -> impl Iterator<Item = crate::owner_writes::OwnerWriteFns> + '_ {
+        self.owner_writes.iter().map(|(_, f)| *f)
     }
 
     /// Builder form of [`replicate`](Self::replicate).

@@ -497,24 +497,31 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         entity: EntityId,
         value: &C,
     ) -> Result<(), ClientActionError> {
-        let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
-        if self.repl.owner(entity) != Some(Owner::Client(me)) {
-            return Err(ClientActionError::NotOwned(entity));
-        }
         let mut values = Vec::new();
         let component = self
             .protocol
             .registry()
             .raw_values(value, &mut values)
             .map_err(|e| ClientActionError::Value(e.to_string()))?;
-        // A newer write of the same component replaces a queued one.
-        self.writes
-            .retain(|w| !(w.entity == entity && w.component == component));
-        self.writes.push(StateWrite {
+        self.write_raw(StateWrite {
             entity,
             component,
             values,
-        });
+        })
+    }
+
+    /// [`write`](Self::write) with the values already taken apart
+    /// ([`Registry::raw_values`](statewire_core::Registry::raw_values)): for engine adapters
+    /// that hold components by id.
+    pub fn write_raw(&mut self, write: StateWrite) -> Result<(), ClientActionError> {
+        let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
+        if self.repl.owner(write.entity) != Some(Owner::Client(me)) {
+            return Err(ClientActionError::NotOwned(write.entity));
+        }
+        // A newer write of the same component replaces a queued one.
+        self.writes
+            .retain(|w| !(w.entity == write.entity && w.component == write.component));
+        self.writes.push(write);
         Ok(())
     }
 

@@ -119,7 +119,7 @@ fn the_owner_writes_its_changes_and_nothing_else() {
         .iter(server.world())
         .map(|(o, a)| (o.0 == Owner::Server, a.0))
         .collect();
-    aims.sort_by(|a, b| a.0.cmp(&b.0));
+    aims.sort_by_key(|a| a.0);
     assert_eq!(aims, vec![(false, 0.5), (true, 1.0)]);
     // And the client took the correction.
     let mut q = client.world_mut().query_filtered::<&Aim, With<Owned>>();

@@ -199,6 +199,9 @@ pub struct GameServerStats {
 /// [`store_mut`](Self::store_mut), [`resolve_events`](Self::resolve_events), then
 /// [`flush`](Self::flush) (replicates to every client and transmits). Ownership lives in the
 /// store alone: writes are accepted from the client the store names as the entity's owner.
+/// (The authority learns of a transfer when the entity is next written, so a previous owner's
+/// late writes are refused as [`WriteRejection::AuthorityMoved`] for the grace period counted
+/// from then, not from the transfer itself.)
 pub struct GameServer<T: Transport, I> {
     session: Server<T>,
     protocol: Protocol,

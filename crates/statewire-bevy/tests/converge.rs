@@ -12,74 +12,10 @@ use statewire::endpoint::{
     GameClient, GameClientConfig, GameServer, GameServerConfig, GameServerEvent,
 };
 use statewire_bevy::*;
-use statewire_core::{ClientId, Field, FieldKind, FieldReader, FieldWriter, Owner, Replicate};
+use statewire_core::{ClientId, Owner};
+use statewire_testkit::{Aim, Hp, Pos};
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
-
-#[derive(Component, Debug, Clone, Copy, PartialEq)]
-struct Pos {
-    x: f32,
-    y: f32,
-}
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        let axis = FieldKind::Float {
-            min: -256.0,
-            max: 256.0,
-            precision: 1.0 / 32.0,
-        };
-        vec![Field::new("x", axis), Field::new("y", axis)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
-
-#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
-struct Hp(i64);
-impl Replicate for Hp {
-    const NAME: &'static str = "Hp";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("hp", FieldKind::Int { min: 0, max: 100 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Hp(r.int()?))
-    }
-}
-
-/// Where a player aims; written by its owner.
-#[derive(Component, Debug, Clone, Copy, PartialEq)]
-struct Aim(f32);
-impl Replicate for Aim {
-    const NAME: &'static str = "Aim";
-    fn fields() -> Vec<Field> {
-        vec![Field::new(
-            "a",
-            FieldKind::Float {
-                min: -4.0,
-                max: 4.0,
-                precision: 1.0 / 64.0,
-            },
-        )]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Aim(r.f32()?))
-    }
-}
 
 /// Server-only marker.
 #[derive(Component)]

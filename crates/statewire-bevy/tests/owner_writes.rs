@@ -9,12 +9,10 @@ use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 use statewire::endpoint::{GameClient, GameServer, GameServerConfig, GameServerEvent};
 use statewire_bevy::*;
-use statewire_core::{Owner, Replicate};
+use statewire_core::Owner;
+use statewire_testkit::Aim;
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
-
-#[derive(Component, Replicate, Debug, Clone, Copy, PartialEq)]
-struct Aim(#[replicate(float(min = -4.0, max = 4.0, precision = 1.0 / 64.0))] f32);
 
 type Net = LoopbackEndpoint;
 const ACTIVE: u64 = 60;

@@ -4,46 +4,10 @@
 use bevy_ecs::prelude::*;
 use statewire_bevy::{NetId, NetOwner, Replicated, ReplicationRules, ServerSync, SyncStats};
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, EntityId, Field, FieldKind, FieldReader, FieldWriter,
-    Owner, Replicate, ServerConfig, ServerReplicator, Store, StoreConfig, Tick,
+    ClientConfig, ClientId, ClientReplicator, EntityId, Owner, ServerConfig, ServerReplicator,
+    Store, StoreConfig, Tick,
 };
-
-#[derive(Component, Debug, Clone, Copy, PartialEq)]
-struct Pos(f32);
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        vec![Field::new(
-            "x",
-            FieldKind::Float {
-                min: -100.0,
-                max: 100.0,
-                precision: 0.125,
-            },
-        )]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos(r.f32()?))
-    }
-}
-
-#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
-struct Hp(i64);
-impl Replicate for Hp {
-    const NAME: &'static str = "Hp";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("hp", FieldKind::Int { min: 0, max: 100 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Hp(r.int()?))
-    }
-}
+use statewire_testkit::{Hp, X};
 
 /// Server-only.
 #[derive(Component, Debug, Clone, Copy, PartialEq)]
@@ -60,7 +24,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let rules = ReplicationRules::new()
-            .with::<Pos>()
+            .with::<X>()
             .unwrap()
             .with::<Hp>()
             .unwrap();
@@ -103,18 +67,10 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     let mut r = Rig::new();
     let a = r
         .world
-        .spawn((
-            NetId(EntityId(1)),
-            NetOwner(Owner::Server),
-            Pos(1.0),
-            Hp(50),
-        ))
+        .spawn((NetId(EntityId(1)), NetOwner(Owner::Server), X(1.0), Hp(50)))
         .id();
-    let b = r
-        .world
-        .spawn((NetId(EntityId(2)), Pos(2.0), Secret(7)))
-        .id();
-    let c = r.world.spawn(Pos(3.0)).id();
+    let b = r.world.spawn((NetId(EntityId(2)), X(2.0), Secret(7))).id();
+    let c = r.world.spawn(X(3.0)).id();
     let (stats, _) = r.tick();
     assert_eq!(stats.spawned, 2);
     assert_eq!(r.store.component::<Hp>(EntityId(1)), Some(Hp(50)));
@@ -127,17 +83,17 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     assert!(changed.is_empty(), "{changed:?}");
 
     // A mutable access that writes the same value is no change for the store.
-    r.world.get_mut::<Pos>(a).unwrap().0 = 1.0;
+    r.world.get_mut::<X>(a).unwrap().0 = 1.0;
     let (_, changed) = r.tick();
     assert!(changed.is_empty(), "{changed:?}");
 
     // One change; a non-replicated entity's and a server-only component's are ignored.
-    r.world.get_mut::<Pos>(a).unwrap().0 = 5.0;
-    r.world.get_mut::<Pos>(c).unwrap().0 = 9.0;
+    r.world.get_mut::<X>(a).unwrap().0 = 5.0;
+    r.world.get_mut::<X>(c).unwrap().0 = 9.0;
     r.world.get_mut::<Secret>(b).unwrap().0 = 8;
     let (_, changed) = r.tick();
     assert_eq!(changed, vec![EntityId(1)]);
-    assert_eq!(r.store.component::<Pos>(EntityId(1)), Some(Pos(5.0)));
+    assert_eq!(r.store.component::<X>(EntityId(1)), Some(X(5.0)));
 
     // Removed; added; removed and given back within one tick.
     r.world.entity_mut(a).remove::<Hp>();
@@ -168,7 +124,7 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
 
     // Despawn, with the id given to a new entity in the same tick.
     r.world.despawn(a);
-    let a2 = r.world.spawn((NetId(EntityId(1)), Pos(-4.0))).id();
+    let a2 = r.world.spawn((NetId(EntityId(1)), X(-4.0))).id();
     let (stats, _) = r.tick();
     assert_eq!((stats.despawned, stats.spawned), (1, 1));
     assert_eq!(r.store.component::<Hp>(EntityId(1)), None);
@@ -181,24 +137,24 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     assert!(!r.store.contains(EntityId(1)));
     r.world.entity_mut(a2).insert(NetId(EntityId(9)));
     r.tick();
-    assert_eq!(r.store.component::<Pos>(EntityId(9)), Some(Pos(-4.0)));
+    assert_eq!(r.store.component::<X>(EntityId(9)), Some(X(-4.0)));
     r.world.entity_mut(a2).insert(NetId(EntityId(10)));
     r.tick();
     assert!(!r.store.contains(EntityId(9)));
-    assert_eq!(r.store.component::<Pos>(EntityId(10)), Some(Pos(-4.0)));
+    assert_eq!(r.store.component::<X>(EntityId(10)), Some(X(-4.0)));
 
     // A NetId added to an entity whose components were already there: they come along.
     r.world.entity_mut(c).insert(NetId(EntityId(3)));
     r.tick();
-    assert_eq!(r.store.component::<Pos>(EntityId(3)), Some(Pos(9.0)));
+    assert_eq!(r.store.component::<X>(EntityId(3)), Some(X(9.0)));
     assert_eq!(r.sync.len(), 3);
 }
 
 #[test]
 fn replicated_entities_get_free_ids() {
     let mut r = Rig::new();
-    r.world.spawn((NetId(EntityId(1)), Pos(0.0)));
-    let x = r.world.spawn((Replicated, Pos(1.0))).id();
+    r.world.spawn((NetId(EntityId(1)), X(0.0)));
+    let x = r.world.spawn((Replicated, X(1.0))).id();
     let y = r
         .world
         .spawn((Replicated, NetOwner(Owner::Client(ClientId(2)))))
@@ -219,7 +175,7 @@ fn replicated_entities_get_free_ids() {
 fn spawned_and_despawned_within_a_tick_never_reaches_the_store() {
     let mut r = Rig::new();
     r.tick();
-    let e = r.world.spawn((NetId(EntityId(1)), Pos(0.0))).id();
+    let e = r.world.spawn((NetId(EntityId(1)), X(0.0))).id();
     r.world.despawn(e);
     let (stats, _) = r.tick();
     assert_eq!(stats, SyncStats::default());
@@ -229,14 +185,14 @@ fn spawned_and_despawned_within_a_tick_never_reaches_the_store() {
 #[test]
 fn a_client_write_reaches_the_world() {
     let mut r = Rig::new();
-    let e = r.world.spawn((NetId(EntityId(1)), Pos(0.0))).id();
+    let e = r.world.spawn((NetId(EntityId(1)), X(0.0))).id();
     r.tick();
     // What GameServer does with a validated write: straight into the store.
     r.store.begin_tick(Tick(100)).unwrap();
-    r.store.set(EntityId(1), &Pos(7.0)).unwrap();
-    let cid = r.rules.registry().id_of::<Pos>().unwrap();
+    r.store.set(EntityId(1), &X(7.0)).unwrap();
+    let cid = r.rules.registry().id_of::<X>().unwrap();
     assert!(r.sync.apply_write(&mut r.world, &r.store, EntityId(1), cid));
-    assert_eq!(r.world.get::<Pos>(e), Some(&Pos(7.0)));
+    assert_eq!(r.world.get::<X>(e), Some(&X(7.0)));
     r.tick = 100;
     // The world now agrees with the store; the next sync changes nothing.
     let (_, changed) = r.tick();
@@ -261,7 +217,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
     let mut es: Vec<Entity> = (0..50)
         .map(|i| {
             r.world
-                .spawn((NetId(EntityId(i)), Pos(i as f32), Hp(i as i64), Secret(1)))
+                .spawn((NetId(EntityId(i)), X(i as f32), Hp(i as i64), Secret(1)))
                 .id()
         })
         .collect();
@@ -295,7 +251,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
                 cworld.get::<Owned>(e).is_some(),
                 owner == Owner::Client(ClientId(1))
             );
-            assert_eq!(cworld.get::<Pos>(e).copied(), r.store.component::<Pos>(id));
+            assert_eq!(cworld.get::<X>(e).copied(), r.store.component::<X>(id));
             assert_eq!(cworld.get::<Hp>(e).copied(), r.store.component::<Hp>(id));
             assert!(cworld.get::<Secret>(e).is_none());
         }
@@ -304,7 +260,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
         }
         for (i, &e) in es.iter().enumerate() {
             if i % 3 == 0 {
-                r.world.get_mut::<Pos>(e).unwrap().0 += 1.0;
+                r.world.get_mut::<X>(e).unwrap().0 += 1.0;
             }
             if i % 7 == round as usize {
                 r.world.entity_mut(e).remove::<Hp>();

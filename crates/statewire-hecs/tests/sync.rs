@@ -2,47 +2,11 @@
 //! make reaches the store, and only what changed does.
 
 use statewire_core::{
-    ClientConfig, ClientId, ClientReplicator, EntityId, Field, FieldKind, FieldReader, FieldWriter,
-    Owner, Replicate, ServerConfig, ServerReplicator, Store, StoreConfig, Tick,
+    ClientConfig, ClientId, ClientReplicator, EntityId, Owner, ServerConfig, ServerReplicator,
+    Store, StoreConfig, Tick,
 };
 use statewire_hecs::{HecsReplication, HecsSink, NetId, NetOwner};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Pos(f32);
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        vec![Field::new(
-            "x",
-            FieldKind::Float {
-                min: -100.0,
-                max: 100.0,
-                precision: 0.125,
-            },
-        )]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos(r.f32()?))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Hp(i64);
-impl Replicate for Hp {
-    const NAME: &'static str = "Hp";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("hp", FieldKind::Int { min: 0, max: 100 })]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.int(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Hp(r.int()?))
-    }
-}
+use statewire_testkit::{Hp, X};
 
 /// Server-only.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,7 +22,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let repl = HecsReplication::new()
-            .component::<Pos>()
+            .component::<X>()
             .unwrap()
             .component::<Hp>()
             .unwrap();
@@ -95,19 +59,16 @@ impl Rig {
 #[test]
 fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     let mut r = Rig::new();
-    let a = r.world.spawn((
-        NetId(EntityId(1)),
-        NetOwner(Owner::Server),
-        Pos(1.0),
-        Hp(50),
-    ));
-    let b = r.world.spawn((NetId(EntityId(2)), Pos(2.0), Secret(7)));
+    let a = r
+        .world
+        .spawn((NetId(EntityId(1)), NetOwner(Owner::Server), X(1.0), Hp(50)));
+    let b = r.world.spawn((NetId(EntityId(2)), X(2.0), Secret(7)));
     // Not replicated: no NetId.
-    let c = r.world.spawn((Pos(3.0),));
+    let c = r.world.spawn((X(3.0),));
     let (stats, _) = r.tick();
     assert_eq!(stats.spawned, 2);
     assert_eq!(r.store.len(), 2);
-    assert_eq!(r.store.component::<Pos>(EntityId(1)), Some(Pos(1.0)));
+    assert_eq!(r.store.component::<X>(EntityId(1)), Some(X(1.0)));
     assert_eq!(r.store.component::<Hp>(EntityId(1)), Some(Hp(50)));
     assert_eq!(r.store.owner(EntityId(2)), Some(Owner::Server));
     assert_eq!(r.repl.entity(EntityId(2)), Some(b));
@@ -118,13 +79,13 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     assert!(changed.is_empty(), "{changed:?}");
 
     // A change, on one entity only; the non-replicated entity's change is ignored.
-    r.world.get::<&mut Pos>(a).unwrap().0 = 5.0;
-    r.world.get::<&mut Pos>(c).unwrap().0 = 9.0;
+    r.world.get::<&mut X>(a).unwrap().0 = 5.0;
+    r.world.get::<&mut X>(c).unwrap().0 = 9.0;
     r.world.get::<&mut Secret>(b).unwrap().0 = 8;
     let (stats, changed) = r.tick();
     assert_eq!(changed, vec![EntityId(1)]);
     assert_eq!(stats.set, 1);
-    assert_eq!(r.store.component::<Pos>(EntityId(1)), Some(Pos(5.0)));
+    assert_eq!(r.store.component::<X>(EntityId(1)), Some(X(5.0)));
 
     // Component removed, then added.
     r.world.remove_one::<Hp>(a).unwrap();
@@ -158,7 +119,7 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
 
     // Despawn behind its back, with the id given to a new entity in the same tick.
     r.world.despawn(b).unwrap();
-    let b2 = r.world.spawn((NetId(EntityId(2)), Pos(-4.0)));
+    let b2 = r.world.spawn((NetId(EntityId(2)), X(-4.0)));
     let (stats, _) = r.tick();
     assert_eq!((stats.despawned, stats.despawned_unnoticed), (1, 1));
     assert_eq!(stats.spawned, 1);
@@ -172,7 +133,7 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     assert!(r.store.is_empty());
     r.world.insert_one(b2, NetId(EntityId(9))).unwrap();
     r.tick();
-    assert_eq!(r.store.component::<Pos>(EntityId(9)), Some(Pos(-4.0)));
+    assert_eq!(r.store.component::<X>(EntityId(9)), Some(X(-4.0)));
     r.world.insert_one(b2, NetId(EntityId(10))).unwrap();
     r.tick();
     assert_eq!(r.store.entity_ids().collect::<Vec<_>>(), vec![EntityId(10)]);
@@ -180,7 +141,7 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
     // A NetId added to an entity whose components were tracked before: they come along.
     r.world.insert_one(c, NetId(EntityId(3))).unwrap();
     r.tick();
-    assert_eq!(r.store.component::<Pos>(EntityId(3)), Some(Pos(9.0)));
+    assert_eq!(r.store.component::<X>(EntityId(3)), Some(X(9.0)));
     assert_eq!(r.repl.len(), 2);
 }
 
@@ -188,9 +149,9 @@ fn spawn_change_remove_despawn_and_owner_reach_the_store() {
 fn spawned_and_despawned_within_a_tick_never_reaches_the_store() {
     let mut r = Rig::new();
     r.tick();
-    let e = r.world.spawn((NetId(EntityId(1)), Pos(0.0)));
+    let e = r.world.spawn((NetId(EntityId(1)), X(0.0)));
     assert!(r.repl.despawn(&mut r.world, e));
-    let e = r.world.spawn((NetId(EntityId(2)), Pos(0.0)));
+    let e = r.world.spawn((NetId(EntityId(2)), X(0.0)));
     r.world.despawn(e).unwrap();
     let (stats, _) = r.tick();
     assert_eq!(stats, statewire_hecs::SyncStats::default());
@@ -236,7 +197,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
     let mut es: Vec<hecs::Entity> = (0..50)
         .map(|i| {
             r.world
-                .spawn((NetId(EntityId(i)), Pos(i as f32), Hp(i as i64), Secret(1)))
+                .spawn((NetId(EntityId(i)), X(i as f32), Hp(i as i64), Secret(1)))
         })
         .collect();
     for round in 0..6u32 {
@@ -252,10 +213,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
             let w = sink.world();
             assert_eq!(w.get::<&NetId>(e).unwrap().0, id);
             assert_eq!(Some(w.get::<&NetOwner>(e).unwrap().0), r.store.owner(id));
-            assert_eq!(
-                w.get::<&Pos>(e).ok().map(|p| *p),
-                r.store.component::<Pos>(id)
-            );
+            assert_eq!(w.get::<&X>(e).ok().map(|p| *p), r.store.component::<X>(id));
             assert_eq!(
                 w.get::<&Hp>(e).ok().map(|h| *h),
                 r.store.component::<Hp>(id)
@@ -265,7 +223,7 @@ fn the_sink_mirrors_the_server_world_and_gives_back_despawned_entities() {
         // Next round: change some, remove some, despawn some.
         for (i, &e) in es.iter().enumerate() {
             if i % 3 == 0 {
-                r.world.get::<&mut Pos>(e).unwrap().0 += 1.0;
+                r.world.get::<&mut X>(e).unwrap().0 += 1.0;
             }
             if i % 7 == round as usize {
                 let _ = r.world.remove_one::<Hp>(e);

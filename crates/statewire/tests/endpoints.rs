@@ -10,41 +10,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use statewire::endpoint::*;
 use statewire::{ChannelId, Client, DisconnectReason, Fault, SessionConfig};
-use statewire_core::{
-    EventConfig, Field, FieldKind, FieldReader, FieldWriter, Owner, Replicate, ServerConfig,
-};
+use statewire_core::{EventConfig, Owner, ServerConfig};
+use statewire_testkit::{Pos, Tag};
 use statewire_transport::Transport;
 use statewire_transport::loopback::{LoopbackConfig, LoopbackEndpoint, LoopbackNet};
 use statewire_transport::netsim::{LinkConfig, NetSim};
 use statewire_transport::udp::{UdpConfig, UdpTransport};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Pos {
-    x: f32,
-    y: f32,
-}
-
-impl Replicate for Pos {
-    const NAME: &'static str = "Pos";
-    fn fields() -> Vec<Field> {
-        let k = FieldKind::Float {
-            min: -256.0,
-            max: 256.0,
-            precision: 1.0 / 64.0,
-        };
-        vec![Field::new("x", k), Field::new("y", k)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.f32(self.x);
-        w.f32(self.y);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Pos {
-            x: r.f32()?,
-            y: r.f32()?,
-        })
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 struct Steer {
@@ -695,22 +666,6 @@ fn peers_with_different_protocols_refuse_each_other() {
         "{ended:?}"
     );
     assert!(server.clients().is_empty());
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Tag(bool);
-
-impl Replicate for Tag {
-    const NAME: &'static str = "Tag";
-    fn fields() -> Vec<Field> {
-        vec![Field::new("on", FieldKind::Bool)]
-    }
-    fn write(&self, w: &mut FieldWriter<'_>) {
-        w.bool(self.0);
-    }
-    fn read(r: &mut FieldReader<'_>) -> Option<Self> {
-        Some(Tag(r.bool()?))
-    }
 }
 
 /// A raw write message (the envelope's WRITES tag and the core's format).

@@ -127,7 +127,7 @@ fn two_clients_converge_on_the_servers_hecs_world() {
             while c.poll_event().is_some() {}
             // Move only our own entity, reading where it is from our hecs world.
             if frame < ACTIVE {
-                for me in c.owned() {
+                for me in c.owned().to_vec() {
                     let e = sink.entity(me).expect("an owned entity is in the world");
                     let p = *sink.world().get::<&Pos>(e).unwrap();
                     let step = if me.0 % 2 == 0 { 0.25 } else { -0.25 };

@@ -844,3 +844,44 @@ fn a_kicked_client_leaves_once() {
     assert_eq!(lefts[0].1, DisconnectReason::Kicked);
     assert!(!c.is_connected());
 }
+
+#[test]
+fn owned_follows_transfers() {
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let (protocol, _) = protocol();
+    let (mut server, addr) = server_on(&net, &protocol, GameServerConfig::default());
+    let mut cs: Vec<GameClient<_, Steer>> = (0..2)
+        .map(|_| GameClient::connect(net.endpoint(), addr, &protocol, Duration::ZERO).unwrap())
+        .collect();
+    let ball = server.spawn(Owner::Server).unwrap();
+    server
+        .store_mut()
+        .set(ball, &Pos { x: 0.0, y: 0.0 })
+        .unwrap();
+    let mut held = [0u32; 2];
+    for frame in 0..120u32 {
+        let now = DT * frame;
+        server.update(now).unwrap();
+        while server.poll_event().is_some() {}
+        // The ball goes to the first client, then the second, then back to the server.
+        let ids = server.clients().to_vec();
+        let owner = match frame {
+            30..60 if !ids.is_empty() => Owner::Client(ids[0]),
+            60..90 if ids.len() > 1 => Owner::Client(ids[1]),
+            _ => Owner::Server,
+        };
+        server.store_mut().set_owner(ball, owner).unwrap();
+        server.flush(now).unwrap();
+        for (i, c) in cs.iter_mut().enumerate() {
+            c.update(now).unwrap();
+            while c.poll_event().is_some() {}
+            let me = c.id().map(Owner::Client);
+            let truth = me.map_or_else(Vec::new, |o| c.replicator().owned_by(o));
+            assert_eq!(c.owned(), truth.as_slice(), "frame {frame}");
+            held[i] += u32::from(c.owned() == [ball]);
+            c.flush(now).unwrap();
+        }
+    }
+    assert!(held[0] > 20 && held[1] > 20, "{held:?}");
+    assert!(cs.iter().all(|c| c.owned().is_empty()));
+}

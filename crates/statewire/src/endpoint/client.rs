@@ -166,6 +166,8 @@ pub struct GameClient<T: Transport, I> {
     /// Newest last: (tick, encoded input).
     recent: VecDeque<(Tick, Vec<u8>)>,
     writes: Vec<StateWrite>,
+    /// The entities we own, ascending.
+    owned: Vec<EntityId>,
     buf: Vec<u8>,
     stats: GameClientStats,
     _input: std::marker::PhantomData<fn(I)>,
@@ -189,9 +191,22 @@ struct Tee<'a, S: ?Sized> {
     me: Option<ClientId>,
     max: usize,
     dropped: &'a mut u64,
+    /// The entities we own, ascending, kept up to date from the packet's changes.
+    owned: &'a mut Vec<EntityId>,
 }
 
 impl<S: ?Sized> Tee<'_, S> {
+    fn note_owner(&mut self, id: EntityId, owner: Option<Owner>) {
+        let mine = self.me.is_some_and(|me| owner == Some(Owner::Client(me)));
+        match (self.owned.binary_search(&id), mine) {
+            (Err(at), true) => self.owned.insert(at, id),
+            (Ok(at), false) => {
+                self.owned.remove(at);
+            }
+            _ => {}
+        }
+    }
+
     fn push(&mut self, ev: GameClientEvent) {
         if self.queue.len() >= self.max {
             *self.dropped += 1;
@@ -204,14 +219,17 @@ impl<S: ?Sized> Tee<'_, S> {
 impl<S: WorldSink + ?Sized> WorldSink for Tee<'_, S> {
     fn spawn(&mut self, id: EntityId, owner: Owner) {
         self.user.spawn(id, owner);
+        self.note_owner(id, Some(owner));
         self.push(GameClientEvent::Spawned(id, owner));
     }
     fn despawn(&mut self, id: EntityId) {
         self.user.despawn(id);
+        self.note_owner(id, None);
         self.push(GameClientEvent::Despawned(id));
     }
     fn set_owner(&mut self, id: EntityId, owner: Owner) {
         self.user.set_owner(id, owner);
+        self.note_owner(id, Some(owner));
     }
     fn insert(&mut self, id: EntityId, component: ComponentView<'_>) {
         self.user.insert(id, component);
@@ -334,6 +352,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             queue: VecDeque::new(),
             recent: VecDeque::new(),
             writes: Vec::new(),
+            owned: Vec::new(),
             buf: Vec::new(),
             stats: GameClientStats::default(),
             _input: std::marker::PhantomData,
@@ -411,6 +430,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
                     me: self.session.id(),
                     max: self.config.max_queued_events,
                     dropped: &mut self.stats.events_dropped,
+                    owned: &mut self.owned,
                 };
                 match self
                     .repl
@@ -654,13 +674,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         self.repl.contains(entity)
     }
 
-    /// The entities we own.
+    /// The entities we own, ascending (kept up to date as packets arrive: no scan).
     #[must_use]
-    pub fn owned(&self) -> Vec<EntityId> {
-        let Some(me) = self.session.id() else {
-            return Vec::new();
-        };
-        self.repl.owned_by(Owner::Client(me))
+    pub fn owned(&self) -> &[EntityId] {
+        &self.owned
     }
 
     /// Our copy of the world, as a snapshot.

@@ -129,11 +129,15 @@
 
 pub mod authority;
 pub mod bits;
+pub mod clock;
 pub mod codec;
 pub mod delta;
 mod derive_support;
 pub mod events;
+pub mod interpolation;
+pub mod lag_compensation;
 mod ids;
+pub mod prediction;
 pub mod replication;
 mod schema;
 mod snapshot;

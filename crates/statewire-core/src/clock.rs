@@ -1,0 +1,1 @@
+//! Tick and clock synchronisation for clients (issue 12; being built).

@@ -1,0 +1,1 @@
+//! Interpolation of remote entities (issue 12; being built).

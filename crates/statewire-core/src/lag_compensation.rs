@@ -1,0 +1,1 @@
+//! Server-side lag compensation (issue 12; being built).

@@ -1,0 +1,1 @@
+//! Client-side prediction and reconciliation (issue 12; being built).

@@ -784,27 +784,7 @@ impl InputTiming {
 mod tests {
     use super::*;
 
-    /// SplitMix64: a tiny deterministic generator, so a failing seed can be replayed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        /// Uniform in `mid ± spread`.
-        fn around(&mut self, mid: f64, spread: f64) -> f64 {
-            mid + spread * (2.0 * self.unit() - 1.0)
-        }
-    }
+    use crate::test_rng::Rng;
 
     const RATE: f64 = 30.0;
     const MS: u64 = 1000;

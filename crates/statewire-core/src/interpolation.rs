@@ -1259,28 +1259,12 @@ fn secs(s: f64) -> Duration {
 mod tests {
     use super::*;
 
-    /// splitmix64: small, seeded, good enough for test inputs.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn range(&mut self, lo: f32, hi: f32) -> f32 {
-            lo + (hi - lo) * self.unit() as f32
-        }
-        fn quat(&mut self) -> [f32; 4] {
-            let q = [0; 4].map(|_| self.range(-1.0, 1.0));
-            let n = normalized(q);
-            n.map(|c| c as f32)
-        }
+    use crate::test_rng::Rng;
+
+    /// A random unit quaternion.
+    fn random_quat(rng: &mut Rng) -> [f32; 4] {
+        let q = [0; 4].map(|_| rng.range(-1.0, 1.0));
+        normalized(q).map(|c| c as f32)
     }
 
     fn angle(a: [f32; 4], b: [f32; 4]) -> f64 {
@@ -1326,8 +1310,8 @@ mod tests {
         for seed in 0..20u64 {
             let mut rng = Rng(seed);
             for _ in 0..500 {
-                let a = rng.quat();
-                let mut b = rng.quat();
+                let a = random_quat(&mut rng);
+                let mut b = random_quat(&mut rng);
                 match rng.next() % 4 {
                     0 => b = a,                          // identical
                     1 => b = a.map(|c| -c),              // the same rotation, opposite sign

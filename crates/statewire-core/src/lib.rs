@@ -142,6 +142,8 @@ pub mod replication;
 mod schema;
 mod snapshot;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 
 pub use authority::{
     Authority, AuthorityConfig, InputBuffer, InputRejection, RejectionCounts, StateWrite,

@@ -996,20 +996,7 @@ mod tests {
             sim.run(20.0);
             assert_gentle(&sim);
             assert_eq!(sim.clock.stats().resyncs, 1, "seed {seed}");
-            for f in sim.frames.iter().filter(|f| f.t >= 5.0) {
-                assert!(
-                    (f.true_lead - f.target).abs() <= 1.0,
-                    "seed {seed}: lead {} target {} at {}",
-                    f.true_lead,
-                    f.target,
-                    f.t
-                );
-                assert!(
-                    f.target >= 4.0 && f.target <= 7.5,
-                    "seed {seed}: target {}",
-                    f.target
-                );
-            }
+            assert_tracks(&sim, seed, 5.0, 4.0, 7.5);
             let rtt = sim.clock.rtt().unwrap().as_secs_f64();
             assert!((rtt - 0.2).abs() < 0.03, "seed {seed}: rtt {rtt}");
             let jitter = sim.clock.jitter().unwrap().as_secs_f64();
@@ -1017,6 +1004,25 @@ mod tests {
             assert!(
                 jitter > 0.02 && jitter < 0.05,
                 "seed {seed}: jitter {jitter}"
+            );
+        }
+    }
+
+    /// From `from` seconds on, the lead is within one tick of the target, and the target is
+    /// within `lo..=hi` ticks.
+    fn assert_tracks(sim: &Sim, seed: u64, from: f64, lo: f64, hi: f64) {
+        for f in sim.frames.iter().filter(|f| f.t >= from) {
+            assert!(
+                (f.true_lead - f.target).abs() <= 1.0,
+                "seed {seed}: lead {} target {} at {}",
+                f.true_lead,
+                f.target,
+                f.t
+            );
+            assert!(
+                f.target >= lo && f.target <= hi,
+                "seed {seed}: target {}",
+                f.target
             );
         }
     }
@@ -1044,21 +1050,8 @@ mod tests {
                     "seed {seed}"
                 );
             }
-            for f in sim.frames.iter().filter(|f| f.t >= 16.0) {
-                assert!(
-                    (f.true_lead - f.target).abs() <= 1.0,
-                    "seed {seed}: lead {} target {} at {}",
-                    f.true_lead,
-                    f.target,
-                    f.t
-                );
-                // RTT/2 is now 4.5 ticks; the margin settles back to its one-tick floor.
-                assert!(
-                    f.target >= 5.0 && f.target <= 7.5,
-                    "seed {seed}: target {}",
-                    f.target
-                );
-            }
+            // RTT/2 is now 4.5 ticks; the margin settles back to its one-tick floor.
+            assert_tracks(&sim, seed, 16.0, 5.0, 7.5);
         }
     }
 

@@ -290,10 +290,14 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     panic!("still running after {limit:?}");
 }
 
-#[test]
-fn ctrl_c_on_join_and_serve_says_goodbye() {
+/// A long-running UDP server and a `join` to it whose stdout lines arrive on the receiver.
+fn long_server_and_join() -> (
+    Served,
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+) {
     let bin = env!("CARGO_BIN_EXE_statewire");
-    let mut server = Served::start(&[
+    let server = Served::start(&[
         "--udp",
         "127.0.0.1:0",
         "--ticks",
@@ -307,6 +311,12 @@ fn ctrl_c_on_join_and_serve_says_goodbye() {
         .spawn()
         .expect("start join");
     let said = lines_of(join.stdout.take().expect("stdout"));
+    (server, join, said)
+}
+
+#[test]
+fn ctrl_c_on_join_and_serve_says_goodbye() {
+    let (mut server, mut join, said) = long_server_and_join();
     let joined = server.wait_for(" joined", Duration::from_secs(10));
     let id = joined
         .split("client ")
@@ -343,21 +353,7 @@ fn ctrl_c_on_join_and_serve_says_goodbye() {
 
 #[test]
 fn serve_ctrl_c_disconnects_its_clients_at_once() {
-    let bin = env!("CARGO_BIN_EXE_statewire");
-    let mut server = Served::start(&[
-        "--udp",
-        "127.0.0.1:0",
-        "--ticks",
-        "3000",
-        "--entities",
-        "50",
-    ]);
-    let mut join = Command::new(bin)
-        .args(["join", &server.addr, "--timeout-secs", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start join");
-    let said = lines_of(join.stdout.take().expect("stdout"));
+    let (mut server, mut join, said) = long_server_and_join();
     wait_line(&said, "connected as client", Duration::from_secs(10));
     interrupt(server.child.id());
     server.wait_for(

@@ -264,6 +264,15 @@ impl<T: Transport> BotClient<T> {
         }
     }
 
+    /// What this client shows of every entity with a position: (id, x, y, is an enemy).
+    pub(crate) fn shown(&self) -> impl Iterator<Item = (EntityId, f32, f32, bool)> + '_ {
+        self.world.entities.iter().filter_map(|(&id, e)| {
+            let p = e.pos?;
+            let enemy = e.body.is_some_and(|b| b.kind == crate::game::Kind::Enemy);
+            Some((id, p.x, p.y, enemy))
+        })
+    }
+
     /// The digest of this client's replicated state (see `ServerGame::view_digest`).
     pub(crate) fn digest(&self) -> u64 {
         snapshot_digest(&self.registry, &self.net.snapshot())

@@ -186,6 +186,13 @@ impl Game {
         })
     }
 
+    /// Every entity's replicated state, in no particular order.
+    pub(crate) fn states(&self) -> impl Iterator<Item = (EntityId, ActorState)> + '_ {
+        self.actors
+            .iter()
+            .filter_map(|a| Some((a.id, self.state(a.id)?)))
+    }
+
     fn push_actor(&mut self, actor: Actor) {
         self.changes.push(Change::Spawn(actor.id));
         self.index.insert(actor.id, self.actors.len());

@@ -13,6 +13,7 @@ mod cubes;
 mod game;
 mod keys;
 mod realtime;
+mod report;
 mod rules;
 mod sim;
 
@@ -98,6 +99,14 @@ struct SimArgs {
     /// attackers (junk flood, forged and replayed packets, a client that never acknowledges).
     #[arg(long)]
     adversary: bool,
+    /// Who plays: war (bots walk, aim and shoot) or solo (nobody shoots or touches anyone:
+    /// each client's prediction of its own player must match the server bit for bit).
+    #[arg(long, value_enum, default_value_t = sim::Scenario::War)]
+    scenario: sim::Scenario,
+    /// Also write the run as one self-contained HTML page (SVG charts over time and maps of
+    /// the world) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -135,6 +144,15 @@ pub(crate) fn noun(n: impl Into<u64>, word: &str) -> String {
         word.to_string()
     } else {
         format!("{word}s")
+    }
+}
+
+/// An I/O error in words ("No such file or directory"), without the OS error number.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 
@@ -184,13 +202,45 @@ fn run_sim(args: SimArgs) -> ExitCode {
         moving: args.moving,
         interest_radius: args.interest_radius,
         budget: args.budget,
+        scenario: args.scenario,
+        timeline: args.report.is_some(),
     };
     if let Err(e) = sim::validate(&cfg) {
         return usage(&e.to_string());
     }
+    // Refuse an unwritable report path before the run, not after it.
+    let mut report_file = match &args.report {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some((path, f)),
+            Err(e) => {
+                return usage(&format!(
+                    "--report {}: cannot write it: {}",
+                    path.display(),
+                    crate::io_reason(&e)
+                ));
+            }
+        },
+        None => None,
+    };
     let bar = progress_bar(cfg.ticks, cfg.quiet_ticks);
     let result = sim::run(&cfg, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
+    if let (Ok(r), Some((path, file))) = (&result, &mut report_file) {
+        let page = r
+            .timeline
+            .as_ref()
+            .map(report::render_html)
+            .unwrap_or_default();
+        if let Err(e) = file.write_all(page.as_bytes()) {
+            eprintln!(
+                "statewire: cannot write the report to {}: {}",
+                path.display(),
+                crate::io_reason(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+        eprintln!("statewire: report written to {}", path.display());
+    }
     match result {
         Ok(report) => print_report(
             &report.render(),

@@ -17,6 +17,7 @@ use statewire_core::{ClientConfig, ServerConfig, StoreConfig};
 use crate::attack::Attack;
 use crate::bots::{Behaviour, BotClient as GameClient};
 use crate::game::{Game, TICK_HZ};
+use crate::report::{Dot, DotKind, MapFrame, Sample, Timeline};
 use crate::rules::{GameParams, NetGameError, Security, ServerGame as GameServer};
 
 /// Which transport carries the sessions.
@@ -100,6 +101,31 @@ pub(crate) struct SimConfig {
     pub(crate) interest_radius: f32,
     /// Per-client replication packet budget (`None`: `max_packet_bytes`).
     pub(crate) budget: Option<usize>,
+    /// Who plays (`--scenario`).
+    pub(crate) scenario: Scenario,
+    /// Record a [`Timeline`] for the HTML report.
+    pub(crate) timeline: bool,
+}
+
+/// Who plays a run (`--scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Scenario {
+    /// Every bot walks, aims and shoots among the enemies (the default).
+    #[default]
+    War,
+    /// Bots walk and aim but never shoot, and nothing touches their players: what each client
+    /// predicts of its own player must equal the server's state bit for bit.
+    Solo,
+}
+
+impl Scenario {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::War => "war",
+            Scenario::Solo => "solo",
+        }
+    }
 }
 
 /// Bytes the game puts before a replication packet in its snapshot message (the message tag).
@@ -292,6 +318,11 @@ pub(crate) struct SimReport {
     pub(crate) budget_exceeded: u64,
     /// Longest any change waited for a packet to carry it, in ticks.
     pub(crate) max_staleness_ticks: u32,
+    /// Who played (`--scenario`).
+    pub(crate) scenario: Scenario,
+    /// The run over time, for `--report` (not in the JSON).
+    #[serde(skip)]
+    pub(crate) timeline: Option<Timeline>,
 }
 
 /// Checks `cfg`'s sizes against the limits of the session, the replicator and the store, and
@@ -627,10 +658,38 @@ pub(crate) fn run(
     let mut up_active = 0u64;
     let mut server_mem = 0usize;
     let mut client_mem = 0usize;
+    let mut timeline = cfg.timeline.then(|| Timeline {
+        tick_hz: TICK_HZ,
+        budget_bytes_per_sec: (cfg.budget.unwrap_or(cfg.max_packet_bytes) * TICK_HZ as usize)
+            as f64,
+        arena: Game::arena_for(cfg.entities - cfg.clients),
+        ..Timeline::default()
+    });
+    let map_at = map_ticks(cfg.ticks);
+    let (mut down_prev, mut up_prev) = (down0.bytes_sent, up0.iter().map(|s| s.bytes_sent).sum());
     for i in 0..cfg.ticks + cfg.quiet_ticks {
         let active = i < cfg.ticks;
         step_all(&mut server, &mut clients, &mut attack, t, active)?;
         t += 1;
+        if let (Some(tl), true) = (&mut timeline, active) {
+            let down = server.net.session().transport().stats().bytes_sent;
+            let up: u64 = clients
+                .iter()
+                .map(|c| c.net.session().transport().stats().bytes_sent)
+                .sum();
+            let per_client = |b: u64| b as f64 / n_clients as f64 * f64::from(TICK_HZ);
+            tl.samples.push(Sample {
+                tick: i,
+                down_bytes_per_sec: per_client(down - down_prev),
+                up_bytes_per_sec: per_client(up - up_prev),
+                server_tick_us: server.replication_us.last().copied().unwrap_or(0),
+                ..Sample::default()
+            });
+            (down_prev, up_prev) = (down, up);
+            if map_at.contains(&i) {
+                tl.maps.push(map_frame(&server, &clients[0], i));
+            }
+        }
         // Memory is sampled every 8 ticks (walking every client's state each tick would cost
         // more than replicating it) and at the end.
         if i % 8 == 0 || i + 1 == cfg.ticks + cfg.quiet_ticks {
@@ -738,7 +797,7 @@ pub(crate) fn run(
         counts = Some(a.counts);
     }
     events_consistent &= events_lost == 0 && events_duplicated == 0;
-    Ok(SimReport {
+    let mut report = SimReport {
         clients: cfg.clients,
         entities: server.game.len(),
         ticks: cfg.ticks,
@@ -806,7 +865,64 @@ pub(crate) fn run(
         client_replication_bytes: client_mem,
         budget_exceeded: counters.budget_exceeded,
         max_staleness_ticks: counters.max_staleness_ticks,
-    })
+        scenario: cfg.scenario,
+        timeline,
+    };
+    let summary = report.summary();
+    let title = format!(
+        "statewire sim: {}, {} entities, profile {}, scenario {}, seed {}",
+        crate::plural(report.clients as u64, "client"),
+        report.entities,
+        report.profile,
+        report.scenario.name(),
+        report.seed
+    );
+    if let Some(tl) = &mut report.timeline {
+        tl.title = title;
+        tl.summary = summary;
+    }
+    Ok(report)
+}
+
+/// The active ticks the report draws a map at: a quarter, half, three quarters of the way and
+/// the last.
+fn map_ticks(ticks: u32) -> Vec<u32> {
+    let mut at: Vec<u32> = (1..=4).map(|k| (ticks * k / 4).saturating_sub(1)).collect();
+    at.dedup();
+    at
+}
+
+/// The world now: the server's truth and client `c`'s view of it.
+fn map_frame(server: &GameServer<Link>, c: &GameClient<Link>, tick: u32) -> MapFrame {
+    let me = c.net.owned().first().copied();
+    let kind = |id, enemy: bool| match (Some(id) == me, enemy) {
+        (true, _) => DotKind::Me,
+        (false, true) => DotKind::Enemy,
+        (false, false) => DotKind::Player,
+    };
+    let truth = server
+        .game
+        .states()
+        .map(|(id, s)| Dot {
+            x: s.pos.x,
+            y: s.pos.y,
+            kind: kind(id, s.body.kind == crate::game::Kind::Enemy),
+        })
+        .collect();
+    let view = c
+        .shown()
+        .map(|(id, x, y, enemy)| Dot {
+            x,
+            y,
+            kind: kind(id, enemy),
+        })
+        .collect();
+    MapFrame {
+        tick,
+        viewer: 0,
+        truth,
+        view,
+    }
 }
 
 /// Whether client `c`'s replicated state is exactly the server's world restricted to `c`'s
@@ -846,6 +962,43 @@ fn add_stats(total: &mut NetSimStats, s: &NetSimStats) {
 }
 
 impl SimReport {
+    /// The headline figures of the HTML report, as (label, value).
+    fn summary(&self) -> Vec<(String, String)> {
+        let pair = |k: &str, v: String| (k.to_string(), v);
+        vec![
+            pair(
+                "downstream",
+                format!("{:.0} B/s per client", self.bytes_per_client_per_sec),
+            ),
+            pair(
+                "upstream",
+                format!(
+                    "{:.0} B/s per client",
+                    self.upstream_bytes_per_client_per_sec
+                ),
+            ),
+            pair(
+                "server tick",
+                format!(
+                    "{} µs median, {} µs p99",
+                    self.server_tick_us_p50, self.server_tick_us_p99
+                ),
+            ),
+            pair(
+                "kills",
+                format!(
+                    "{} resolved; consistent: {}",
+                    self.events_resolved,
+                    if self.events_consistent { "yes" } else { "NO" }
+                ),
+            ),
+            pair(
+                "converged",
+                if self.converged { "yes" } else { "NO" }.to_string(),
+            ),
+        ]
+    }
+
     /// The human-readable report.
     pub(crate) fn render(&self) -> String {
         use crate::{count, noun, plural};
@@ -1001,6 +1154,8 @@ mod tests {
             moving: None,
             interest_radius: 0.0,
             budget: None,
+            scenario: Scenario::War,
+            timeline: false,
         }
     }
 
@@ -1073,6 +1228,8 @@ mod tests {
             moving: None,
             interest_radius: 0.0,
             budget: None,
+            scenario: Scenario::War,
+            timeline: false,
         };
         let r = run(&c, &mut |_, _| {}).unwrap();
         let seed = c.seed;
@@ -1234,6 +1391,8 @@ mod tests {
             moving: Some(100),
             interest_radius: 40.0,
             budget: Some(200),
+            scenario: Scenario::War,
+            timeline: false,
         };
         let r = run(&c, &mut |_, _| {}).unwrap();
         assert!(r.converged, "{}", r.render());

@@ -521,8 +521,11 @@ impl TickClock {
         }
     }
 
-    /// Feeds the server's report of how many ticks early this client's inputs arrive (the
-    /// mean from [`InputTiming::early_by`]), received at `now`. Send one about once per report
+    /// Feeds the server's report of how many ticks early this client's inputs arrive,
+    /// received at `now`: the mean ([`InputTiming::early_by`]) aims the lead at inputs that
+    /// arrive on average the margin early; the least early input of the window
+    /// ([`InputTimingStats::least_early`], what the endpoints report) aims it at nearly all of
+    /// them arriving in time, covering the jitter the round-trip estimate smooths away. Send one about once per report
     /// window. The lead then aims to have inputs arrive about the margin early (less half a
     /// tick, as the server counts whole ticks). Non-finite reports are ignored.
     pub fn on_input_report(&mut self, now: Duration, early_by: f32) {
@@ -674,6 +677,9 @@ pub enum InputTimingError {
 pub struct InputTimingStats {
     /// Mean ticks early over the window (negative: late).
     pub early_by: f32,
+    /// The least early input in the window, in ticks (negative: late): the tail of the
+    /// delay distribution, which a lead aimed at the mean leaves late about half the time.
+    pub least_early: i32,
     /// Inputs in the window.
     pub samples: usize,
     /// Inputs that arrived after their tick, ever.
@@ -758,6 +764,7 @@ impl InputTiming {
         }
         Some(InputTimingStats {
             early_by: (r.sum as f64 / r.window.len() as f64) as f32,
+            least_early: r.window.iter().copied().min().unwrap_or(0),
             samples: r.window.len(),
             late: r.late,
             received: r.received,

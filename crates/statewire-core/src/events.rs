@@ -103,6 +103,14 @@ pub struct EventConfig {
     /// tick (older stamps count as this old; stamps after the resolving tick count as it).
     /// Default 90 (3 s at 30 Hz).
     pub max_claim_age_ticks: u32,
+    /// A proposal stamped up to this many ticks after the resolving tick waits until
+    /// [`EventServer::resolve`] reaches its tick, instead of being decided at once: a client
+    /// that runs ahead of the server (its tick clock leads by about half a round trip) stamps
+    /// a shot with the tick it fired in, and the shot is judged when the server simulates
+    /// that tick (with the shooter where it was then). Stamps further ahead are decided at
+    /// once, as if for the resolving tick. Waiting proposals count against `max_pending`.
+    /// Default 0 (nothing waits).
+    pub max_hold_ticks: u32,
 }
 
 impl Default for EventConfig {
@@ -115,6 +123,7 @@ impl Default for EventConfig {
             max_log: 65_536,
             max_per_packet: 32,
             max_claim_age_ticks: 90,
+            max_hold_ticks: 0,
         }
     }
 }
@@ -215,7 +224,14 @@ impl EventServer {
             (std::cmp::Reverse(age), writer_order(p.proposer), p.seq)
         });
         let first = self.log.len();
+        let hold = i64::from(self.config.max_hold_ticks);
+        let mut held = Vec::new();
         for p in pending.drain(..) {
+            let ahead = i64::from(p.tick.diff(tick));
+            if ahead > 0 && ahead <= hold {
+                held.push(p);
+                continue;
+            }
             if decide(&p) {
                 let id = EventId(self.next_id);
                 self.next_id += 1;
@@ -232,6 +248,7 @@ impl EventServer {
                 self.rejected.push((c, p.seq));
             }
         }
+        pending.append(&mut held);
         self.pending = pending;
         self.per_client.clear();
         // Keep the log bounded; `encode_for_with_events` reports clients that fall behind it.
@@ -650,6 +667,49 @@ mod tests {
         server.propose(proposal(gone, 3)).unwrap();
         // Pending proposals of the departed client are still resolved.
         assert_eq!(server.resolve(Tick(2), |_| true).len(), 3);
+    }
+
+    #[test]
+    fn proposals_from_the_near_future_wait_for_their_tick() {
+        let config = EventConfig {
+            max_hold_ticks: 5,
+            ..EventConfig::default()
+        };
+        let mut server = EventServer::new(config);
+        let at = |seq: u32, tick: u32| Proposal {
+            proposer: Writer::Client(ClientId(1)),
+            seq,
+            tick: Tick(tick),
+            kind: 0,
+            entities: EntityRefs::new(),
+            data: EventData::new(),
+        };
+        // Resolving at tick 10: 9 and 10 are due, 13 and 15 wait, 16 is too far to wait for.
+        for (seq, tick) in [(1, 9), (2, 10), (3, 13), (4, 15), (5, 16)] {
+            server.propose(at(seq, tick)).unwrap();
+        }
+        let mut decided = Vec::new();
+        let mut resolve = |server: &mut EventServer, t: u32| {
+            server.resolve(Tick(t), |p| {
+                decided.push((t, p.seq));
+                true
+            });
+        };
+        resolve(&mut server, 10);
+        resolve(&mut server, 12);
+        resolve(&mut server, 13);
+        resolve(&mut server, 20);
+        decided.sort_unstable();
+        assert_eq!(decided, vec![(10, 1), (10, 2), (10, 5), (13, 3), (20, 4)]);
+        // Each was decided once; the log holds them all, stamped with the tick they were
+        // resolved at.
+        let ticks: Vec<u32> = server.log().map(|e| e.tick.0).collect();
+        assert_eq!(ticks.len(), 5);
+        assert!(ticks.iter().all(|&t| t == 10 || t == 13 || t == 20));
+        // With the default nothing waits.
+        let mut server = EventServer::new(EventConfig::default());
+        server.propose(at(1, 13)).unwrap();
+        assert_eq!(server.resolve(Tick(10), |_| true).len(), 1);
     }
 
     fn refs(ids: &[u32]) -> EntityRefs {

@@ -259,6 +259,15 @@ impl<T: Transport> Client<T> {
         self.conn.as_ref().map(Connection::rtt)
     }
 
+    /// The round-trip time once it is measured (`None` while connecting, and while the
+    /// connection still holds the configured initial guess).
+    pub fn measured_rtt(&self) -> Option<Duration> {
+        self.conn
+            .as_ref()
+            .filter(|c| c.rtt_measured())
+            .map(Connection::rtt)
+    }
+
     /// The connection's counters, once connected.
     pub fn connection_stats(&self) -> Option<crate::connection::ConnectionStats> {
         self.conn.as_ref().map(Connection::stats)

@@ -938,6 +938,12 @@ impl Connection {
         self.srtt
     }
 
+    /// Whether [`rtt`](Self::rtt) is measured (an acknowledgement came back), not the
+    /// configured initial value.
+    pub fn rtt_measured(&self) -> bool {
+        self.rtt_sampled
+    }
+
     /// Counters since creation.
     pub fn stats(&self) -> ConnectionStats {
         self.stats

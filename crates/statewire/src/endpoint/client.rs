@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use statewire_core::authority::encode_writes;
+use statewire_core::clock::{ClockConfig, TickAdvance, TickClock};
 use statewire_core::events::{EntityRefs, EventData, EventSink, encode_proposal};
+use statewire_core::interpolation::{DelayConfig, DelayController, RenderTime};
 use statewire_core::{
     ClientConfig, ClientId, ClientReplicator, ComponentView, EntityId, GameEvent, IgnoreEvents,
     Owner, PredictionOutcome, Predictions, Replicate, Snapshot, StateWrite, Tick, WorldSink,
@@ -32,9 +34,18 @@ pub struct GameClientConfig {
     /// The server's tick rate, to turn the round-trip time into ticks when stamping inputs.
     /// Default 30.
     pub tick_rate_hz: u32,
-    /// Ticks added to the round trip when stamping an input, so that it arrives before its
-    /// tick despite jitter. Default 3.
+    /// Before the tick clock is synchronised (no snapshot yet), ticks added to the round trip
+    /// when stamping an input, so that it arrives before its tick despite jitter. Default 3.
     pub input_lead_ticks: u32,
+    /// The tick clock that runs our simulation ahead of the server (see
+    /// [`GameClient::advance`]). Its `tick_rate_hz` is replaced by
+    /// [`tick_rate_hz`](Self::tick_rate_hz). Default [`ClockConfig::default`].
+    pub clock: ClockConfig,
+    /// The render clock of remote entities (see [`GameClient::render_time`]): how far
+    /// behind the newest snapshot they are shown, adapted to jitter and loss. Its
+    /// `tick_interval` is replaced by one tick of [`tick_rate_hz`](Self::tick_rate_hz).
+    /// Default [`DelayConfig::default`] (100 ms to start, 50–500 ms).
+    pub interpolation: DelayConfig,
     /// Inputs each TICK message carries (the newest and those before it), so that a lost
     /// packet costs no input; at most [`envelope::MAX_INPUTS_PER_MESSAGE`]. Default 3.
     pub input_redundancy: usize,
@@ -68,6 +79,8 @@ impl Default for GameClientConfig {
             replication: ClientConfig::default(),
             tick_rate_hz: 30,
             input_lead_ticks: 3,
+            clock: ClockConfig::default(),
+            interpolation: DelayConfig::default(),
             input_redundancy: 3,
             max_input_bytes: 64,
             max_queued_events: 65_536,
@@ -168,6 +181,10 @@ pub struct GameClient<T: Transport, I> {
     writes: Vec<StateWrite>,
     /// The entities we own, ascending.
     owned: Vec<EntityId>,
+    clock: TickClock,
+    delay: DelayController,
+    /// The newest tick [`GameClient::advance`] handed out.
+    sim_tick: Option<Tick>,
     buf: Vec<u8>,
     stats: GameClientStats,
     _input: std::marker::PhantomData<fn(I)>,
@@ -343,7 +360,19 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     }
 
     fn with_session(session: Client<T>, protocol: &Protocol, config: GameClientConfig) -> Self {
+        let hz = config.tick_rate_hz.max(1);
+        let clock = TickClock::new(ClockConfig {
+            tick_rate_hz: hz,
+            ..config.clock.clone()
+        });
+        let delay = DelayController::new(DelayConfig {
+            tick_interval: Duration::from_secs(1) / hz,
+            ..config.interpolation
+        });
         GameClient {
+            clock,
+            delay,
+            sim_tick: None,
             session,
             protocol: protocol.clone(),
             repl: ClientReplicator::new(config.replication.clone()),
@@ -388,7 +417,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             match ev {
                 ClientEvent::Connected(id) => self.push(GameClientEvent::Connected(id)),
                 ClientEvent::Disconnected(r) => self.push(GameClientEvent::Disconnected(r)),
-                ClientEvent::Message(channel, bytes) => self.handle_message(channel, &bytes, world),
+                ClientEvent::Message(channel, bytes) => {
+                    self.handle_message(now, channel, &bytes, world);
+                }
             }
         }
         while let Some(o) = self.predictions.poll_outcome() {
@@ -413,6 +444,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
 
     fn handle_message<S: WorldSink + EventSink + ?Sized>(
         &mut self,
+        now: Duration,
         channel: crate::ChannelId,
         bytes: &[u8],
         world: &mut S,
@@ -436,10 +468,30 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
                     .repl
                     .handle_packet_with_events(self.protocol.registry(), body, &mut tee)
                 {
-                    Ok(_) => self.stats.packets += 1,
+                    Ok(applied) => {
+                        self.stats.packets += 1;
+                        let tick = match applied {
+                            statewire_core::Applied::Applied(h)
+                            | statewire_core::Applied::Stale(h) => Some(h.tick),
+                            _ => None,
+                        };
+                        // Late and duplicated snapshots are samples of the path too.
+                        if let Some(tick) = tick {
+                            // Not the configured initial guess: a clock started on a wrong
+                            // RTT takes seconds to drift to the right lead.
+                            if let Some(rtt) = self.session.measured_rtt() {
+                                self.clock.on_server_tick(now, tick, rtt);
+                            }
+                            self.delay.on_snapshot(tick, now);
+                        }
+                    }
                     Err(_) => self.stats.decode_errors += 1,
                 }
             }
+            (envelope::TIMING, UNRELIABLE) => match envelope::decode_timing(body) {
+                Ok(early_by) => self.clock.on_input_report(now, early_by),
+                Err(_) => self.stats.malformed += 1,
+            },
             (envelope::REFUSED, RELIABLE) => match envelope::decode_refused(body) {
                 Ok(seq) => self.predictions.on_rejected(seq),
                 Err(_) => self.stats.malformed += 1,
@@ -470,11 +522,51 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         self.queue.pop_front()
     }
 
-    /// The tick the next input is stamped for: the newest server tick we hold plus the round
-    /// trip in ticks plus [`GameClientConfig::input_lead_ticks`], so it arrives just before
-    /// the server runs that tick.
+    /// Moves our tick clock to `now` and says which ticks to simulate: the clock runs ahead
+    /// of the server by half the round trip plus a margin for jitter (and the server's
+    /// reports of how early our inputs arrive), so that an input made for tick `T` now
+    /// arrives just before the server runs `T`. Call it once per frame; for each tick it
+    /// hands out, make the tick's input ([`set_input_at`](Self::set_input_at)) and predict
+    /// what we control with it. It drifts by at most a few percent to follow the estimates
+    /// and jumps only at the start and after a large error ([`TickAdvance::resynced`]).
+    /// Nothing is due before the first snapshot.
+    pub fn advance(&mut self, now: Duration) -> TickAdvance {
+        let a = self.clock.advance(now);
+        if a.count > 0 {
+            self.sim_tick = Some(Tick(a.first.0.wrapping_add(a.count - 1)));
+        }
+        a
+    }
+
+    /// Where remote entities should be shown at `now`: a server tick and fraction some way
+    /// behind the newest snapshot, chosen from the measured jitter and loss so that the two
+    /// snapshots around it have usually arrived (interpolate between them; when the newer
+    /// one is late, extrapolate briefly). Moves smoothly (a few percent faster or slower than
+    /// real time) and jumps only at the start and after a stall. Call it once per frame;
+    /// `None` before the first snapshot. Also the view time to claim hits at (see
+    /// `statewire_core::lag_compensation`).
+    pub fn render_time(&mut self, now: Duration) -> Option<RenderTime> {
+        self.delay.advance(now)
+    }
+
+    /// The tick clock (its lead, RTT and jitter estimates and counters).
+    pub fn clock(&self) -> &TickClock {
+        &self.clock
+    }
+
+    /// The render clock of remote entities (its delay, jitter and loss estimates).
+    pub fn render_clock(&self) -> &DelayController {
+        &self.delay
+    }
+
+    /// The tick the next input is stamped for. Once [`advance`](Self::advance) handed out a
+    /// tick, the newest one it handed out. Before that, the newest server tick we hold plus
+    /// the round trip in ticks plus [`GameClientConfig::input_lead_ticks`].
     #[must_use]
     pub fn input_tick(&self) -> Option<Tick> {
+        if self.sim_tick.is_some() {
+            return self.sim_tick;
+        }
         let newest = self.repl.tick()?;
         let hz = f64::from(self.config.tick_rate_hz);
         let rtt_ticks = self
@@ -496,6 +588,18 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         let Some(tick) = self.input_tick() else {
             return;
         };
+        self.set_input_at(tick, input);
+    }
+
+    /// Sets our input for `tick` (one that [`advance`](Self::advance) handed out): when a
+    /// frame covers several ticks, set each one's input in order. Inputs for consecutive
+    /// ticks travel together; a gap (a skipped tick) starts a new run. Setting the same tick
+    /// again before it leaves replaces it. Ignored until we hold a first snapshot, and if the
+    /// input encodes to more than [`GameClientConfig::max_input_bytes`].
+    pub fn set_input_at(&mut self, tick: Tick, input: &I) {
+        if self.repl.tick().is_none() {
+            return;
+        }
         let Ok(bytes) = postcard::to_allocvec(input) else {
             return;
         };
@@ -554,6 +658,23 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         entities: &[EntityId],
         data: &[u8],
     ) -> Result<u32, ClientActionError> {
+        let tick = self.repl.tick().unwrap_or_default();
+        self.propose_at(tick, kind, entities, data)
+    }
+
+    /// [`propose`](Self::propose), stamped with `tick` instead of the newest server tick we
+    /// hold: typically the tick of our own simulation the event happened in (a shot fired
+    /// at [`input_tick`](Self::input_tick)). A server with
+    /// `EventConfig::max_hold_ticks` (the endpoint's default holds 32 ticks) keeps a proposal
+    /// stamped ahead of it until it simulates that tick, so a lag-compensated shot is judged
+    /// with the shooter where it was when it fired.
+    pub fn propose_at(
+        &mut self,
+        tick: Tick,
+        kind: u16,
+        entities: &[EntityId],
+        data: &[u8],
+    ) -> Result<u32, ClientActionError> {
         let me = self.session.id().ok_or(ClientActionError::NotConnected)?;
         if entities.len() > self.config.max_event_entities
             || data.len() > self.config.max_event_data
@@ -563,7 +684,6 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         if self.predictions.open().count() >= self.config.max_open_predictions {
             return Err(ClientActionError::TooManyOpen);
         }
-        let tick = self.repl.tick().unwrap_or_default();
         let p = self.predictions.predict(
             me,
             tick,

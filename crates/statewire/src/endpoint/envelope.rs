@@ -15,6 +15,8 @@
 //!   unreliable  0x01 STATE    a replication packet (statewire_core::replication format)
 //!   reliable    0x02 REFUSED  seq:u32le: the proposal `seq` was not accepted
 //!   either      0x04 USER     channel:u8, postcard message
+//!   unreliable  0x05 TIMING   early_by:f32le: how many ticks early the least early of this
+//!                             client's recent inputs arrived (negative: late)
 //! ```
 
 use statewire_core::{AckFrame, Tick};
@@ -25,6 +27,7 @@ pub(crate) const WRITES: u8 = 0x02;
 pub(crate) const REFUSED: u8 = 0x02;
 pub(crate) const PROPOSE: u8 = 0x03;
 pub(crate) const USER: u8 = 0x04;
+pub(crate) const TIMING: u8 = 0x05;
 
 /// Most inputs one TICK message carries: the newest and the ones before it, so one lost
 /// packet costs no input.
@@ -159,6 +162,26 @@ pub(crate) fn encode_refused(seq: u32) -> [u8; 5] {
 }
 
 /// Decodes a REFUSED body.
+/// A TIMING message, tag included.
+pub(crate) fn encode_timing(early_by: f32) -> [u8; 5] {
+    let mut out = [TIMING, 0, 0, 0, 0];
+    out[1..].copy_from_slice(&early_by.to_le_bytes());
+    out
+}
+
+/// A TIMING body: the report, which may be any f32 (the clock ignores non-finite ones).
+pub(crate) fn decode_timing(body: &[u8]) -> Result<f32, EnvelopeError> {
+    let mut r = Reader(body);
+    let bytes: [u8; 4] = r
+        .take(4)?
+        .try_into()
+        .map_err(|_| EnvelopeError::Truncated)?;
+    if !r.0.is_empty() {
+        return Err(EnvelopeError::Trailing);
+    }
+    Ok(f32::from_le_bytes(bytes))
+}
+
 pub(crate) fn decode_refused(body: &[u8]) -> Result<u32, EnvelopeError> {
     let mut r = Reader(body);
     let seq = r.u32()?;
@@ -212,6 +235,12 @@ mod tests {
         );
         assert_eq!(decode_refused(&encode_refused(9)[1..]), Ok(9));
         assert_eq!(decode_refused(&[1, 2, 3]), Err(EnvelopeError::Truncated));
+        assert_eq!(decode_timing(&encode_timing(-1.5)[1..]), Ok(-1.5));
+        assert_eq!(decode_timing(&[0, 0, 0]), Err(EnvelopeError::Truncated));
+        assert_eq!(
+            decode_timing(&[0, 0, 0, 0, 0]),
+            Err(EnvelopeError::Trailing)
+        );
         assert_eq!(
             decode_refused(&[1, 2, 3, 4, 5]),
             Err(EnvelopeError::Trailing)
@@ -226,6 +255,7 @@ mod tests {
         fn decoders_take_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_tick(&bytes, 16);
             let _ = decode_refused(&bytes);
+            let _ = decode_timing(&bytes);
             let _ = decode_user(&bytes);
         }
 

@@ -7,6 +7,7 @@ use hashbrown::HashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use statewire_core::authority::decode_writes;
+use statewire_core::clock::{InputTiming, InputTimingConfig, InputTimingStats};
 use statewire_core::events::{EntityRefs, EventData, decode_proposal};
 use statewire_core::{
     Authority, AuthorityConfig, ClientId, ComponentId, EncodeStats, EntityId, EventConfig,
@@ -37,7 +38,9 @@ pub struct GameServerConfig {
     pub store: StoreConfig,
     /// Writes of client-owned entities. Default [`AuthorityConfig::default`].
     pub authority: AuthorityConfig,
-    /// Event proposals and the event log. Default [`EventConfig::default`].
+    /// Event proposals and the event log. Default [`EventConfig::default`] with
+    /// `max_hold_ticks` 32: a proposal a client stamps with a tick of its own simulation,
+    /// which runs ahead of ours, waits for that tick (about 1 s at 30 Hz at most).
     pub events: EventConfig,
     /// Ticks ahead of the current one an input may be stamped for. Default 64 (about 2 s at
     /// 30 Hz).
@@ -57,6 +60,14 @@ pub struct GameServerConfig {
     /// dropped and counted (the writes themselves are still applied or refused), so one client
     /// cannot crowd out the others' events. Default 64.
     pub max_events_per_client_per_tick: u32,
+    /// How early each client's inputs arrive is measured over this window (per client,
+    /// freed when it leaves). Default [`InputTimingConfig::default`] (32 inputs).
+    pub input_timing: InputTimingConfig,
+    /// Every this many ticks each client is told how early its least early input of the
+    /// window arrived (a 5-byte
+    /// unreliable message), which its tick clock uses to run just far enough ahead. At least
+    /// 1. Default 10 (3 reports a second at 30 Hz).
+    pub input_report_interval_ticks: u32,
 }
 
 impl Default for GameServerConfig {
@@ -75,13 +86,18 @@ impl Default for GameServerConfig {
             session,
             store: StoreConfig::default(),
             authority: AuthorityConfig::default(),
-            events: EventConfig::default(),
+            events: EventConfig {
+                max_hold_ticks: 32,
+                ..EventConfig::default()
+            },
             input_window_ticks: 64,
             max_inputs_per_client: 72,
             max_input_bytes: 64,
             max_writes_per_message: 64,
             max_queued_events: 65_536,
             max_events_per_client_per_tick: 64,
+            input_timing: InputTimingConfig::default(),
+            input_report_interval_ticks: 10,
         }
     }
 }
@@ -188,6 +204,11 @@ pub struct GameServerStats {
     pub fault_disconnects: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
+    /// Inputs received from clients, each once (redundant copies not counted).
+    pub inputs_received: u64,
+    /// Of those, inputs that arrived after their tick had run (not used; the client's tick
+    /// clock should make this rare).
+    pub inputs_late: u64,
 }
 
 /// A game server over transport `T` with inputs of type `I`: owns the session [`Server`],
@@ -210,6 +231,9 @@ pub struct GameServer<T: Transport, I> {
     authority: Authority,
     inputs: InputBuffer<I>,
     latest_input: HashMap<ClientId, I>,
+    /// The newest tick each client sent an input for (to tell new inputs from copies).
+    newest_input: HashMap<ClientId, Tick>,
+    timing: InputTiming,
     local_inputs: Vec<(ClientId, I)>,
     events: EventServer,
     config: GameServerConfig,
@@ -310,6 +334,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         if config.max_inputs_per_client == 0
             || config.max_queued_events == 0
             || config.max_events_per_client_per_tick == 0
+            || config.input_report_interval_ticks == 0
         {
             return Err(ConfigError::ZeroLimit);
         }
@@ -327,6 +352,8 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             authority: Authority::new(config.authority.clone()),
             inputs: InputBuffer::new(config.input_window_ticks, config.max_inputs_per_client),
             latest_input: HashMap::new(),
+            newest_input: HashMap::new(),
+            timing: InputTiming::new(config.input_timing.clone()),
             local_inputs: Vec::new(),
             events: EventServer::new(config.events.clone()),
             config,
@@ -464,12 +491,46 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         self.events.remove_client(id);
         self.inputs.remove_client(id);
         self.latest_input.remove(&id);
+        self.newest_input.remove(&id);
+        self.timing.remove_client(id);
         self.last_encode.remove(&id);
         self.local_inputs.retain(|(c, _)| *c != id);
         self.local_messages.retain(|(c, _)| *c != id);
         self.per_client_events.remove(&id);
         self.remote.retain(|&c| c != id);
         self.local.retain(|&c| c != id);
+    }
+
+    /// One input from a TICK message. Each input travels in a few messages (redundancy), so
+    /// only the first copy counts: an input is new when it is for a tick after the newest
+    /// one this client sent. A new input for a tick not yet run goes to the buffer and its
+    /// earliness is measured; one whose tick already ran is late, measured and dropped.
+    /// Inputs far outside the window go to the buffer, which counts them as refused.
+    fn take_input(&mut self, id: ClientId, tick: Tick, raw: &[u8]) {
+        let window = MAX_INPUTS_PER_MESSAGE as i32;
+        let newest = self.newest_input.get(&id).copied();
+        let is_new = newest.is_none_or(|n| tick.is_after(n));
+        if !is_new && newest.is_some_and(|n| n.diff(tick) < window) {
+            return;
+        }
+        let late = self.tick.is_after(tick);
+        if is_new && late && self.tick.diff(tick) <= window {
+            self.stats.inputs_received += 1;
+            self.stats.inputs_late += 1;
+            let _ = self.timing.on_input(id, tick, self.tick);
+            self.newest_input.insert(id, tick);
+            return;
+        }
+        let Ok(input) = postcard::from_bytes::<I>(raw) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        // The buffer counts out-of-window inputs; only inputs it holds count as received.
+        if self.inputs.push(id, tick, input).is_ok() && is_new {
+            self.stats.inputs_received += 1;
+            let _ = self.timing.on_input(id, tick, self.tick);
+            self.newest_input.insert(id, tick);
+        }
     }
 
     fn handle_message(
@@ -488,18 +549,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 }
                 let mut tick = m.first_tick;
                 for raw in m.inputs {
-                    // Redundant copies of inputs for the few ticks just run are expected: skip
-                    // them without counting. Anything older goes to the buffer, which counts it
-                    // as too old.
-                    let copy = self.tick.is_after(tick)
-                        && self.tick.diff(tick) <= MAX_INPUTS_PER_MESSAGE as i32;
-                    if !copy {
-                        match postcard::from_bytes::<I>(raw) {
-                            // The buffer counts out-of-window inputs.
-                            Ok(input) => drop(self.inputs.push(id, tick, input)),
-                            Err(_) => self.stats.malformed += 1,
-                        }
-                    }
+                    self.take_input(id, tick, raw);
                     tick = tick.next();
                 }
                 Ok(())
@@ -749,6 +799,20 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 Err(_) => behind.push(id),
             }
         }
+        if self.tick.0 % self.config.input_report_interval_ticks == 0 {
+            for &id in &self.remote {
+                if let Some(t) = self.timing.stats(id) {
+                    let early = t.least_early as f32;
+                    if self
+                        .session
+                        .send(id, UNRELIABLE, &envelope::encode_timing(early))
+                        .is_err()
+                    {
+                        self.stats.send_refused += 1;
+                    }
+                }
+            }
+        }
         for id in behind {
             self.fault(id, Fault::FellBehind);
         }
@@ -963,6 +1027,12 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     #[must_use]
     pub fn inputs_rejected(&self) -> u64 {
         self.inputs.total_rejected()
+    }
+
+    /// How early `client`'s inputs arrive, over the last [`InputTimingConfig::window`] inputs
+    /// (and its late inputs, ever); `None` before its first input.
+    pub fn input_timing(&self, client: ClientId) -> Option<InputTimingStats> {
+        self.timing.stats(client)
     }
 
     /// The current tick (0 before the first update).

@@ -684,6 +684,46 @@ fn tight_budget_with_constant_changes_starves_nothing() {
     assert!(worst > 0);
 }
 
+/// Every entity changes every tick and a packet holds a fraction of them: the entity the
+/// client owns is in every packet all the same (its prediction reconciles against it), while
+/// the others take turns.
+#[test]
+fn the_clients_own_entity_goes_first() {
+    let n = 300u32;
+    let mut l = Loop::new(
+        registry(),
+        32,
+        ServerConfig {
+            max_packet_bytes: 200,
+            ..ServerConfig::default()
+        },
+    );
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, n);
+    let mine = 250u32;
+    world.ents[mine as usize].owner = Some(l.me.0);
+    let (mut with_mine, mut others_missed) = (0, 0);
+    for t in 1..=60u32 {
+        for e in &mut world.ents {
+            if let Some(p) = &mut e.pos {
+                p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
+            }
+        }
+        l.set_world(t, &world);
+        let (pkt, stats) = l.packet();
+        assert!(pkt.len() <= 200 && !stats.over_budget);
+        l.deliver(&pkt).unwrap();
+        l.ack();
+        if l.sink.touched.contains(&mine) {
+            with_mine += 1;
+        }
+        others_missed += (0..n).filter(|id| !l.sink.touched.contains(id)).count();
+    }
+    assert_eq!(with_mine, 60, "the owned entity missed a packet");
+    // The budget really was too small for everything.
+    assert!(others_missed > 60 * 100, "{others_missed}");
+}
+
 /// A small xorshift generator for the seeded tests.
 struct Rng(u64);
 

@@ -8,7 +8,8 @@
 //! record per entity in that client's view (16 bytes: the newest tick the client acknowledged
 //! for it, what is in flight, a priority accumulator), stored with the entity so that a change
 //! reaches exactly the clients that see it. Each packet carries the entities with unsent changes,
-//! highest accumulated priority first, within the packet's byte budget; each is coded against
+//! the client's own entities first (its prediction reconciles against them), then the highest
+//! accumulated priority first, within the packet's byte budget; each is coded against
 //! the state that client acknowledged for that entity (read from the shared history), or in full
 //! when it has none. Acknowledgements are per packet ([`AckFrame`]): what a packet carried is
 //! known to the client once it is acknowledged, and only what a lost packet carried (and still

@@ -1235,12 +1235,15 @@ impl ServerReplicator {
                     }
                 }
                 r.prio += g;
+                // The client's own entities go first: its prediction reconciles against them,
+                // and a stale one would read as a misprediction.
+                let own = sl.current().owner == Owner::Client(c.id);
                 sc.pre.push(Pre {
                     slot: s,
                     pos: k as u32,
                     required,
                     leaving,
-                    prio: r.prio,
+                    prio: if own { f32::INFINITY } else { r.prio },
                 });
             }
             sc.keep = std::mem::replace(&mut c.pending, keep);

@@ -19,6 +19,16 @@ pub(crate) const SHOT_RANGE: f32 = 40.0;
 /// Event kind: a player killed an enemy; entities = [shooter's player, enemy].
 pub(crate) const KILL: u16 = 1;
 const ENEMY_SPEED: f32 = 1.5;
+/// Fastest anything moves, metres per second (a remote entity shown moving faster jumped).
+pub(crate) const MAX_SPEED: f32 = PLAYER_SPEED;
+/// Enemies' radius as a target, metres.
+pub(crate) const ENEMY_RADIUS: f32 = 0.75;
+/// Players' radius, metres.
+pub(crate) const PLAYER_RADIUS: f32 = 0.5;
+/// Position quantum (the replicated precision): the game keeps positions on this grid, so
+/// what a client receives is exactly the server's state and replaying inputs from it
+/// reproduces the server bit for bit.
+const GRID: f32 = 64.0;
 
 /// Position on the arena floor, 1/64 m steps.
 #[derive(Debug, Clone, Copy, PartialEq, Replicate)]
@@ -140,7 +150,7 @@ impl Game {
             actors.push(Actor {
                 id,
                 owner: Owner::Server,
-                pos: Position { x, y },
+                pos: snap(Position { x, y }),
                 facing: uniform(&mut rng, 0.0, TAU),
                 body: Body {
                     kind: Kind::Enemy,
@@ -239,9 +249,10 @@ impl Game {
         }
     }
 
-    /// Advances one tick: players follow their latest input, enemies wander (each tick an
-    /// enemy starts or stops walking with a small probability, so about a fifth walk at once).
-    pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input) {
+    /// Advances one tick: players follow their latest input and, with `world`, enemies
+    /// wander (each tick an enemy starts or stops walking with a small probability, so about
+    /// a fifth walk at once).
+    pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input, world: bool) {
         let dt = 1.0 / TICK_HZ as f32;
         for &(client, id) in &self.players {
             let input = inputs(client);
@@ -250,13 +261,12 @@ impl Game {
             };
             if input.dx != 0 || input.dy != 0 {
                 self.changes.push(Change::Update(id));
-                let (dx, dy) = (f32::from(input.dx), f32::from(input.dy));
-                let len = (dx * dx + dy * dy).sqrt();
-                a.pos.x += dx / len * PLAYER_SPEED * dt;
-                a.pos.y += dy / len * PLAYER_SPEED * dt;
                 // Facing is the client's to write (client-authoritative aim), not derived here.
-                clamp_to_arena(&mut a.pos, self.arena);
+                a.pos = move_player(a.pos, input, self.arena);
             }
+        }
+        if !world {
+            return;
         }
         for a in &mut self.actors {
             if a.body.kind != Kind::Enemy || (self.moving.is_some() && !a.mobile) {
@@ -275,6 +285,7 @@ impl Game {
                     a.facing = (a.facing + std::f32::consts::PI).rem_euclid(TAU);
                     clamp_to_arena(&mut a.pos, self.arena);
                 }
+                a.pos = snap(a.pos);
                 continue;
             }
             if a.speed == 0.0 {
@@ -294,6 +305,7 @@ impl Game {
                     a.facing = (a.facing + std::f32::consts::PI).rem_euclid(TAU);
                     clamp_to_arena(&mut a.pos, self.arena);
                 }
+                a.pos = snap(a.pos);
             }
         }
     }
@@ -320,16 +332,14 @@ impl Game {
         }
     }
 
-    /// Whether `shooter`'s player may kill `target`: the target is a live enemy within range.
-    pub(crate) fn can_kill(&self, shooter: ClientId, target: EntityId) -> bool {
-        let (Some(p), Some(t)) = (
-            self.player_of(shooter).and_then(|id| self.actor(id)),
-            self.actor(target),
-        ) else {
-            return false;
-        };
-        let (dx, dy) = (p.pos.x - t.pos.x, p.pos.y - t.pos.y);
-        t.body.kind == Kind::Enemy && dx * dx + dy * dy <= SHOT_RANGE * SHOT_RANGE
+    /// Whether `id` is a player's entity.
+    pub(crate) fn is_player(&self, id: EntityId) -> bool {
+        self.players.iter().any(|p| p.1 == id)
+    }
+
+    /// Half the arena's side, metres.
+    pub(crate) fn arena(&self) -> f32 {
+        self.arena
     }
 
     /// Removes enemy `target` and spawns a replacement elsewhere (ids are never reused).
@@ -348,7 +358,7 @@ impl Game {
         self.push_actor(Actor {
             id,
             owner: Owner::Server,
-            pos: Position { x, y },
+            pos: snap(Position { x, y }),
             facing,
             body: Body {
                 kind: Kind::Enemy,
@@ -358,6 +368,80 @@ impl Game {
             mobile: dead.mobile,
         });
         Some(id)
+    }
+}
+
+/// A shot claim's data (the proposal's `tick` is the shooter's own tick, when it fired; its
+/// entities are the shooter's player and the target): how many ticks before that the
+/// shooter's view of the world was, the view's fraction of a tick in 256ths, and the aim in
+/// 65,536ths of a turn. 4 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShotData {
+    pub(crate) view_back: u8,
+    pub(crate) fraction: u8,
+    pub(crate) angle: u16,
+}
+
+impl ShotData {
+    pub(crate) fn encode(self) -> [u8; 4] {
+        let a = self.angle.to_le_bytes();
+        [self.view_back, self.fraction, a[0], a[1]]
+    }
+
+    /// `None` unless exactly 4 bytes.
+    pub(crate) fn decode(data: &[u8]) -> Option<ShotData> {
+        let &[view_back, fraction, a0, a1] = data else {
+            return None;
+        };
+        Some(ShotData {
+            view_back,
+            fraction,
+            angle: u16::from_le_bytes([a0, a1]),
+        })
+    }
+
+    /// The aim as a unit vector.
+    pub(crate) fn direction(self) -> [f32; 2] {
+        let a = f32::from(self.angle) / 65_536.0 * TAU;
+        [a.cos(), a.sin()]
+    }
+
+    /// The 65,536ths of a turn nearest to `radians`.
+    pub(crate) fn angle_of(radians: f32) -> u16 {
+        (radians.rem_euclid(TAU) / TAU * 65_536.0).round() as u32 as u16
+    }
+}
+
+/// Distance from `point` to the shot from `origin` along the unit vector `dir` for
+/// [`SHOT_RANGE`] metres (to its nearest point): the shot hits a target of radius `r` there
+/// when this is at most `r`.
+pub(crate) fn shot_distance(origin: [f32; 2], dir: [f32; 2], point: [f32; 2]) -> f32 {
+    let (px, py) = (point[0] - origin[0], point[1] - origin[1]);
+    let along = (px * dir[0] + py * dir[1]).clamp(0.0, SHOT_RANGE);
+    let (nx, ny) = (origin[0] + dir[0] * along, origin[1] + dir[1] * along);
+    ((point[0] - nx).powi(2) + (point[1] - ny).powi(2)).sqrt()
+}
+
+/// One tick of a player's movement: the game's deterministic step, run by the server for
+/// every player and by each client to predict its own. Same input, same position: bit for bit.
+pub(crate) fn move_player(mut pos: Position, input: Input, arena: f32) -> Position {
+    if input.dx == 0 && input.dy == 0 {
+        return pos;
+    }
+    let dt = 1.0 / TICK_HZ as f32;
+    let (dx, dy) = (f32::from(input.dx), f32::from(input.dy));
+    let len = (dx * dx + dy * dy).sqrt();
+    pos.x += dx / len * PLAYER_SPEED * dt;
+    pos.y += dy / len * PLAYER_SPEED * dt;
+    clamp_to_arena(&mut pos, arena);
+    snap(pos)
+}
+
+/// `p` on the replicated grid (1/64 m).
+fn snap(p: Position) -> Position {
+    Position {
+        x: (p.x * GRID).round() / GRID,
+        y: (p.y * GRID).round() / GRID,
     }
 }
 
@@ -510,6 +594,40 @@ impl Bot {
             })
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .map(|(_, id)| id)
+    }
+
+    /// Now and then, the nearest enemy within `reach` of `from` as this client shows it
+    /// (`shown`: where each entity is on screen), and where it is shown.
+    pub(crate) fn pick_shown_target(
+        &mut self,
+        world: &ClientWorld,
+        shown: &hashbrown::HashMap<EntityId, [f32; 2]>,
+        from: Position,
+        reach: f32,
+    ) -> Option<(EntityId, [f32; 2])> {
+        if !self.rng.chance(0.03) {
+            return None;
+        }
+        shown
+            .iter()
+            .filter(|(id, _)| {
+                world
+                    .entities
+                    .get(*id)
+                    .and_then(|e| e.body)
+                    .is_some_and(|b| b.kind == Kind::Enemy)
+            })
+            .filter_map(|(&id, &p)| {
+                let d = (p[0] - from.x).powi(2) + (p[1] - from.y).powi(2);
+                (d <= reach * reach).then_some((d, id, p))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, id, p)| (id, p))
+    }
+
+    /// A sideways aiming error, uniform in `-max..max` metres.
+    pub(crate) fn aim_error(&mut self, max: f32) -> f32 {
+        uniform(&mut self.rng, -max, max)
     }
 
     /// A random aim angle now and then (the client's own write).

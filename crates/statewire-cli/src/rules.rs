@@ -3,9 +3,11 @@
 //! replicated store, authority over client writes, inputs, events and the message envelope.
 //!
 //! What is left here is the game: who spawns when a player joins, that a client may write only
-//! its own player's facing (client-authoritative aim, validated by the endpoint), that a kill
-//! is valid when the shooter's player is in range of the target (first claim wins), copying the
-//! game's changes into the store, and the digests both sides compare at the end of a run.
+//! its own player's facing (client-authoritative aim, validated by the endpoint), that a shot
+//! kills when it hit the target where the shooter saw it (lag compensation: the target is
+//! rewound to the shooter's view time, the shooter is where it was when it fired; the first
+//! hit on a live enemy kills), copying the game's changes into the store, and the digests both
+//! sides compare at the end of a run.
 
 use std::time::{Duration, Instant};
 
@@ -15,13 +17,19 @@ use statewire::endpoint::{
     WriteRefusal,
 };
 use statewire::{Key, TokenConfig};
+use statewire_core::lag_compensation::{
+    HitClaim, HitHistory, LagCompensationConfig, Shot, ViewTime,
+};
 use statewire_core::{
-    ClientId, ComponentCoding, ComponentId, EntityId, GameEvent, Owner, Registry, ServerConfig,
-    Snapshot, Store, Tick, Writer,
+    ClientId, ComponentCoding, ComponentId, EntityId, GameEvent, Owner, Proposal, Registry,
+    ServerConfig, Snapshot, Store, Tick, Writer,
 };
 use statewire_transport::{Transport, TransportError};
 
-use crate::game::{self, Body, Change, Facing, Game, Input, KILL, Position, TICK_HZ};
+use crate::game::{
+    self, Body, Change, ENEMY_RADIUS, Facing, Game, Input, KILL, Kind, PLAYER_RADIUS, Position,
+    SHOT_RANGE, ShotData, TICK_HZ,
+};
 
 /// Ticks an input may be stamped ahead of the server.
 const INPUT_WINDOW: u32 = 2 * TICK_HZ;
@@ -52,13 +60,51 @@ pub(crate) struct FinalDigest {
     pub(crate) digest: u64,
 }
 
-/// The game's protocol: its components (with `coding`) and the end-of-run channel.
-pub(crate) fn protocol(
-    coding: ComponentCoding,
-) -> Result<(Protocol, MessageChannel<FinalDigest>), NetGameError> {
+/// What a client needs to predict its player like the server moves it, sent when it joins.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct GameRules {
+    /// Half the arena's side, metres (players stop at its edge).
+    pub(crate) arena: f32,
+}
+
+/// The game's channels besides replication.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Channels {
+    pub(crate) final_digest: MessageChannel<FinalDigest>,
+    pub(crate) rules: MessageChannel<GameRules>,
+}
+
+/// The game's protocol: its components (with `coding`) and its channels.
+pub(crate) fn protocol(coding: ComponentCoding) -> Result<(Protocol, Channels), NetGameError> {
     let mut p = Protocol::from_registry(game::registry(coding)?);
-    let fin = p.channel::<FinalDigest>("final digest", Delivery::Reliable, 16)?;
-    Ok((p, fin))
+    let final_digest = p.channel::<FinalDigest>("final digest", Delivery::Reliable, 16)?;
+    let rules = p.channel::<GameRules>("rules", Delivery::Reliable, 8)?;
+    Ok((
+        p,
+        Channels {
+            final_digest,
+            rules,
+        },
+    ))
+}
+
+/// Ticks of positions the server keeps for lag compensation (1.5 s).
+const HIT_HISTORY_TICKS: u32 = 45;
+/// Most a shot is rewound: 1 s, as Source's `sv_maxunlag` (a shooter's view is about a round
+/// trip plus the interpolation delay behind the tick it fires in: 20-30 ticks on the poor and
+/// very poor profiles).
+pub(crate) const MAX_REWIND_TICKS: u32 = 30;
+
+/// How the server judged one shot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShotVerdict {
+    pub(crate) client: ClientId,
+    pub(crate) seq: u32,
+    /// Hit, with the target rewound to the shooter's view.
+    pub(crate) hit: bool,
+    /// What the verdict would have been against where the target was when the shot was
+    /// judged (no rewind), for comparison.
+    pub(crate) hit_without_rewind: bool,
 }
 
 /// The session protocol id of the game with `coding` (connect tokens and LAN beacons carry
@@ -201,7 +247,10 @@ pub(crate) fn snapshot_digest(registry: &Registry, state: &Snapshot) -> u64 {
 pub(crate) struct ServerGame<T: Transport> {
     pub(crate) net: GameServer<T, Input>,
     pub(crate) game: Game,
-    final_channel: MessageChannel<FinalDigest>,
+    channels: Channels,
+    history: HitHistory<2>,
+    /// Every shot judged, in order.
+    pub(crate) verdicts: Vec<ShotVerdict>,
     budget: Option<usize>,
     facing: Option<ComponentId>,
     changes: Vec<Change>,
@@ -218,7 +267,7 @@ impl<T: Transport> ServerGame<T> {
         params: &GameParams,
         security: Security,
     ) -> Result<Self, NetGameError> {
-        let (protocol, final_channel) = protocol(params.coding)?;
+        let (protocol, channels) = protocol(params.coding)?;
         let defaults = GameServerConfig::default();
         let config = GameServerConfig {
             session: statewire::SessionConfig {
@@ -245,7 +294,16 @@ impl<T: Transport> ServerGame<T> {
         Ok(ServerGame {
             net,
             game: Game::new(params.enemies, params.seed, params.moving),
-            final_channel,
+            channels,
+            history: HitHistory::new(LagCompensationConfig {
+                history_ticks: HIT_HISTORY_TICKS,
+                max_rewind_ticks: MAX_REWIND_TICKS,
+                max_entities_per_tick: params.enemies + params.max_clients + 64,
+                // The positions clients interpolate are on a 1/64 m grid.
+                tolerance: 1.0 / 64.0,
+                ..LagCompensationConfig::default()
+            }),
+            verdicts: Vec::new(),
             budget: params.budget,
             facing,
             changes: Vec::new(),
@@ -255,7 +313,8 @@ impl<T: Transport> ServerGame<T> {
         })
     }
 
-    /// One server tick: read, (if `active`) simulate and resolve kills, replicate, transmit.
+    /// One server tick: read, simulate (the players; with `active` the enemies too), resolve
+    /// shots, replicate, transmit.
     pub(crate) fn step(&mut self, now: Duration, active: bool) -> Result<(), NetGameError> {
         self.net.update(now)?;
         while let Some(ev) = self.net.poll_event() {
@@ -265,6 +324,11 @@ impl<T: Transport> ServerGame<T> {
                         self.net.set_packet_budget(id, self.budget)?;
                     }
                     self.game.add_player(id);
+                    let rules = GameRules {
+                        arena: self.game.arena(),
+                    };
+                    // Refused only if the client is already gone.
+                    let _ = self.net.send(id, self.channels.rules, &rules);
                 }
                 GameServerEvent::Left(id, _) => self.game.remove_player(id),
                 GameServerEvent::WriteApplied {
@@ -282,24 +346,33 @@ impl<T: Transport> ServerGame<T> {
                 _ => {}
             }
         }
-        if active {
-            let net = &self.net;
-            self.game
-                .step(&|c| net.input(c).copied().unwrap_or_default());
+        // Players always follow their inputs (clients predict that); the rest of the world
+        // stands still in quiet periods.
+        let net = &self.net;
+        self.game
+            .step(&|c| net.input(c).copied().unwrap_or_default(), active);
+        // Where everything is this tick, for the shots judged from now on.
+        let tick = self.net.tick();
+        if self.history.begin_tick(tick).is_ok() {
+            for (id, s) in self.game.states() {
+                let r = if s.body.kind == Kind::Enemy {
+                    ENEMY_RADIUS
+                } else {
+                    PLAYER_RADIUS
+                };
+                // Refused only past max_entities_per_tick (counted by the history).
+                let _ = self.history.record(id, [s.pos.x, s.pos.y], r);
+            }
         }
-        // Resolve kill claims: first valid claim in resolution order wins.
-        let game = &mut self.game;
+        // Resolve shots: the first hit on a live enemy, in resolution order, kills it.
+        let (game, history, verdicts) = (&mut self.game, &mut self.history, &mut self.verdicts);
         let before = self.net.stats().proposals_rejected;
         let resolved = self.net.resolve_events(|p, _store| {
-            let (Writer::Client(shooter), 2, KILL) = (p.proposer, p.entities.len(), p.kind) else {
+            let Some(v) = judge_shot(game, history, p, tick) else {
                 return false;
             };
-            let target = p.entities[1];
-            if game.player_of(shooter) != Some(p.entities[0]) || !game.can_kill(shooter, target) {
-                return false;
-            }
-            game.kill(target);
-            true
+            verdicts.push(v);
+            v.hit && game.kill(p.entities[1]).is_some()
         });
         self.resolved.extend(resolved);
         self.counters.rejected_proposals += self.net.stats().proposals_rejected - before;
@@ -446,6 +519,11 @@ impl<T: Transport> ServerGame<T> {
         self.net.tick()
     }
 
+    /// Lag compensation's counters.
+    pub(crate) fn hit_history(&self) -> &HitHistory<2> {
+        &self.history
+    }
+
     /// Tells every client the digest of its final view (reliable).
     pub(crate) fn announce_final(&mut self) {
         let tick = self.net.tick().0;
@@ -454,9 +532,59 @@ impl<T: Transport> ServerGame<T> {
                 tick,
                 digest: self.view_digest(id),
             };
-            let _ = self.net.send(id, self.final_channel, &msg);
+            let _ = self.net.send(id, self.channels.final_digest, &msg);
         }
     }
+}
+
+/// Judges a shot claim at server tick `now`: `None` if it is not one (not a KILL from a client
+/// naming its own player and an enemy, with [`ShotData`]) or cannot be judged (its tick is not
+/// in the history); otherwise whether it hit the target where the shooter saw it, the shooter
+/// standing where it was when it fired.
+fn judge_shot(
+    game: &Game,
+    history: &mut HitHistory<2>,
+    p: &Proposal,
+    now: Tick,
+) -> Option<ShotVerdict> {
+    let (Writer::Client(shooter), &[me, target], KILL) =
+        (p.proposer, p.entities.as_slice(), p.kind)
+    else {
+        return None;
+    };
+    let data = ShotData::decode(&p.data)?;
+    // Enemies only (a dead one too: the history still knows where it was when seen).
+    if game.player_of(shooter) != Some(me) || game.is_player(target) {
+        return None;
+    }
+    let origin = history.position_at(me, ViewTime::at(p.tick)).ok()?.position;
+    let direction = data.direction();
+    let view = ViewTime::new(
+        Tick(p.tick.0.wrapping_sub(u32::from(data.view_back))),
+        f32::from(data.fraction) / 256.0,
+    );
+    let claim = HitClaim {
+        target,
+        view,
+        shot: Shot::Ray {
+            origin,
+            direction,
+            range: SHOT_RANGE,
+        },
+    };
+    let verdict = history.check_hit(&claim).ok()?;
+    let hit_without_rewind = history
+        .position_at(target, ViewTime::at(now))
+        .is_ok_and(|t| {
+            game::shot_distance(origin, direction, t.position)
+                <= t.radius + history.config().tolerance
+        });
+    Some(ShotVerdict {
+        client: shooter,
+        seq: p.seq,
+        hit: verdict.hit,
+        hit_without_rewind,
+    })
 }
 
 /// The session settings a raw client of this game needs (the attack traffic in `sim

@@ -320,9 +320,139 @@ pub(crate) struct SimReport {
     pub(crate) max_staleness_ticks: u32,
     /// Who played (`--scenario`).
     pub(crate) scenario: Scenario,
+    /// Prediction, interpolation, lag compensation and tick sync (the fields are at the top
+    /// level of the JSON).
+    #[serde(flatten)]
+    pub(crate) smooth: SmoothPlay,
     /// The run over time, for `--report` (not in the JSON).
     #[serde(skip)]
     pub(crate) timeline: Option<Timeline>,
+}
+
+/// How smooth play was, over the honest bots (see `bots.rs` for how each is measured).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct SmoothPlay {
+    /// Distance between where a client predicted its player for a tick (when it made that
+    /// prediction: what it showed) and where the server put it at that tick, metres, over
+    /// every active tick of every client: mean, 99th percentile, largest.
+    pub(crate) prediction_error_mean: f32,
+    pub(crate) prediction_error_p99: f32,
+    pub(crate) prediction_error_max: f32,
+    /// Predictions compared.
+    pub(crate) prediction_samples: usize,
+    /// Corrections of a client's own player larger than 5 cm (`VISIBLE_CORRECTION`).
+    pub(crate) corrections_visible: u64,
+    /// Corrections applied at once (over the predictor's 4 m snap distance), not smoothed.
+    pub(crate) snaps: u64,
+    /// Longest run of frames in which a client's own input moved its prediction but not its
+    /// player on screen (0: local input shows in the frame it is made).
+    pub(crate) local_input_delay_ticks: u32,
+    /// The interpolation delay each client's render clock settled on at the end of the active
+    /// period, mean over clients, ms.
+    pub(crate) interpolation_delay_ms: f64,
+    /// Share of frames in which some remote entity had to be extrapolated (its next snapshot
+    /// was late).
+    pub(crate) extrapolated_frames: f64,
+    /// Frames in which a remote entity moved on screen farther than anything can move in a
+    /// frame (5 m/s, with 10 % and two position steps to spare).
+    pub(crate) remote_jumps: u64,
+    /// Shots fired, and how the server judged them with the targets rewound to each
+    /// shooter's view.
+    pub(crate) shots: u64,
+    pub(crate) hits_confirmed: u64,
+    pub(crate) hits_rejected: u64,
+    /// Shots the run ended before the server judged (or could not judge).
+    pub(crate) shots_unjudged: u64,
+    /// Shots whose view was older than the 1 s rewind cap, judged at the cap.
+    pub(crate) shots_rewind_capped: u64,
+    /// Of the judged shots, the share whose hit or miss as the server judged it (with rewind)
+    /// equals what the shooter saw.
+    pub(crate) view_agreement: f64,
+    /// The same share had the server judged against where the targets were when the shot
+    /// was judged (no rewind), for comparison.
+    pub(crate) view_agreement_without_rewind: f64,
+    /// How early inputs arrived at the server, ms (mean over clients of each one's window).
+    pub(crate) input_early_ms_mean: f64,
+    /// Inputs the clients sent (each once), inputs the server received, and of those, inputs
+    /// that arrived after their tick had run.
+    pub(crate) inputs_sent: u64,
+    pub(crate) inputs_received: u64,
+    pub(crate) inputs_late: u64,
+}
+
+/// Sums the honest bots' smooth-play figures.
+fn smooth_play(
+    server: &GameServer<Link>,
+    clients: &[GameClient<Link>],
+    mut errors: Vec<f32>,
+    delays: &[f64],
+) -> SmoothPlay {
+    errors.sort_unstable_by(f32::total_cmp);
+    let p99 = if errors.is_empty() {
+        0.0
+    } else {
+        errors[((errors.len() * 99).div_ceil(100)).clamp(1, errors.len()) - 1]
+    };
+    let mut out = SmoothPlay {
+        prediction_error_mean: errors.iter().sum::<f32>() / errors.len().max(1) as f32,
+        prediction_error_p99: p99,
+        prediction_error_max: errors.last().copied().unwrap_or(0.0),
+        prediction_samples: errors.len(),
+        interpolation_delay_ms: delays.iter().sum::<f64>() / delays.len().max(1) as f64,
+        ..SmoothPlay::default()
+    };
+    let (mut frames, mut extrapolated, mut judged, mut agree, mut agree_now) = (0, 0, 0, 0, 0);
+    let (mut early_sum, mut early_n) = (0.0, 0);
+    for c in clients {
+        let s = c.smooth;
+        out.corrections_visible += s.corrections_visible;
+        out.snaps += s.snaps;
+        out.local_input_delay_ticks = out.local_input_delay_ticks.max(s.input_delay_frames);
+        out.remote_jumps += s.remote_jumps;
+        out.shots += s.shots;
+        out.inputs_sent += c.net.stats().inputs_sent;
+        frames += s.frames;
+        extrapolated += s.extrapolated_frames;
+        let Some(id) = c.net.id() else { continue };
+        if let Some(t) = server.net.input_timing(id) {
+            out.inputs_received += t.received;
+            out.inputs_late += t.late;
+            early_sum += f64::from(t.early_by) * 1000.0 / f64::from(TICK_HZ);
+            early_n += 1;
+        }
+        for v in server.verdicts.iter().filter(|v| v.client == id) {
+            let Some(&seen) = c.shots.get(&v.seq) else {
+                continue;
+            };
+            judged += 1;
+            agree += u64::from(seen == v.hit);
+            agree_now += u64::from(seen == v.hit_without_rewind);
+            if v.hit {
+                out.hits_confirmed += 1;
+            } else {
+                out.hits_rejected += 1;
+            }
+        }
+    }
+    out.shots_unjudged = out.shots.saturating_sub(judged);
+    out.shots_rewind_capped = server.hit_history().stats().clamped;
+    out.extrapolated_frames = extrapolated as f64 / (frames as f64).max(1.0);
+    out.view_agreement = if judged == 0 {
+        1.0
+    } else {
+        agree as f64 / judged as f64
+    };
+    out.view_agreement_without_rewind = if judged == 0 {
+        1.0
+    } else {
+        agree_now as f64 / judged as f64
+    };
+    out.input_early_ms_mean = if early_n == 0 {
+        0.0
+    } else {
+        early_sum / f64::from(early_n)
+    };
+    out
 }
 
 /// Checks `cfg`'s sizes against the limits of the session, the replicator and the store, and
@@ -582,6 +712,8 @@ pub(crate) fn run(
         // The last client is the adversary when there is one.
         let behaviour = if cfg.adversary && i + 1 == n_clients {
             Behaviour::Adversary
+        } else if cfg.scenario == Scenario::Solo {
+            Behaviour::Peaceful
         } else {
             Behaviour::Honest
         };
@@ -667,10 +799,39 @@ pub(crate) fn run(
     });
     let map_at = map_ticks(cfg.ticks);
     let (mut down_prev, mut up_prev) = (down0.bytes_sent, up0.iter().map(|s| s.bytes_sent).sum());
+    let mut pred_errors: Vec<f32> = Vec::new();
+    let mut extrapolated_prev: Vec<u64> = vec![0; honest];
+    let mut delay_at_end = Vec::new();
     for i in 0..cfg.ticks + cfg.quiet_ticks {
         let active = i < cfg.ticks;
         step_all(&mut server, &mut clients, &mut attack, t, active)?;
         t += 1;
+        // The prediction each client made for the tick the server just ran, against it.
+        let (mut err_sum, mut err_max, mut err_n) = (0.0f32, 0.0f32, 0u32);
+        for c in &clients[..honest] {
+            let truth = c
+                .net
+                .id()
+                .and_then(|id| server.game.player_of(id))
+                .and_then(|p| server.game.state(p));
+            if let (Some(truth), Some(p)) = (truth, c.predicted_at(server.tick())) {
+                let e = ((p.x - truth.pos.x).powi(2) + (p.y - truth.pos.y).powi(2)).sqrt();
+                if active {
+                    pred_errors.push(e);
+                }
+                err_sum += e;
+                err_max = err_max.max(e);
+                err_n += 1;
+            }
+        }
+        if i + 1 == cfg.ticks {
+            delay_at_end = clients[..honest].iter().map(|c| c.delay_ms()).collect();
+        }
+        let mut extrapolating = 0usize;
+        for (k, c) in clients[..honest].iter().enumerate() {
+            extrapolating += usize::from(c.smooth.extrapolated_frames > extrapolated_prev[k]);
+            extrapolated_prev[k] = c.smooth.extrapolated_frames;
+        }
         if let (Some(tl), true) = (&mut timeline, active) {
             let down = server.net.session().transport().stats().bytes_sent;
             let up: u64 = clients
@@ -683,7 +844,18 @@ pub(crate) fn run(
                 down_bytes_per_sec: per_client(down - down_prev),
                 up_bytes_per_sec: per_client(up - up_prev),
                 server_tick_us: server.replication_us.last().copied().unwrap_or(0),
-                ..Sample::default()
+                prediction_error_mean: if err_n == 0 {
+                    0.0
+                } else {
+                    err_sum / err_n as f32
+                },
+                prediction_error_max: err_max,
+                interpolation_delay_ms: (clients[..honest]
+                    .iter()
+                    .map(|c| c.delay_ms())
+                    .sum::<f64>()
+                    / honest.max(1) as f64) as f32,
+                extrapolated_share: extrapolating as f32 / honest.max(1) as f32,
             });
             (down_prev, up_prev) = (down, up);
             if map_at.contains(&i) {
@@ -797,6 +969,7 @@ pub(crate) fn run(
         counts = Some(a.counts);
     }
     events_consistent &= events_lost == 0 && events_duplicated == 0;
+    let smooth = smooth_play(&server, &clients[..honest], pred_errors, &delay_at_end);
     let mut report = SimReport {
         clients: cfg.clients,
         entities: server.game.len(),
@@ -866,6 +1039,7 @@ pub(crate) fn run(
         budget_exceeded: counters.budget_exceeded,
         max_staleness_ticks: counters.max_staleness_ticks,
         scenario: cfg.scenario,
+        smooth,
         timeline,
     };
     let summary = report.summary();
@@ -1043,6 +1217,10 @@ impl SimReport {
              \x20 replication      {p50} µs median, {p99} µs p99 per tick (update + encode, all clients)\n\
              \x20 memory           {smem} B server (store + records), {cmem} B all clients (peak)\n\
              \x20 budget           {budget} B per packet, {bex} over it; changes waited at most {stale}\n\
+             \x20 prediction       error mean {pem:.4} m, p99 {pep:.4} m, max {pex:.4} m over {pn} predictions; {cv} visible (> 5 cm), {sn}; local input shown after {lid}\n\
+             \x20 interpolation    delay {idl:.0} ms; {exf:.2} % of frames extrapolated; {rj}\n\
+             \x20 shots            {sh} fired: {hc} confirmed, {hr} rejected{unj}; view agreement {va:.3} ({van:.3} without rewind)\n\
+             \x20 inputs           {is} sent, {ir} received, {il} late ({ilp:.2} %); they arrive {iem:.0} ms early on average\n\
              \x20 security         {fa} and {ra} accepted; {pf} disconnected for faults; upstream delivery {ud:.3}{attack}\n\
              \x20 converged        {conv}",
             clients = plural(self.clients as u64, "client"),
@@ -1112,6 +1290,32 @@ impl SimReport {
             ra = plural(self.replayed_accepted, "replayed packet"),
             pf = plural(self.peers_disconnected_for_faults, "client"),
             ud = self.legit_upstream_delivery,
+            pem = self.smooth.prediction_error_mean,
+            pep = self.smooth.prediction_error_p99,
+            pex = self.smooth.prediction_error_max,
+            pn = self.smooth.prediction_samples,
+            cv = plural(self.smooth.corrections_visible, "correction"),
+            sn = plural(self.smooth.snaps, "snap"),
+            lid = plural(self.smooth.local_input_delay_ticks, "tick"),
+            idl = self.smooth.interpolation_delay_ms,
+            exf = self.smooth.extrapolated_frames * 100.0,
+            rj = plural(self.smooth.remote_jumps, "remote jump"),
+            sh = self.smooth.shots,
+            hc = plural(self.smooth.hits_confirmed, "hit"),
+            hr = self.smooth.hits_rejected,
+            unj = if self.smooth.shots_unjudged > 0 {
+                format!(" ({} not judged by the end)", self.smooth.shots_unjudged)
+            } else {
+                String::new()
+            },
+            va = self.smooth.view_agreement,
+            van = self.smooth.view_agreement_without_rewind,
+            is = self.smooth.inputs_sent,
+            ir = self.smooth.inputs_received,
+            il = self.smooth.inputs_late,
+            ilp = self.smooth.inputs_late as f64 * 100.0
+                / (self.smooth.inputs_received as f64).max(1.0),
+            iem = self.smooth.input_early_ms_mean,
             attack = if self.adversary {
                 format!(
                     "\n\x20 attacks          {} junk/forged datagrams, {}; the client that acknowledges nothing got {} B ({} B in its first second)",

@@ -245,7 +245,7 @@ impl<T: Transport> BotClient<T> {
             self.net.flush(now)?;
             return Ok(());
         }
-        self.take_snapshot(now);
+        self.take_snapshot(now, play);
         self.make_inputs(now, play);
         self.render(now, play);
         if play {
@@ -261,7 +261,7 @@ impl<T: Transport> BotClient<T> {
     /// Feeds a newer snapshot to the interpolator (every remote entity's position at its tick:
     /// one that did not change still needs its sample there) and our player's authoritative
     /// position to the predictor (starting it on the first).
-    fn take_snapshot(&mut self, now: Duration) {
+    fn take_snapshot(&mut self, now: Duration, play: bool) {
         let Some(tick) = self.net.tick() else {
             return;
         };
@@ -286,10 +286,11 @@ impl<T: Transport> BotClient<T> {
         match (&mut self.predictor, self.rules) {
             (Some(p), _) => {
                 let r = p.on_authoritative(tick, pos, now);
-                if r.corrected && r.error > VISIBLE_CORRECTION {
+                // Counted during play: a quiet period freezes players without notice.
+                if r.corrected && r.error > VISIBLE_CORRECTION && play {
                     self.smooth.corrections_visible += 1;
                 }
-                if r.snapped {
+                if r.snapped && play {
                     self.smooth.snaps += 1;
                 }
             }

@@ -249,10 +249,9 @@ impl Game {
         }
     }
 
-    /// Advances one tick: players follow their latest input and, with `world`, enemies
-    /// wander (each tick an enemy starts or stops walking with a small probability, so about
-    /// a fifth walk at once).
-    pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input, world: bool) {
+    /// Advances one tick: players follow their latest input, enemies wander (each tick an
+    /// enemy starts or stops walking with a small probability, so about a fifth walk at once).
+    pub(crate) fn step(&mut self, inputs: &dyn Fn(ClientId) -> Input) {
         let dt = 1.0 / TICK_HZ as f32;
         for &(client, id) in &self.players {
             let input = inputs(client);
@@ -264,9 +263,6 @@ impl Game {
                 // Facing is the client's to write (client-authoritative aim), not derived here.
                 a.pos = move_player(a.pos, input, self.arena);
             }
-        }
-        if !world {
-            return;
         }
         for a in &mut self.actors {
             if a.body.kind != Kind::Enemy || (self.moving.is_some() && !a.mobile) {

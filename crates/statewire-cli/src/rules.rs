@@ -313,8 +313,7 @@ impl<T: Transport> ServerGame<T> {
         })
     }
 
-    /// One server tick: read, simulate (the players; with `active` the enemies too), resolve
-    /// shots, replicate, transmit.
+    /// One server tick: read, (if `active`) simulate, resolve shots, replicate, transmit.
     pub(crate) fn step(&mut self, now: Duration, active: bool) -> Result<(), NetGameError> {
         self.net.update(now)?;
         while let Some(ev) = self.net.poll_event() {
@@ -346,11 +345,14 @@ impl<T: Transport> ServerGame<T> {
                 _ => {}
             }
         }
-        // Players always follow their inputs (clients predict that); the rest of the world
-        // stands still in quiet periods.
-        let net = &self.net;
-        self.game
-            .step(&|c| net.input(c).copied().unwrap_or_default(), active);
+        // Quiet periods freeze the world, players included, without notice: each client's
+        // prediction of the few ticks it ran ahead is corrected once (the bots do not count
+        // corrections then).
+        if active {
+            let net = &self.net;
+            self.game
+                .step(&|c| net.input(c).copied().unwrap_or_default());
+        }
         // Where everything is this tick, for the shots judged from now on.
         let tick = self.net.tick();
         if self.history.begin_tick(tick).is_ok() {

@@ -340,9 +340,12 @@ pub(crate) struct SmoothPlay {
     pub(crate) prediction_error_max: f32,
     /// Predictions compared.
     pub(crate) prediction_samples: usize,
-    /// Corrections of a client's own player larger than 5 cm (`VISIBLE_CORRECTION`).
+    /// Corrections of a client's own player larger than 5 cm (`VISIBLE_CORRECTION`), during
+    /// active play (the quiet period freezes players without notice, which corrects the
+    /// ticks each client predicted ahead once; those are not counted).
     pub(crate) corrections_visible: u64,
-    /// Corrections applied at once (over the predictor's 4 m snap distance), not smoothed.
+    /// Corrections applied at once (over the predictor's 4 m snap distance), not smoothed,
+    /// during active play.
     pub(crate) snaps: u64,
     /// Longest run of frames in which a client's own input moved its prediction but not its
     /// player on screen (0: local input shows in the frame it is made).
@@ -1139,31 +1142,62 @@ impl SimReport {
     /// The headline figures of the HTML report, as (label, value).
     fn summary(&self) -> Vec<(String, String)> {
         let pair = |k: &str, v: String| (k.to_string(), v);
+        let sp = &self.smooth;
         vec![
             pair(
-                "downstream",
-                format!("{:.0} B/s per client", self.bytes_per_client_per_sec),
-            ),
-            pair(
-                "upstream",
+                "bandwidth per client",
                 format!(
-                    "{:.0} B/s per client",
-                    self.upstream_bytes_per_client_per_sec
+                    "{:.0} B/s down, {:.0} B/s up",
+                    self.bytes_per_client_per_sec, self.upstream_bytes_per_client_per_sec
                 ),
             ),
             pair(
                 "server tick",
                 format!(
-                    "{} µs median, {} µs p99",
+                    "{} µs p50, {} µs p99",
                     self.server_tick_us_p50, self.server_tick_us_p99
+                ),
+            ),
+            pair(
+                "prediction error",
+                format!(
+                    "max {:.3} m; {} snaps, {} visible corrections",
+                    sp.prediction_error_max, sp.snaps, sp.corrections_visible
+                ),
+            ),
+            pair(
+                "interpolation",
+                format!(
+                    "{:.0} ms delay; {:.2} % extrapolated; {} jumps",
+                    sp.interpolation_delay_ms,
+                    sp.extrapolated_frames * 100.0,
+                    sp.remote_jumps
+                ),
+            ),
+            pair(
+                "shots",
+                format!(
+                    "{} fired, view agreement {:.3} ({:.3} without rewind)",
+                    sp.shots, sp.view_agreement, sp.view_agreement_without_rewind
+                ),
+            ),
+            pair(
+                "inputs",
+                format!(
+                    "{} late of {}; {:.0} ms early",
+                    sp.inputs_late, sp.inputs_received, sp.input_early_ms_mean
                 ),
             ),
             pair(
                 "kills",
                 format!(
-                    "{} resolved; consistent: {}",
+                    "{} resolved, {}",
                     self.events_resolved,
-                    if self.events_consistent { "yes" } else { "NO" }
+                    if self.events_consistent {
+                        "the same on every client"
+                    } else {
+                        "NOT the same on every client"
+                    }
                 ),
             ),
             pair(
@@ -1610,5 +1644,109 @@ mod tests {
             r.render()
         );
         assert!(r.server_replication_bytes > 0 && r.client_replication_bytes > 0);
+    }
+
+    /// Eight clients with smooth play over a link at `profile`, seed 1 (the targets,
+    /// on a smaller world than the default run's so that the test stays quick).
+    fn smooth(profile: &str, scenario: Scenario) -> SimReport {
+        let c = SimConfig {
+            clients: 8,
+            entities: 300,
+            ticks: 450,
+            quiet_ticks: 100,
+            profile: profile.into(),
+            seed: 1,
+            max_packet_bytes: 1100,
+            transport: TransportKind::Loopback,
+            adversary: false,
+            coding: CodecKind::Packed,
+            moving: None,
+            interest_radius: 0.0,
+            budget: None,
+            scenario,
+            timeline: false,
+        };
+        run(&c, &mut |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn smooth_play_under_a_poor_link() {
+        let r = smooth("poor", Scenario::War);
+        let s = &r.smooth;
+        let ctx = format!("profile poor, seed 1:\n{}", r.render());
+        // Local input shows in the frame it is made.
+        assert_eq!(s.local_input_delay_ticks, 0, "{ctx}");
+        assert!(s.prediction_samples > 8 * 400, "{ctx}");
+        assert_eq!(s.snaps, 0, "{ctx}");
+        assert_eq!(s.remote_jumps, 0, "{ctx}");
+        // Inputs arrive in time: at most 1 % late.
+        assert!(s.inputs_received > 8 * 400, "{ctx}");
+        assert!(s.inputs_late * 100 <= s.inputs_received, "{ctx}");
+        assert!(s.input_early_ms_mean > 0.0, "{ctx}");
+        // The render clock covers 50 ms of jitter and a lost snapshot, within its bounds.
+        assert!((50.0..=500.0).contains(&s.interpolation_delay_ms), "{ctx}");
+        // Shots judged at the shooter's view agree with what it saw; without the rewind
+        // far fewer would.
+        assert!(s.shots >= 40, "{ctx}");
+        assert!(s.hits_confirmed > 0 && s.hits_rejected > 0, "{ctx}");
+        assert!(s.view_agreement >= 0.99, "{ctx}");
+        assert!(
+            s.view_agreement_without_rewind < s.view_agreement - 0.05,
+            "{ctx}"
+        );
+        assert!(r.converged && r.events_consistent, "{ctx}");
+    }
+
+    #[test]
+    fn smooth_play_under_a_very_poor_link() {
+        let r = smooth("very-poor", Scenario::War);
+        let ctx = format!("profile very-poor, seed 1:\n{}", r.render());
+        assert!(r.smooth.shots >= 30, "{ctx}");
+        assert!(r.smooth.view_agreement >= 0.97, "{ctx}");
+        assert_eq!(r.smooth.snaps, 0, "{ctx}");
+        assert!(r.converged && r.events_consistent, "{ctx}");
+    }
+
+    /// Nobody touches anyone: what each client predicts of its own player is the server's
+    /// state, bit for bit, at every tick.
+    #[test]
+    fn solo_prediction_is_exact() {
+        for profile in ["poor", "perfect"] {
+            let r = smooth(profile, Scenario::Solo);
+            let s = &r.smooth;
+            let ctx = format!("profile {profile}, seed 1:\n{}", r.render());
+            assert!(s.prediction_samples > 8 * 400, "{ctx}");
+            assert_eq!(s.prediction_error_max, 0.0, "{ctx}");
+            assert_eq!(s.shots, 0, "{ctx}");
+            assert_eq!(s.snaps, 0, "{ctx}");
+            assert!(r.converged, "{ctx}");
+        }
+    }
+
+    /// The timeline the report draws has a sample per active tick and four maps.
+    #[test]
+    fn the_run_records_a_timeline() {
+        let mut c = cfg("poor", 2);
+        c.timeline = true;
+        let r = run(&c, &mut |_, _| {}).unwrap();
+        let tl = r.timeline.as_ref().unwrap();
+        assert_eq!(tl.samples.len(), c.ticks as usize);
+        assert_eq!(tl.maps.len(), 4);
+        assert!(tl.samples.iter().any(|s| s.down_bytes_per_sec > 0.0));
+        assert!(tl.samples.iter().all(|s| s.interpolation_delay_ms >= 0.0));
+        // Every map shows the server's entities and the client's view of them.
+        for m in &tl.maps {
+            assert_eq!(m.truth.len(), r.entities);
+            assert!(m.view.len() > r.entities / 2, "{} shown", m.view.len());
+            assert_eq!(m.view.iter().filter(|d| d.kind == DotKind::Me).count(), 1);
+        }
+        assert!(!tl.summary.is_empty() && tl.title.contains("seed 2"));
+        // Without --report nothing is recorded.
+        assert!(
+            run(&cfg("poor", 2), &mut |_, _| {})
+                .unwrap()
+                .timeline
+                .is_none()
+        );
     }
 }

@@ -18,17 +18,18 @@ const CHART_IDS: [&str; 4] = ["bandwidth", "server-tick", "prediction", "interpo
 /// The downstream line's colour in the bandwidth chart (the first chart), RGB.
 const DOWNSTREAM_BLUE: [u8; 3] = [0x19, 0x71, 0xc2];
 
-/// The main lines of the next two charts (server time, mean prediction error), RGB: colours
-/// nothing else on the page uses. The interpolation chart may fall below the window.
-const LATER_LINES: [(&str, [u8; 3]); 2] = [
+/// The main lines of the other charts (server time, mean prediction error, interpolation
+/// delay), RGB: colours nothing else on the page uses.
+const LATER_LINES: [(&str, [u8; 3]); 3] = [
     ("server-tick", [0x2b, 0x8a, 0x3e]),
     ("prediction", [0x5f, 0x3d, 0xc4]),
+    ("interpolation", [0x0c, 0x85, 0x99]),
 ];
 
 /// The browser's window, CSS pixels; the screenshot has this size.
 const WIDTH: usize = 1280;
 /// See [`WIDTH`].
-const HEIGHT: usize = 2400;
+const HEIGHT: usize = 3000;
 
 /// The browser to use: `$STATEWIRE_CHROMIUM`, else the first of the usual names on `PATH`.
 fn find_chromium() -> Option<PathBuf> {

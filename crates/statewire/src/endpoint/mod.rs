@@ -95,6 +95,135 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Smooth play over a 200 ms link
+//!
+//! Far from the server, a client that waited for the server's word would see its own player
+//! move a round trip late and everyone else jerk with every late packet. The endpoints carry
+//! the clocks that fix both; `statewire_core` has the state machines the game drives with them:
+//!
+//! * **Tick clock.** [`GameClient::advance`] says which ticks to simulate this frame: the
+//!   client runs ahead of the server by half the round trip plus a margin for jitter, so that
+//!   the input it makes for tick `T` ([`GameClient::set_input_at`]) arrives just before the
+//!   server runs `T`. The server counts how early each input arrives
+//!   ([`GameServer::input_timing`]) and tells each client about its least early recent input
+//!   ([`envelope`]'s TIMING message), which moves the lead until almost none are late. The
+//!   clock drifts by a few percent and jumps only at the start and after a large error.
+//! * **Prediction** (`statewire_core::prediction`). The game applies each input to its own
+//!   copy of what it controls at once, with the same deterministic step the server runs, and
+//!   hands the server's state for each tick to a `Predictor`, which replays the inputs after
+//!   it and smooths any difference out (snapping only past a distance).
+//! * **Interpolation** (`statewire_core::interpolation`). [`GameClient::render_time`] says
+//!   where to show remote entities: a server tick and fraction about 100 ms behind the newest
+//!   snapshot, adapted to measured jitter and loss; the game keeps an `Interpolator` of their
+//!   values per tick and samples it there (extrapolating briefly when a snapshot is late).
+//! * **Lag compensation** (`statewire_core::lag_compensation`). A shot is proposed with
+//!   [`GameClient::propose_at`] at the tick the client fired in, carrying the view time it
+//!   saw; the server holds proposals stamped ahead of it until that tick
+//!   (`EventConfig::max_hold_ticks`) and judges the hit against a `HitHistory`, with the target
+//!   where the shooter saw it, then resolves it once like any event.
+//!
+//! A client predicting the entity it owns over a simulated 200 ms ± 50 ms link with 4 % loss:
+//!
+//! ```
+//! use std::time::Duration;
+//! use statewire::endpoint::*;
+//! use statewire_core::prediction::{PredictionConfig, Predictor, Simulate};
+//! use statewire_core::{Field, FieldKind, FieldReader, FieldWriter, Owner, Replicate, Tick};
+//! use statewire_transport::Transport;
+//! use statewire_transport::loopback::{LoopbackConfig, LoopbackNet};
+//! use statewire_transport::netsim::{LinkConfig, NetSim};
+//!
+//! #[derive(Debug, Clone, Copy, PartialEq)]
+//! struct Pos(f32);
+//! impl Replicate for Pos {
+//!     const NAME: &'static str = "Pos";
+//!     fn fields() -> Vec<Field> {
+//!         vec![Field::new("x", FieldKind::Float { min: -512.0, max: 512.0, precision: 1.0 / 16.0 })]
+//!     }
+//!     fn write(&self, w: &mut FieldWriter<'_>) { w.f32(self.0) }
+//!     fn read(r: &mut FieldReader<'_>) -> Option<Self> { Some(Pos(r.f32()?)) }
+//! }
+//! /// The game's step, run by the server and by the client: each input moves by 1/16.
+//! struct Walk;
+//! impl Simulate for Walk {
+//!     type State = f32;
+//!     type Input = i8;
+//!     fn step(&self, x: &f32, v: &i8) -> f32 { (x + f32::from(*v) / 16.0).clamp(-500.0, 500.0) }
+//!     fn distance(&self, a: &f32, b: &f32) -> f32 { (a - b).abs() }
+//!     fn blend(&self, from: &f32, to: &f32, t: f32) -> f32 { from + (to - from) * t }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let protocol = Protocol::new().with::<Pos>()?;
+//! let net = LoopbackNet::new(LoopbackConfig::default());
+//! let link = LinkConfig::profile("poor").unwrap();
+//! let server_t = NetSim::new(net.endpoint(), link.clone(), 1);
+//! let addr = server_t.local_addr();
+//! let mut server: GameServer<_, i8> =
+//!     GameServer::new(server_t, &protocol, GameServerConfig::default())?;
+//! let config = GameClientConfig { handshake_salt: Some(7), ..GameClientConfig::default() };
+//! let mut client: GameClient<_, i8> =
+//!     GameClient::new(NetSim::new(net.endpoint(), link, 2), addr, &protocol, config, Duration::ZERO)?;
+//! let mut players = Vec::new();
+//! let mut predictor: Option<Predictor<Walk>> = None;
+//! let mut fed = None;
+//! for frame in 0..600u32 {
+//!     let now = Duration::from_secs(1) * frame / 30;
+//!     server.session_mut().transport_mut().advance_to(now)?;
+//!     client.session_mut().transport_mut().advance_to(now)?;
+//!     // The server: each player's entity follows its latest input.
+//!     server.update(now)?;
+//!     while let Some(ev) = server.poll_event() {
+//!         if let GameServerEvent::Joined(c) = ev {
+//!             let e = server.spawn(Owner::Client(c))?;
+//!             server.store_mut().set(e, &Pos(0.0))?;
+//!             players.push((c, e));
+//!         }
+//!     }
+//!     for &(c, e) in &players {
+//!         let v = server.input(c).copied().unwrap_or(0);
+//!         let x = server.store().component::<Pos>(e).map_or(0.0, |p| p.0);
+//!         server.store_mut().set(e, &Pos(Walk.step(&x, &v)))?;
+//!     }
+//!     server.flush(now)?;
+//!
+//!     // The client: reconcile with each new server state of our entity...
+//!     client.update(now)?;
+//!     while client.poll_event().is_some() {}
+//!     if let (Some(tick), Some(&me)) = (client.tick(), client.owned().first()) {
+//!         if fed != Some(tick) {
+//!             fed = Some(tick);
+//!             let x = client.get::<Pos>(me).map_or(0.0, |p| p.0);
+//!             match &mut predictor {
+//!                 Some(p) => drop(p.on_authoritative(tick, x, now)),
+//!                 None => predictor = Some(Predictor::new(Walk, tick, x, PredictionConfig::default())),
+//!             }
+//!         }
+//!     }
+//!     // ... and move at once: one input per tick the clock hands out.
+//!     for tick in client.advance(now).ticks() {
+//!         let v: i8 = if (tick.0 / 60) % 2 == 0 { 1 } else { -1 };
+//!         client.set_input_at(tick, &v);
+//!         if let Some(p) = &mut predictor {
+//!             let _ = p.apply_input(tick, v);
+//!         }
+//!     }
+//!     client.flush(now)?;
+//! }
+//! let p = predictor.expect("our entity arrived");
+//! // The client runs ahead of the newest state it holds (about a round trip: 400 ms is 12
+//! // ticks), with those inputs unacknowledged, and never had to snap.
+//! let ahead = p.predicted_tick().diff(client.tick().unwrap());
+//! assert!(ahead >= 12, "ahead by {ahead} ticks");
+//! assert_eq!(p.pending_inputs(), ahead as usize);
+//! assert_eq!(p.stats().snaps, 0);
+//! // Almost every input arrived before its tick.
+//! let timing = server.input_timing(players[0].0).unwrap();
+//! assert!(timing.late * 100 <= timing.received, "{timing:?}");
+//! # Ok(())
+//! # }
+//! ```
 
 mod client;
 pub mod envelope;

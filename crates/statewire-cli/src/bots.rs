@@ -67,7 +67,8 @@ pub(crate) struct SmoothStats {
     pub(crate) corrections_visible: u64,
     /// Corrections shown at once (over the predictor's snap distance) instead of smoothed.
     pub(crate) snaps: u64,
-    /// Frames rendered with remote entities, and of those, frames where one was extrapolated.
+    /// Frames rendered with remote entities, and of those, frames where one was shown past
+    /// its newest snapshot (extrapolated or held).
     pub(crate) frames: u64,
     pub(crate) extrapolated_frames: u64,
     /// Frames where a remote entity moved on screen farther than anything can in a frame.
@@ -75,12 +76,8 @@ pub(crate) struct SmoothStats {
     /// Longest run of frames in which the local player's prediction moved but the screen did
     /// not (0: every input shows in the frame it is made).
     pub(crate) input_delay_frames: u32,
-    /// Inputs made (one per tick the clock handed out).
-    pub(crate) inputs: u64,
     /// Shots fired.
     pub(crate) shots: u64,
-    /// Sum of the interpolation delay over frames, ms (for the mean).
-    pub(crate) delay_ms_sum: f64,
 }
 
 /// How a bot behaves.
@@ -331,7 +328,6 @@ impl<T: Transport> BotClient<T> {
             // Refused only for a tick already predicted (after the clock went back).
             if let Ok(&predicted) = p.apply_input(tick, input) {
                 self.last_input = input;
-                self.smooth.inputs += 1;
                 if self.predicted_log.len() >= PREDICTION_LOG {
                     self.predicted_log.pop_front();
                 }
@@ -376,7 +372,8 @@ impl<T: Transport> BotClient<T> {
                 continue;
             };
             any = true;
-            extrapolated |= s.mode == SampleMode::Extrapolated;
+            // Past the newest snapshot (extrapolated, or held past the limit): it was late.
+            extrapolated |= matches!(s.mode, SampleMode::Extrapolated | SampleMode::Held);
             if let Some(old) = self.shown.insert(id, s.value) {
                 let d = ((s.value[0] - old[0]).powi(2) + (s.value[1] - old[1]).powi(2)).sqrt();
                 if d > limit && play {
@@ -388,7 +385,6 @@ impl<T: Transport> BotClient<T> {
         if any && play {
             self.smooth.frames += 1;
             self.smooth.extrapolated_frames += u64::from(extrapolated);
-            self.smooth.delay_ms_sum += self.net.render_clock().delay().as_secs_f64() * 1e3;
         }
     }
 

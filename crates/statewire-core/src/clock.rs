@@ -44,8 +44,10 @@
 //! clock.
 //!
 //! On the server, [`InputTiming`] records for each client how many ticks early its inputs
-//! arrive, over a bounded window; the mean ([`InputTiming::early_by`]) is what the server
-//! sends back for [`TickClock::on_input_report`].
+//! arrive, over a bounded window: the mean ([`InputTiming::early_by`]) and the least early
+//! ([`InputTimingStats::least_early`]). The endpoints send the least early one back for
+//! [`TickClock::on_input_report`], which aims the lead at nearly every input arriving in
+//! time.
 //!
 //! # A whole loop
 //!
@@ -522,12 +524,13 @@ impl TickClock {
     }
 
     /// Feeds the server's report of how many ticks early this client's inputs arrive,
-    /// received at `now`: the mean ([`InputTiming::early_by`]) aims the lead at inputs that
-    /// arrive on average the margin early; the least early input of the window
-    /// ([`InputTimingStats::least_early`], what the endpoints report) aims it at nearly all of
-    /// them arriving in time, covering the jitter the round-trip estimate smooths away. Send one about once per report
-    /// window. The lead then aims to have inputs arrive about the margin early (less half a
-    /// tick, as the server counts whole ticks). Non-finite reports are ignored.
+    /// received at `now`; send one about once per report window, and only after new inputs
+    /// (a repeated stale report keeps moving the lead). The lead moves until the reported
+    /// input arrives about the margin early (less half a tick, as the server counts whole
+    /// ticks): reporting the mean ([`InputTiming::early_by`]) aims at the average input,
+    /// reporting the least early of the window ([`InputTimingStats::least_early`], what the
+    /// endpoints do) at nearly all of them, covering the jitter that the smoothed round trip
+    /// hides. Non-finite reports are ignored.
     pub fn on_input_report(&mut self, now: Duration, early_by: f32) {
         if !early_by.is_finite() || self.sync.is_none() {
             return;

@@ -10,6 +10,9 @@
 //! most the resolving tick, so a claim stamped far in the past or the future cannot jump the
 //! queue), then server before clients, then by [`ClientId`], then by the proposer's sequence
 //! number.
+//! With [`EventConfig::max_hold_ticks`], a proposal stamped a little after the resolving tick
+//! (a client running its simulation ahead of the server stamps a shot with the tick it fired
+//! in) waits until the server resolves that tick.
 //! The game's `decide` callback sees them in that order and accepts or rejects each against its
 //! own state, so two players claiming the same kill in the same tick yield exactly one death
 //! (the first in that order) and everyone learns the same killer. Accepted proposals become
@@ -111,6 +114,10 @@ pub struct EventConfig {
     /// once, as if for the resolving tick. Waiting proposals count against `max_pending`.
     /// Default 0 (nothing waits).
     pub max_hold_ticks: u32,
+    /// Proposals one client may have waiting for their tick; beyond it, a proposal stamped
+    /// ahead is refused when it would wait (counted, and the client told), so that a few
+    /// clients stamping far ahead cannot fill `max_pending` for everyone. Default 16.
+    pub max_held_per_client: u32,
 }
 
 impl Default for EventConfig {
@@ -124,6 +131,7 @@ impl Default for EventConfig {
             max_per_packet: 32,
             max_claim_age_ticks: 90,
             max_hold_ticks: 0,
+            max_held_per_client: 16,
         }
     }
 }
@@ -153,6 +161,8 @@ pub struct EventServer {
     log: VecDeque<GameEvent>,
     rejected: Vec<(ClientId, u32)>,
     refused: u64,
+    /// The tick of the last [`EventServer::resolve`].
+    last_resolved: Option<Tick>,
 }
 
 impl EventServer {
@@ -167,6 +177,7 @@ impl EventServer {
             log: VecDeque::new(),
             rejected: Vec::new(),
             refused: 0,
+            last_resolved: None,
         }
     }
 
@@ -206,8 +217,9 @@ impl EventServer {
         verdict
     }
 
-    /// Resolves every pending proposal at `tick`, in the deterministic order described in the
-    /// module docs. `decide` returns whether to accept each (it may update game state as it
+    /// Resolves the pending proposals at `tick`, in the deterministic order described in the
+    /// module docs; those stamped up to [`EventConfig::max_hold_ticks`] after `tick` wait for
+    /// a later call (at most [`EventConfig::max_held_per_client`] per client). `decide` returns whether to accept each (it may update game state as it
     /// goes, so a later conflicting proposal sees the effect of an earlier one). Returns the
     /// events resolved now.
     pub fn resolve(
@@ -226,9 +238,20 @@ impl EventServer {
         let first = self.log.len();
         let hold = i64::from(self.config.max_hold_ticks);
         let mut held = Vec::new();
+        let mut held_by: hashbrown::HashMap<ClientId, u32> = hashbrown::HashMap::new();
+        self.last_resolved = Some(tick);
         for p in pending.drain(..) {
             let ahead = i64::from(p.tick.diff(tick));
             if ahead > 0 && ahead <= hold {
+                if let Writer::Client(c) = p.proposer {
+                    let n = held_by.entry(c).or_insert(0);
+                    if *n >= self.config.max_held_per_client {
+                        self.refused += 1;
+                        self.rejected.push((c, p.seq));
+                        continue;
+                    }
+                    *n += 1;
+                }
                 held.push(p);
                 continue;
             }
@@ -269,11 +292,18 @@ impl EventServer {
     }
 
     /// Forgets `client` (call it when the client leaves): its proposal budget for this tick and
-    /// the rejections queued for it, which nobody is left to receive. Its pending proposals are
-    /// still resolved, like any other (they were made while it was connected).
+    /// the rejections queued for it, which nobody is left to receive. Its proposals due now
+    /// are still resolved, like any other (they were made while it was connected); those
+    /// waiting for a later tick ([`EventConfig::max_hold_ticks`]) are dropped, as nobody is
+    /// left to hear their outcome.
     pub fn remove_client(&mut self, client: ClientId) {
         self.per_client.remove(&client);
         self.rejected.retain(|(c, _)| *c != client);
+        if let Some(last) = self.last_resolved {
+            // Due at the next resolve: stamped at most one tick after the last one.
+            self.pending
+                .retain(|p| p.proposer != Writer::Client(client) || p.tick.diff(last) <= 1);
+        }
     }
 
     /// The id the next resolved event will get.
@@ -710,6 +740,29 @@ mod tests {
         let mut server = EventServer::new(EventConfig::default());
         server.propose(at(1, 13)).unwrap();
         assert_eq!(server.resolve(Tick(10), |_| true).len(), 1);
+        // One client may keep only so many waiting; the rest are refused and it is told.
+        let config = EventConfig {
+            max_hold_ticks: 30,
+            max_held_per_client: 3,
+            ..EventConfig::default()
+        };
+        let mut server = EventServer::new(config);
+        for seq in 0..5 {
+            server.propose(at(seq, 20 + seq)).unwrap();
+        }
+        assert!(server.resolve(Tick(10), |_| true).is_empty());
+        assert_eq!(
+            server.take_rejections(),
+            vec![(ClientId(1), 3), (ClientId(1), 4)]
+        );
+        assert_eq!(server.pending.len(), 3);
+        // A client that leaves takes its waiting proposals with it (nobody would hear of
+        // them); one due at the next tick is still resolved.
+        server.propose(at(9, 11)).unwrap();
+        server.remove_client(ClientId(1));
+        assert_eq!(server.pending.len(), 1);
+        assert_eq!(server.resolve(Tick(11), |_| true).len(), 1);
+        assert!(server.take_rejections().is_empty());
     }
 
     fn refs(ids: &[u32]) -> EntityRefs {

@@ -724,6 +724,51 @@ fn the_clients_own_entity_goes_first() {
     assert!(others_missed > 60 * 100, "{others_missed}");
 }
 
+/// A client that owns more than `owned_first` changing entities cannot starve its view: past
+/// the first few, its own entities compete by priority like the rest.
+#[test]
+fn owning_many_entities_starves_nothing() {
+    let n = 300u32;
+    let mut l = Loop::new(
+        registry(),
+        32,
+        ServerConfig {
+            max_packet_bytes: 200,
+            ..ServerConfig::default()
+        },
+    );
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, n);
+    for e in world.ents.iter_mut().take(60) {
+        e.owner = Some(l.me.0);
+    }
+    let mut last_seen = vec![0u32; n as usize];
+    let mut worst_other = 0;
+    for t in 1..=150u32 {
+        for e in &mut world.ents {
+            if let Some(p) = &mut e.pos {
+                p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
+            }
+        }
+        l.set_world(t, &world);
+        let (pkt, stats) = l.packet();
+        assert!(pkt.len() <= 200 && !stats.over_budget);
+        l.deliver(&pkt).unwrap();
+        l.ack();
+        for &id in &l.sink.touched {
+            last_seen[id as usize] = t;
+        }
+        if t > 60 {
+            for (id, &seen) in last_seen.iter().enumerate().skip(60) {
+                worst_other = worst_other.max(t - seen);
+                assert!(seen > 0, "entity {id} never sent by tick {t}");
+            }
+        }
+    }
+    // Everything else still goes out, within a bounded wait.
+    assert!(worst_other < 60, "an entity waited {worst_other} packets");
+}
+
 /// A small xorshift generator for the seeded tests.
 struct Rng(u64);
 

@@ -8,7 +8,8 @@
 //! record per entity in that client's view (16 bytes: the newest tick the client acknowledged
 //! for it, what is in flight, a priority accumulator), stored with the entity so that a change
 //! reaches exactly the clients that see it. Each packet carries the entities with unsent changes,
-//! the client's own entities first (its prediction reconciles against them), then the highest
+//! the client's own entities first (a few: [`ServerConfig::owned_first`]; its prediction
+//! reconciles against them), then the highest
 //! accumulated priority first, within the packet's byte budget; each is coded against
 //! the state that client acknowledged for that entity (read from the shared history), or in full
 //! when it has none. Acknowledgements are per packet ([`AckFrame`]): what a packet carried is
@@ -88,6 +89,11 @@ pub struct ServerConfig {
     pub interest_interval: u32,
     /// Priority an entity entering a view starts with (ahead of ordinary changes). Default 4.
     pub enter_boost: f32,
+    /// Up to this many of a client's own entities with changes go first in each of its
+    /// packets (its prediction reconciles against them, and a deferred one would read as a
+    /// misprediction); any more compete by priority like the rest, so a client that owns many
+    /// cannot starve its view. Default 8.
+    pub owned_first: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +106,7 @@ impl Default for ServerConfig {
             interest_margin: 8.0,
             interest_interval: 4,
             enter_boost: 4.0,
+            owned_first: 8,
         }
     }
 }

@@ -1178,6 +1178,7 @@ impl ServerReplicator {
             // The records still pending, into last encode's spare buffer.
             let mut keep = std::mem::take(&mut sc.keep);
             keep.clear();
+            let mut owned_first = self.config.owned_first;
             for &(s, hint) in &c.pending {
                 let Some((k, r)) = rec_at_hint(&mut self.viewers, s, hint, idx) else {
                     continue;
@@ -1235,9 +1236,12 @@ impl ServerReplicator {
                     }
                 }
                 r.prio += g;
-                // The client's own entities go first: its prediction reconciles against them,
-                // and a stale one would read as a misprediction.
-                let own = sl.current().owner == Owner::Client(c.id);
+                // A few of the client's own entities go first (`owned_first`): its prediction
+                // reconciles against them, and a stale one would read as a misprediction.
+                let own = owned_first > 0 && sl.current().owner == Owner::Client(c.id);
+                if own {
+                    owned_first -= 1;
+                }
                 sc.pre.push(Pre {
                     slot: s,
                     pos: k as u32,

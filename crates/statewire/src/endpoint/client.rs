@@ -166,9 +166,12 @@ pub struct GameClientStats {
 /// input stamping and sending, writes of the entities we own, and predicted event proposals.
 ///
 /// One frame: [`update`](Self::update) (reads the network, applies snapshots), drain
-/// [`poll_event`](Self::poll_event), [`set_input`](Self::set_input), any
-/// [`write`](Self::write)s, [`propose`](Self::propose)s and [`send`](Self::send)s, then
-/// [`flush`](Self::flush).
+/// [`poll_event`](Self::poll_event), [`advance`](Self::advance) and for each tick it hands
+/// out [`set_input_at`](Self::set_input_at) (and predict with it), then
+/// [`render_time`](Self::render_time) to show the others, any [`write`](Self::write)s,
+/// [`propose`](Self::propose)s and [`send`](Self::send)s, then [`flush`](Self::flush). A game
+/// that predicts nothing may call [`set_input`](Self::set_input) once per frame instead of
+/// `advance`.
 pub struct GameClient<T: Transport, I> {
     session: Client<T>,
     protocol: Protocol,
@@ -185,6 +188,8 @@ pub struct GameClient<T: Transport, I> {
     delay: DelayController,
     /// The newest tick [`GameClient::advance`] handed out.
     sim_tick: Option<Tick>,
+    /// Inputs at the back of `recent` not yet in any TICK message.
+    unsent: usize,
     buf: Vec<u8>,
     stats: GameClientStats,
     _input: std::marker::PhantomData<fn(I)>,
@@ -373,6 +378,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             clock,
             delay,
             sim_tick: None,
+            unsent: 0,
             session,
             protocol: protocol.clone(),
             repl: ClientReplicator::new(config.replication.clone()),
@@ -532,6 +538,12 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     /// Nothing is due before the first snapshot.
     pub fn advance(&mut self, now: Duration) -> TickAdvance {
         let a = self.clock.advance(now);
+        // After the clock went back, inputs for ticks already stamped would fold onto the
+        // newest: start a new run (the server keeps what it has for those ticks).
+        if a.resynced && a.count > 0 && self.sim_tick.is_some_and(|s| !a.first.is_after(s)) {
+            self.recent.clear();
+            self.unsent = 0;
+        }
         if a.count > 0 {
             self.sim_tick = Some(Tick(a.first.0.wrapping_add(a.count - 1)));
         }
@@ -606,10 +618,23 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
         if bytes.len() > self.config.max_input_bytes {
             return;
         }
-        if stamp(&mut self.recent, tick, bytes, self.config.input_redundancy) {
+        let added = stamp(
+            &mut self.recent,
+            tick,
+            bytes,
+            envelope::MAX_INPUTS_PER_MESSAGE,
+        );
+        if added > 0 {
             self.stats.inputs_sent += 1;
         }
-        while self.recent.len() > self.config.input_redundancy {
+        // Everything not sent yet stays (a frame may cover several ticks), plus the copies;
+        // a replaced newest input must go out again.
+        self.unsent = (self.unsent + added).max(1);
+        let keep = self
+            .unsent
+            .max(self.config.input_redundancy)
+            .min(envelope::MAX_INPUTS_PER_MESSAGE);
+        while self.recent.len() > keep {
             self.recent.pop_front();
         }
     }
@@ -667,7 +692,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     /// at [`input_tick`](Self::input_tick)). A server with
     /// `EventConfig::max_hold_ticks` (the endpoint's default holds 32 ticks) keeps a proposal
     /// stamped ahead of it until it simulates that tick, so a lag-compensated shot is judged
-    /// with the shooter where it was when it fired.
+    /// with the shooter where it was when it fired. Keep the server's hold at least as long
+    /// as the clock's lead can get (`ClockConfig::max_lead`, 1 s = 30 ticks by default):
+    /// a proposal stamped further ahead is judged at once, before its tick exists.
     pub fn propose_at(
         &mut self,
         tick: Tick,
@@ -727,6 +754,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             envelope::encode_tick(self.repl.ack(), first, &inputs, &mut self.buf);
             if self.session.send(UNRELIABLE, &self.buf).is_err() {
                 self.stats.send_refused += 1;
+            }
+            self.unsent = 0;
+            while self.recent.len() > self.config.input_redundancy {
+                self.recent.pop_front();
             }
             // Writes in messages that fit the unreliable channel.
             let limit = self
@@ -850,17 +881,17 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
 /// Adds `bytes` as the input for `tick` to `recent` (inputs for consecutive ticks, newest
 /// last; at most `keep` after the caller trims): an input is never stamped before the newest
 /// (it replaces it), ticks skipped since keep the previous input (as the server would), and
-/// after a gap of `keep` ticks or more nothing older is kept. Returns whether this is an input
-/// for a new tick.
-fn stamp(recent: &mut VecDeque<(Tick, Vec<u8>)>, tick: Tick, bytes: Vec<u8>, keep: usize) -> bool {
+/// after a gap of `keep` ticks or more nothing older is kept. Returns how many ticks were
+/// added (0 when the newest was replaced).
+fn stamp(recent: &mut VecDeque<(Tick, Vec<u8>)>, tick: Tick, bytes: Vec<u8>, keep: usize) -> usize {
     let mut tick = tick;
-    let mut fresh = true;
+    let mut added = 1;
     if let Some(&(last, _)) = recent.back() {
         if !tick.is_after(last) {
             // The RTT estimate fell: replace the newest instead of stamping backwards.
             tick = last;
             recent.pop_back();
-            fresh = false;
+            added = 0;
         } else if tick.diff(last) as usize >= keep {
             // A stall longer than the copies span: nothing before it is worth resending.
             recent.clear();
@@ -869,12 +900,13 @@ fn stamp(recent: &mut VecDeque<(Tick, Vec<u8>)>, tick: Tick, bytes: Vec<u8>, kee
             let mut t = last.next();
             while tick.is_after(t) {
                 recent.push_back((t, prev.clone()));
+                added += 1;
                 t = t.next();
             }
         }
     }
     recent.push_back((tick, bytes));
-    fresh
+    added
 }
 
 /// Encoded size of one write (see `statewire_core::authority::encode_writes`).
@@ -907,11 +939,11 @@ mod tests {
         let mut r = VecDeque::new();
         let keep = 3;
         let push = |r: &mut VecDeque<_>, t: u32, b: u8| {
-            let fresh = stamp(r, Tick(t), vec![b], keep);
+            let added = stamp(r, Tick(t), vec![b], keep);
             while r.len() > keep {
                 r.pop_front();
             }
-            fresh
+            added > 0
         };
         assert!(push(&mut r, 98, 1));
         assert!(push(&mut r, 99, 2));

@@ -161,7 +161,6 @@ pub(crate) fn encode_refused(seq: u32) -> [u8; 5] {
     [REFUSED, s[0], s[1], s[2], s[3]]
 }
 
-/// Decodes a REFUSED body.
 /// A TIMING message, tag included.
 pub(crate) fn encode_timing(early_by: f32) -> [u8; 5] {
     let mut out = [TIMING, 0, 0, 0, 0];
@@ -182,6 +181,7 @@ pub(crate) fn decode_timing(body: &[u8]) -> Result<f32, EnvelopeError> {
     Ok(f32::from_le_bytes(bytes))
 }
 
+/// Decodes a REFUSED body.
 pub(crate) fn decode_refused(body: &[u8]) -> Result<u32, EnvelopeError> {
     let mut r = Reader(body);
     let seq = r.u32()?;

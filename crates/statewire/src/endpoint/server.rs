@@ -16,7 +16,7 @@ use statewire_core::{
 };
 use statewire_transport::{Transport, TransportError};
 
-use super::envelope::{self, EnvelopeError, MAX_INPUTS_PER_MESSAGE};
+use super::envelope::{self, EnvelopeError};
 use super::protocol::{Delivery, Message, MessageChannel, MessageError, Protocol, encode_message};
 use super::{ConfigError, RELIABLE, UNRELIABLE, check_session};
 use crate::config::{DisconnectReason, Fault, SessionConfig};
@@ -63,10 +63,10 @@ pub struct GameServerConfig {
     /// How early each client's inputs arrive is measured over this window (per client,
     /// freed when it leaves). Default [`InputTimingConfig::default`] (32 inputs).
     pub input_timing: InputTimingConfig,
-    /// Every this many ticks each client is told how early its least early input of the
-    /// window arrived (a 5-byte
-    /// unreliable message), which its tick clock uses to run just far enough ahead. At least
-    /// 1. Default 10 (3 reports a second at 30 Hz).
+    /// Every this many ticks each client that sent new inputs since its last report is told
+    /// how early the least early input of its window arrived (a 5-byte unreliable message),
+    /// which its tick clock uses to run just far enough ahead. At least 1. Default 10 (3
+    /// reports a second at 30 Hz).
     pub input_report_interval_ticks: u32,
 }
 
@@ -204,7 +204,9 @@ pub struct GameServerStats {
     pub fault_disconnects: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
-    /// Inputs received from clients, each once (redundant copies not counted).
+    /// Inputs received from clients, each once (redundant copies not counted), in any order,
+    /// for ticks up to 64 before the newest one the client sent (older or out-of-window ones
+    /// are refused and counted by the input buffer, [`GameServer::inputs_rejected`]).
     pub inputs_received: u64,
     /// Of those, inputs that arrived after their tick had run (not used; the client's tick
     /// clock should make this rare).
@@ -231,8 +233,12 @@ pub struct GameServer<T: Transport, I> {
     authority: Authority,
     inputs: InputBuffer<I>,
     latest_input: HashMap<ClientId, I>,
-    /// The newest tick each client sent an input for (to tell new inputs from copies).
-    newest_input: HashMap<ClientId, Tick>,
+    /// Which recent ticks each client's inputs were received for (to tell new inputs from
+    /// redundant copies, whatever order they arrive in).
+    received_inputs: HashMap<ClientId, ReceivedTicks>,
+    /// Each client's `InputTimingStats::received` at its last TIMING report (a report goes out
+    /// only after new inputs, or a stale one would keep moving its clock).
+    reported: HashMap<ClientId, u64>,
     timing: InputTiming,
     local_inputs: Vec<(ClientId, I)>,
     events: EventServer,
@@ -352,7 +358,8 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
             authority: Authority::new(config.authority.clone()),
             inputs: InputBuffer::new(config.input_window_ticks, config.max_inputs_per_client),
             latest_input: HashMap::new(),
-            newest_input: HashMap::new(),
+            received_inputs: HashMap::new(),
+            reported: HashMap::new(),
             timing: InputTiming::new(config.input_timing.clone()),
             local_inputs: Vec::new(),
             events: EventServer::new(config.events.clone()),
@@ -491,7 +498,8 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         self.events.remove_client(id);
         self.inputs.remove_client(id);
         self.latest_input.remove(&id);
-        self.newest_input.remove(&id);
+        self.received_inputs.remove(&id);
+        self.reported.remove(&id);
         self.timing.remove_client(id);
         self.last_encode.remove(&id);
         self.local_inputs.retain(|(c, _)| *c != id);
@@ -502,34 +510,36 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     }
 
     /// One input from a TICK message. Each input travels in a few messages (redundancy), so
-    /// only the first copy counts: an input is new when it is for a tick after the newest
-    /// one this client sent. A new input for a tick not yet run goes to the buffer and its
-    /// earliness is measured; one whose tick already ran is late, measured and dropped.
-    /// Inputs far outside the window go to the buffer, which counts them as refused.
+    /// only its first copy counts, whatever order the messages arrive in: an input is new if
+    /// no input for its tick was received yet ([`ReceivedTicks`], the last 64 ticks). A new
+    /// input for a tick not yet run goes to the buffer and its earliness is measured; one
+    /// whose tick already ran (at most 64 ticks ago) is late: measured, counted and dropped.
+    /// Anything older or beyond the window goes to the buffer, which refuses and counts it.
     fn take_input(&mut self, id: ClientId, tick: Tick, raw: &[u8]) {
-        let window = MAX_INPUTS_PER_MESSAGE as i32;
-        let newest = self.newest_input.get(&id).copied();
-        let is_new = newest.is_none_or(|n| tick.is_after(n));
-        if !is_new && newest.is_some_and(|n| n.diff(tick) < window) {
-            return;
-        }
-        let late = self.tick.is_after(tick);
-        if is_new && late && self.tick.diff(tick) <= window {
-            self.stats.inputs_received += 1;
-            self.stats.inputs_late += 1;
-            let _ = self.timing.on_input(id, tick, self.tick);
-            self.newest_input.insert(id, tick);
-            return;
+        let seen = self.received_inputs.entry(id).or_default();
+        match seen.contains(tick) {
+            Some(true) => return,
+            Some(false) if self.tick.is_after(tick) => {
+                seen.insert(tick);
+                self.stats.inputs_received += 1;
+                self.stats.inputs_late += 1;
+                let _ = self.timing.on_input(id, tick, self.tick);
+                return;
+            }
+            _ => {}
         }
         let Ok(input) = postcard::from_bytes::<I>(raw) else {
             self.stats.malformed += 1;
             return;
         };
-        // The buffer counts out-of-window inputs; only inputs it holds count as received.
-        if self.inputs.push(id, tick, input).is_ok() && is_new {
+        // The buffer refuses (and counts) inputs outside its window; only inputs it holds
+        // count as received.
+        if self.inputs.push(id, tick, input).is_ok() {
+            if let Some(seen) = self.received_inputs.get_mut(&id) {
+                seen.insert(tick);
+            }
             self.stats.inputs_received += 1;
             let _ = self.timing.on_input(id, tick, self.tick);
-            self.newest_input.insert(id, tick);
         }
     }
 
@@ -667,7 +677,10 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     /// accepted without asking. Accepted events come out as
     /// [`GameServerEvent::EventResolved`] and travel to every client with the snapshots;
     /// proposers of refused ones are told. If the game does not call this in a tick, the
-    /// tick's client proposals are refused.
+    /// tick's client proposals are refused. Proposals stamped a little ahead of the server
+    /// (`EventConfig::max_hold_ticks`, 32 by default) wait for their tick: a client's own
+    /// simulation runs ahead, and a shot is judged when the server reaches the tick it was
+    /// fired in.
     pub fn resolve_events(
         &mut self,
         mut decide: impl FnMut(&Proposal, &mut Store) -> bool,
@@ -801,15 +814,20 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
         }
         if self.tick.0 % self.config.input_report_interval_ticks == 0 {
             for &id in &self.remote {
-                if let Some(t) = self.timing.stats(id) {
-                    let early = t.least_early as f32;
-                    if self
-                        .session
-                        .send(id, UNRELIABLE, &envelope::encode_timing(early))
-                        .is_err()
-                    {
-                        self.stats.send_refused += 1;
-                    }
+                let Some(t) = self.timing.stats(id) else {
+                    continue;
+                };
+                if self.reported.get(&id) == Some(&t.received) {
+                    continue;
+                }
+                self.reported.insert(id, t.received);
+                let early = t.least_early as f32;
+                if self
+                    .session
+                    .send(id, UNRELIABLE, &envelope::encode_timing(early))
+                    .is_err()
+                {
+                    self.stats.send_refused += 1;
                 }
             }
         }
@@ -1031,6 +1049,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
 
     /// How early `client`'s inputs arrive, over the last [`InputTimingConfig::window`] inputs
     /// (and its late inputs, ever); `None` before its first input.
+    #[must_use]
     pub fn input_timing(&self, client: ClientId) -> Option<InputTimingStats> {
         self.timing.stats(client)
     }
@@ -1119,5 +1138,80 @@ fn sync_owner(authority: &mut Authority, entity: EntityId, owner: Option<Owner>)
             };
         }
         _ => {}
+    }
+}
+
+/// The ticks of one client's inputs received lately: a 64-tick bitmap anchored at the newest.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReceivedTicks {
+    newest: Option<Tick>,
+    /// Bit `i`: an input for `newest - i` was received.
+    bits: u64,
+}
+
+impl ReceivedTicks {
+    /// `Some(received)` for a tick inside the window (or after it: not received); `None` for
+    /// one older than the window, which cannot be told from a copy.
+    fn contains(&self, tick: Tick) -> Option<bool> {
+        let Some(newest) = self.newest else {
+            return Some(false);
+        };
+        let back = newest.diff(tick);
+        if back < 0 {
+            return Some(false);
+        }
+        (back < 64).then(|| self.bits & (1u64 << back) != 0)
+    }
+
+    /// Marks `tick` received (moving the window forward if it is newer).
+    fn insert(&mut self, tick: Tick) {
+        let Some(newest) = self.newest else {
+            self.newest = Some(tick);
+            self.bits = 1;
+            return;
+        };
+        let ahead = tick.diff(newest);
+        if ahead > 0 {
+            self.bits = if ahead >= 64 { 0 } else { self.bits << ahead };
+            self.bits |= 1;
+            self.newest = Some(tick);
+        } else if -ahead < 64 {
+            self.bits |= 1u64 << -ahead;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_ticks_tell_copies_from_late_and_reordered_inputs() {
+        let mut r = ReceivedTicks::default();
+        assert_eq!(r.contains(Tick(5)), Some(false));
+        r.insert(Tick(10));
+        // Reordered: 12 arrives before 11; 11 is still new, 10 and 12 are copies now.
+        r.insert(Tick(12));
+        assert_eq!(r.contains(Tick(11)), Some(false));
+        assert_eq!(r.contains(Tick(10)), Some(true));
+        assert_eq!(r.contains(Tick(12)), Some(true));
+        r.insert(Tick(11));
+        assert_eq!(r.contains(Tick(11)), Some(true));
+        // Ahead of the newest: not received.
+        assert_eq!(r.contains(Tick(13)), Some(false));
+        // 63 back is inside the window, 64 back is not.
+        r.insert(Tick(73));
+        assert_eq!(r.contains(Tick(10)), Some(true));
+        assert_eq!(r.contains(Tick(9)), None);
+        // A jump past the window forgets everything before it.
+        r.insert(Tick(500));
+        assert_eq!(r.contains(Tick(73)), None);
+        assert_eq!(r.contains(Tick(499)), Some(false));
+        // Across the wrap of the tick counter.
+        let mut w = ReceivedTicks::default();
+        w.insert(Tick(u32::MAX));
+        w.insert(Tick(1));
+        assert_eq!(w.contains(Tick(0)), Some(false));
+        assert_eq!(w.contains(Tick(u32::MAX)), Some(true));
     }
 }

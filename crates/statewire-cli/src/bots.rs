@@ -202,6 +202,7 @@ impl<T: Transport> BotClient<T> {
     /// others at the render clock's time, then send acks and inputs, the aim write and (now
     /// and then) a shot. `play` is false during quiet periods.
     pub(crate) fn step(&mut self, now: Duration, play: bool) -> Result<(), NetGameError> {
+        self.world.touched.clear();
         self.net.update_with_events(now, &mut self.world)?;
         while let Some(ev) = self.net.poll_event() {
             match ev {
@@ -255,9 +256,11 @@ impl<T: Transport> BotClient<T> {
         Ok(())
     }
 
-    /// Feeds a newer snapshot to the interpolator (every remote entity's position at its tick:
-    /// one that did not change still needs its sample there) and our player's authoritative
-    /// position to the predictor (starting it on the first).
+    /// Feeds a newer snapshot to the interpolator and our player's authoritative position to
+    /// the predictor (starting it on the first). A complete snapshot gives every remote
+    /// entity a sample at its tick (one that did not change needs it there, or it would be
+    /// extrapolated); a partial one (the budget deferred changes) only the entities it
+    /// changed, as the others may be behind its tick: their next change then joins up.
     fn take_snapshot(&mut self, now: Duration, play: bool) {
         let Some(tick) = self.net.tick() else {
             return;
@@ -267,10 +270,19 @@ impl<T: Transport> BotClient<T> {
         }
         self.fed = Some(tick);
         let me = self.net.owned().first().copied();
-        for (&id, e) in &self.world.entities {
-            if Some(id) != me {
-                if let Some(p) = e.pos {
-                    self.interp.push(id, tick, [p.x, p.y]);
+        let mut push = |id: EntityId, e: &crate::game::ClientEntity| {
+            if let (true, Some(p)) = (Some(id) != me, e.pos) {
+                self.interp.push(id, tick, [p.x, p.y]);
+            }
+        };
+        if self.net.snapshot_complete() {
+            for (&id, e) in &self.world.entities {
+                push(id, e);
+            }
+        } else {
+            for id in &self.world.touched {
+                if let Some(e) = self.world.entities.get(id) {
+                    push(*id, e);
                 }
             }
         }

@@ -478,6 +478,8 @@ pub(crate) struct ClientWorld {
     pub(crate) ever: hashbrown::HashSet<EntityId>,
     /// Ids that came back after a despawn (ids are never reused, so this must stay 0).
     pub(crate) respawned: u64,
+    /// Entities whose position the packets applied since the caller last cleared this set.
+    pub(crate) touched: Vec<EntityId>,
 }
 
 impl EventSink for ClientWorld {
@@ -538,6 +540,7 @@ impl WorldSink for ClientWorld {
         };
         if let Some(p) = c.get::<Position>() {
             e.pos = Some(p);
+            self.touched.push(id);
         } else if let Some(f) = c.get::<Facing>() {
             e.facing = Some(f);
         } else if let Some(b) = c.get::<Body>() {

@@ -357,10 +357,10 @@ pub(crate) struct SmoothPlay {
     /// (extrapolated, or held after the extrapolation limit): its next snapshot was late.
     pub(crate) extrapolated_frames: f64,
     /// Frames in which a remote entity moved on screen farther than anything can move in a
-    /// frame (5 m/s, with 10 % and two position steps to spare). Each snapshot gives every
-    /// entity in view a sample at its tick, so an entity whose change a full packet deferred
-    /// is shown standing still and then catches up: this stays 0 only while the budget fits
-    /// the changes (`deferred_records` near 0).
+    /// frame (5 m/s, with 10 % and two position steps to spare). An entity whose changes the
+    /// budget keeps deferring (`deferred_records`) reaches the client later than the
+    /// interpolation delay covers, and catches up with a jump: this stays 0 only while the
+    /// budget roughly fits the changes.
     pub(crate) remote_jumps: u64,
     /// Shots fired, and how the server judged them with the targets rewound to each
     /// shooter's view.

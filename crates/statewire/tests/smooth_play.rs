@@ -237,7 +237,10 @@ fn a_perfect_link_needs_only_the_minimum_lead() {
 #[test]
 fn reordered_and_duplicated_inputs_are_counted_once() {
     let r = run("hostile", 3, 600);
-    let ctx = format!("hostile, seed 3: {} of {} received", r.received_total, r.sent_total);
+    let ctx = format!(
+        "hostile, seed 3: {} of {} received",
+        r.received_total, r.sent_total
+    );
     assert!(r.received_total <= r.sent_total, "{ctx}");
     assert!(r.received_total * 100 >= r.sent_total * 96, "{ctx}");
 }
@@ -257,7 +260,7 @@ fn a_frame_of_many_ticks_sends_every_input() {
     };
     let mut client: GameClient<LoopbackEndpoint, Steer> =
         GameClient::new(net.endpoint(), addr, &protocol, config, Duration::ZERO).unwrap();
-    let mut frame = |server: &mut GameServer<_, _>, client: &mut GameClient<_, _>, f: u32| {
+    let frame = |server: &mut GameServer<_, _>, client: &mut GameClient<_, _>, f: u32| {
         let now = at(f);
         server.update(now).unwrap();
         while server.poll_event().is_some() {}
@@ -281,4 +284,57 @@ fn a_frame_of_many_ticks_sends_every_input() {
     }
     assert_eq!(server.stats().inputs_received, 6);
     assert_eq!(client.stats().inputs_sent, 6);
+}
+
+/// A budget too small for the changes makes snapshots partial (the client is told, so that
+/// it does not take the entities a packet left out as standing still); once the changes stop,
+/// they are complete again.
+#[test]
+fn snapshots_say_when_the_budget_left_changes_out() {
+    let protocol = Protocol::new().with::<Pos>().unwrap();
+    let net = LoopbackNet::new(LoopbackConfig::default());
+    let server_t = net.endpoint();
+    let addr = server_t.local_addr();
+    let mut config = GameServerConfig::default();
+    config.replication.max_packet_bytes = 200;
+    let mut server: GameServer<LoopbackEndpoint, Steer> =
+        GameServer::new(server_t, &protocol, config).unwrap();
+    let ids: Vec<_> = (0..300)
+        .map(|_| server.spawn(Owner::Server).unwrap())
+        .collect();
+    let config = GameClientConfig {
+        handshake_salt: Some(9),
+        ..GameClientConfig::default()
+    };
+    let mut client: GameClient<LoopbackEndpoint, Steer> =
+        GameClient::new(net.endpoint(), addr, &protocol, config, Duration::ZERO).unwrap();
+    let (mut partial, mut complete_after_stop) = (0, false);
+    for f in 0..400u32 {
+        let now = at(f);
+        server.update(now).unwrap();
+        while server.poll_event().is_some() {}
+        if f < 200 {
+            for (i, &e) in ids.iter().enumerate() {
+                let x = (f as f32 + i as f32) / 16.0 % 500.0;
+                server.store_mut().set(e, &Pos { x, y: 0.0 }).unwrap();
+            }
+        }
+        server.flush(now).unwrap();
+        client.update(now).unwrap();
+        while client.poll_event().is_some() {}
+        client.flush(now).unwrap();
+        if client.tick().is_some() {
+            if f < 200 {
+                partial += u32::from(!client.snapshot_complete());
+            } else {
+                complete_after_stop |= client.snapshot_complete();
+            }
+        }
+    }
+    assert!(
+        partial > 150,
+        "{partial} partial snapshots while 300 entities changed"
+    );
+    assert!(complete_after_stop);
+    assert!(client.snapshot_complete());
 }

@@ -190,6 +190,8 @@ pub struct GameClient<T: Transport, I> {
     sim_tick: Option<Tick>,
     /// Inputs at the back of `recent` not yet in any TICK message.
     unsent: usize,
+    /// Whether the newest applied snapshot carried every change of our view up to its tick.
+    complete: bool,
     buf: Vec<u8>,
     stats: GameClientStats,
     _input: std::marker::PhantomData<fn(I)>,
@@ -379,6 +381,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             delay,
             sim_tick: None,
             unsent: 0,
+            complete: false,
             session,
             protocol: protocol.clone(),
             repl: ClientReplicator::new(config.replication.clone()),
@@ -460,7 +463,7 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
             return;
         };
         match (tag, channel) {
-            (envelope::STATE, UNRELIABLE) => {
+            (envelope::STATE | envelope::PARTIAL, UNRELIABLE) => {
                 let mut tee = Tee {
                     user: world,
                     queue: &mut self.queue,
@@ -477,8 +480,11 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
                     Ok(applied) => {
                         self.stats.packets += 1;
                         let tick = match applied {
-                            statewire_core::Applied::Applied(h)
-                            | statewire_core::Applied::Stale(h) => Some(h.tick),
+                            statewire_core::Applied::Applied(h) => {
+                                self.complete = tag == envelope::STATE;
+                                Some(h.tick)
+                            }
+                            statewire_core::Applied::Stale(h) => Some(h.tick),
                             _ => None,
                         };
                         // Late and duplicated snapshots are samples of the path too.
@@ -559,6 +565,16 @@ impl<T: Transport, I: Serialize + DeserializeOwned> GameClient<T, I> {
     /// `statewire_core::lag_compensation`).
     pub fn render_time(&mut self, now: Duration) -> Option<RenderTime> {
         self.delay.advance(now)
+    }
+
+    /// Whether the newest snapshot applied carried every change of our view up to its tick
+    /// (or the server had the rest in flight). When the server's byte budget left changes for
+    /// later packets, this is `false`: the entities that packet did not carry may be behind
+    /// its tick, so an interpolator should take samples at this tick only from the entities
+    /// the packet changed (the others' next change fills the gap smoothly).
+    #[must_use]
+    pub fn snapshot_complete(&self) -> bool {
+        self.complete
     }
 
     /// The tick clock (its lead, RTT and jitter estimates and counters).

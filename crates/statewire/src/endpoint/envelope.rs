@@ -13,6 +13,10 @@
 //!   either      0x04 USER     channel:u8, postcard message (at most the channel's limit)
 //! server → client
 //!   unreliable  0x01 STATE    a replication packet (statewire_core::replication format)
+//!                             that carries every change of the client's view up to its
+//!                             tick (or has it in flight)
+//!   unreliable  0x06 PARTIAL  the same, but the budget left some changes for later packets:
+//!                             entities it does not carry may be behind its tick
 //!   reliable    0x02 REFUSED  seq:u32le: the proposal `seq` was not accepted
 //!   either      0x04 USER     channel:u8, postcard message
 //!   unreliable  0x05 TIMING   early_by:f32le: how many ticks early the least early of this
@@ -28,6 +32,7 @@ pub(crate) const REFUSED: u8 = 0x02;
 pub(crate) const PROPOSE: u8 = 0x03;
 pub(crate) const USER: u8 = 0x04;
 pub(crate) const TIMING: u8 = 0x05;
+pub(crate) const PARTIAL: u8 = 0x06;
 
 /// Most inputs one TICK message carries: the newest and the ones before it, so one lost
 /// packet costs no input.

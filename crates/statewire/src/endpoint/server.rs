@@ -787,6 +787,9 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
                 .encode_for_with_events(&self.store, id, &self.events, &mut self.pkt)
             {
                 Ok(stats) => {
+                    if stats.pending > 0 {
+                        self.pkt[0] = envelope::PARTIAL;
+                    }
                     let bytes = self.pkt.len() - 1;
                     if stats.over_budget || bytes > budget {
                         self.stats.budget_exceeded += 1;

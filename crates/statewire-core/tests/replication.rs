@@ -559,6 +559,30 @@ proptest! {
     }
 }
 
+/// One client with a 200-byte budget, and a world of `n` entities (none sent yet).
+fn tight_budget_world(n: u32) -> (Loop, VecWorld) {
+    let l = Loop::new(
+        registry(),
+        32,
+        ServerConfig {
+            max_packet_bytes: 200,
+            ..ServerConfig::default()
+        },
+    );
+    let mut world = VecWorld::default();
+    spawn_many(&mut world, n);
+    (l, world)
+}
+
+/// Moves every entity with a position one step along x.
+fn walk_all(world: &mut VecWorld) {
+    for e in &mut world.ents {
+        if let Some(p) = &mut e.pos {
+            p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
+        }
+    }
+}
+
 fn spawn_many(world: &mut VecWorld, n: u32) {
     for id in 0..n {
         apply(
@@ -633,16 +657,7 @@ fn tight_budget_sends_every_entity_and_converges() {
 #[test]
 fn tight_budget_with_constant_changes_starves_nothing() {
     let n = 300u32;
-    let mut l = Loop::new(
-        registry(),
-        32,
-        ServerConfig {
-            max_packet_bytes: 200,
-            ..ServerConfig::default()
-        },
-    );
-    let mut world = VecWorld::default();
-    spawn_many(&mut world, n);
+    let (mut l, mut world) = tight_budget_world(n);
     let mut last_seen = vec![0u32; n as usize];
     let mut min_records = usize::MAX;
     let mut worst = 0u32;
@@ -690,25 +705,12 @@ fn tight_budget_with_constant_changes_starves_nothing() {
 #[test]
 fn the_clients_own_entity_goes_first() {
     let n = 300u32;
-    let mut l = Loop::new(
-        registry(),
-        32,
-        ServerConfig {
-            max_packet_bytes: 200,
-            ..ServerConfig::default()
-        },
-    );
-    let mut world = VecWorld::default();
-    spawn_many(&mut world, n);
+    let (mut l, mut world) = tight_budget_world(n);
     let mine = 250u32;
     world.ents[mine as usize].owner = Some(l.me.0);
     let (mut with_mine, mut others_missed) = (0, 0);
     for t in 1..=60u32 {
-        for e in &mut world.ents {
-            if let Some(p) = &mut e.pos {
-                p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
-            }
-        }
+        walk_all(&mut world);
         l.set_world(t, &world);
         let (pkt, stats) = l.packet();
         assert!(pkt.len() <= 200 && !stats.over_budget);
@@ -729,27 +731,14 @@ fn the_clients_own_entity_goes_first() {
 #[test]
 fn owning_many_entities_starves_nothing() {
     let n = 300u32;
-    let mut l = Loop::new(
-        registry(),
-        32,
-        ServerConfig {
-            max_packet_bytes: 200,
-            ..ServerConfig::default()
-        },
-    );
-    let mut world = VecWorld::default();
-    spawn_many(&mut world, n);
+    let (mut l, mut world) = tight_budget_world(n);
     for e in world.ents.iter_mut().take(60) {
         e.owner = Some(l.me.0);
     }
     let mut last_seen = vec![0u32; n as usize];
     let mut worst_other = 0;
     for t in 1..=150u32 {
-        for e in &mut world.ents {
-            if let Some(p) = &mut e.pos {
-                p.x = (p.x + 1.0 / 64.0).clamp(-500.0, 500.0);
-            }
-        }
+        walk_all(&mut world);
         l.set_world(t, &world);
         let (pkt, stats) = l.packet();
         assert!(pkt.len() <= 200 && !stats.over_budget);

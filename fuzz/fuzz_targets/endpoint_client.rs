@@ -182,13 +182,7 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut messages = Vec::new();
-    let mut rest = data;
-    while let [ch, len, tail @ ..] = rest {
-        let n = usize::from(*len).min(tail.len());
-        messages.push((*ch, &tail[..n]));
-        rest = &tail[n..];
-    }
+    let messages = statewire_fuzz::message_batch(data);
     WORLD.with(|w| {
         let mut w = w.borrow_mut();
         let world = w.get_or_insert_with(World::new);

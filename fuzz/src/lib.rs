@@ -362,3 +362,16 @@ impl<'a> Input<'a> {
         [self.f32(), self.f32(), self.f32(), self.f32()]
     }
 }
+
+/// Splits fuzzer input into session messages `[channel, len, bytes...]` (the last one may be
+/// cut short by the input's end): the batch format of the endpoint targets.
+pub fn message_batch(data: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut messages = Vec::new();
+    let mut rest = data;
+    while let [ch, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        messages.push((*ch, &tail[..n]));
+        rest = &tail[n..];
+    }
+    messages
+}

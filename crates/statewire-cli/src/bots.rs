@@ -238,7 +238,7 @@ impl<T: Transport> BotClient<T> {
             self.send_forged_input(input);
             if play {
                 self.send_writes();
-                self.maybe_shoot();
+                self.forge_kill_claim();
             }
             self.net.flush(now)?;
             return Ok(());
@@ -565,21 +565,19 @@ impl<T: Transport> BotClient<T> {
         let _ = session.send(UNRELIABLE, &[0x7f]);
     }
 
-    fn maybe_shoot(&mut self) {
+    /// The adversary's kill claims: an enemy far away (any enemy will do; the server judges
+    /// the shot), without the shot data an honest claim carries.
+    fn forge_kill_claim(&mut self) {
         let Some(&player) = self.net.owned().first() else {
             return;
         };
-        let target = if self.behaviour == Behaviour::Adversary {
-            // Claims an enemy far away (any enemy will do; range is checked by the server).
-            self.world
-                .entities
-                .iter()
-                .filter(|(_, e)| e.owner.is_none())
-                .map(|(&id, _)| id)
-                .max()
-        } else {
-            self.bot.pick_target(&self.world, player)
-        };
+        let target = self
+            .world
+            .entities
+            .iter()
+            .filter(|(_, e)| e.owner.is_none())
+            .map(|(&id, _)| id)
+            .max();
         if let Some(target) = target {
             // Refused only if not connected, checked above.
             let _ = self.net.propose(KILL, &[player, target], &[]);

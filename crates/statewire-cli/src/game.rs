@@ -575,26 +575,6 @@ impl Bot {
         }
     }
 
-    /// Now and then, the nearest enemy within range of `me` in `world`, to shoot at.
-    pub(crate) fn pick_target(&mut self, world: &ClientWorld, me: EntityId) -> Option<EntityId> {
-        if !self.rng.chance(0.03) {
-            return None;
-        }
-        let my = world.entities.get(&me)?.pos?;
-        let reach = SHOT_RANGE * 0.9;
-        world
-            .entities
-            .iter()
-            .filter(|(_, e)| e.body.is_some_and(|b| b.kind == Kind::Enemy))
-            .filter_map(|(&id, e)| {
-                let p = e.pos?;
-                let d = (p.x - my.x).powi(2) + (p.y - my.y).powi(2);
-                (d <= reach * reach).then_some((d, id))
-            })
-            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-            .map(|(_, id)| id)
-    }
-
     /// Now and then, the nearest enemy within `reach` of `from` as this client shows it
     /// (`shown`: where each entity is on screen), and where it is shown.
     pub(crate) fn pick_shown_target(

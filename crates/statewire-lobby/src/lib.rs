@@ -1,0 +1,15 @@
+//! statewire-lobby: games anyone in the world can join, with one player hosting.
+//!
+//! (Crate docs are written with the lobby; see `Lobby`, `Rendezvous` and `Relay`.)
+#![warn(missing_docs)]
+
+pub mod code;
+pub mod relay;
+pub mod storage;
+pub mod ticket;
+
+#[cfg(feature = "redis")]
+pub mod redis_storage;
+
+pub use code::{CodeError, JoinCode, parse_link};
+pub use storage::{GameRecord, MemoryStorage, Storage, StorageError};

@@ -1,0 +1,1 @@
+//! Redis storage (being written).

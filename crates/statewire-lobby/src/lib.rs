@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod code;
+pub mod wire;
 pub mod relay;
 pub mod storage;
 pub mod ticket;

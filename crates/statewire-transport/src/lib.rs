@@ -12,6 +12,8 @@
 //!   or a client with one; every buffer is bounded, misbehaving peers are disconnected, and a
 //!   server times out idle connections and ones the session layer never validated.
 //! - [`netsim`]: seeded impairments (latency, loss, bursts, reordering, ...) around any of them.
+//! - [`nat`]: deterministic NAT devices (full cone, restricted, symmetric) on the loopback
+//!   network, for testing hole punching and relay fallback.
 //!
 //! The simulator runs on a virtual clock that the caller advances; given the same seed and the
 //! same sequence of calls it makes the same decisions, byte for byte.
@@ -20,6 +22,7 @@
 use std::net::SocketAddr;
 
 pub mod loopback;
+pub mod nat;
 pub mod netsim;
 pub mod tcp;
 pub mod udp;

@@ -9,12 +9,17 @@
 //!
 //! The four [`NatKind`]s follow RFC 4787's mapping and filtering behaviours:
 //!
-//! | kind                              | mapping                      | filtering                    |
-//! |-----------------------------------|------------------------------|------------------------------|
-//! | [`FullCone`](NatKind::FullCone)   | endpoint-independent         | endpoint-independent         |
-//! | [`AddressRestricted`](NatKind::AddressRestricted) | endpoint-independent | address-dependent   |
-//! | [`PortRestricted`](NatKind::PortRestricted) | endpoint-independent | address-and-port-dependent |
-//! | [`Symmetric`](NatKind::Symmetric) | address-and-port-dependent   | only the mapping's destination |
+//! | kind                    | mapping                    | filtering                          |
+//! |-------------------------|----------------------------|------------------------------------|
+//! | [`FullCone`]            | endpoint-independent       | endpoint-independent               |
+//! | [`AddressRestricted`]   | endpoint-independent       | address-dependent                  |
+//! | [`PortRestricted`]      | endpoint-independent       | address-and-port-dependent         |
+//! | [`Symmetric`]           | address-and-port-dependent | only the mapping's own destination |
+//!
+//! [`FullCone`]: NatKind::FullCone
+//! [`AddressRestricted`]: NatKind::AddressRestricted
+//! [`PortRestricted`]: NatKind::PortRestricted
+//! [`Symmetric`]: NatKind::Symmetric
 //!
 //! There is no randomness and no wall clock: the caller moves the device's clock with
 //! [`NatEndpoint::advance_to`], ports are handed out sequentially from

@@ -748,6 +748,31 @@ mod tests {
     }
 
     #[test]
+    fn max_permissions_evicts_the_least_recently_refreshed() {
+        let net = LoopbackNet::new(LoopbackConfig::default());
+        let mut config = NatConfig::new(NatKind::PortRestricted, ip("203.0.113.1"));
+        config.max_permissions = 2;
+        let mut nat = NatEndpoint::new(&net, addr("192.168.1.10:5000"), config);
+        let mut peers: Vec<_> = [SERVER, SERVER_OTHER_PORT, OTHER_IP]
+            .iter()
+            .map(|a| net.bind(addr(a)).expect("free"))
+            .collect();
+        // Refreshing the first keeps it; the second becomes the oldest and is evicted.
+        for (t, i) in [(0, 0), (1, 1), (2, 0), (3, 2)] {
+            nat.advance_to(secs(t));
+            nat.send(peers[i].local_addr(), b"x").expect("send");
+        }
+        assert_eq!(nat.stats().outbound, 4);
+        let public = nat.public_addr_towards(addr(SERVER)).expect("mapped");
+        let mut through = Vec::new();
+        for peer in &mut peers {
+            peer.send(public, b"y").expect("send");
+            through.push(!recv_all(&mut nat).is_empty());
+        }
+        assert_eq!(through, vec![true, false, true]);
+    }
+
+    #[test]
     fn port_allocation_skips_taken_ports_and_wraps() {
         let net = LoopbackNet::new(LoopbackConfig::default());
         let _squatter = net.bind(addr("203.0.113.1:65534")).expect("free");

@@ -4,13 +4,15 @@
 #![warn(missing_docs)]
 
 pub mod code;
-pub mod wire;
+pub mod lobby;
 pub mod relay;
 pub mod storage;
 pub mod ticket;
+pub mod wire;
 
 #[cfg(feature = "redis")]
 pub mod redis_storage;
 
 pub use code::{CodeError, JoinCode, parse_link};
+pub use lobby::{Lobby, LobbyConfig, LobbyStats, RelayAccess};
 pub use storage::{GameRecord, MemoryStorage, Storage, StorageError};

@@ -118,7 +118,10 @@ impl fmt::Debug for JoinCode {
 /// Splits a join link `statewire://HOST:PORT/CODE` into the lobby (`HOST:PORT`, unresolved)
 /// and the code.
 pub fn parse_link(link: &str) -> Result<(String, JoinCode), CodeError> {
-    let rest = link.trim().strip_prefix(LINK_SCHEME).ok_or(CodeError::Link)?;
+    let rest = link
+        .trim()
+        .strip_prefix(LINK_SCHEME)
+        .ok_or(CodeError::Link)?;
     let (lobby, code) = rest.rsplit_once('/').ok_or(CodeError::Link)?;
     if lobby.is_empty() || lobby.contains('/') {
         return Err(CodeError::Link);

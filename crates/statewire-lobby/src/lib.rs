@@ -6,6 +6,7 @@
 pub mod code;
 pub mod lobby;
 pub mod relay;
+pub mod rendezvous;
 pub mod storage;
 pub mod ticket;
 pub mod wire;
@@ -15,4 +16,9 @@ pub mod redis_storage;
 
 pub use code::{CodeError, JoinCode, parse_link};
 pub use lobby::{Lobby, LobbyConfig, LobbyStats, RelayAccess};
+pub use relay::{Relay, RelayConfig, RelayStats};
+pub use rendezvous::{
+    HostInfo, Membership, Path, Rendezvous, RendezvousConfig, RendezvousEvent, RendezvousStats,
+};
 pub use storage::{GameRecord, MemoryStorage, Storage, StorageError};
+pub use ticket::{AllocId, RelayTicket, Role, TicketError, TicketParams};

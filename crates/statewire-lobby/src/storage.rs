@@ -294,7 +294,10 @@ pub(crate) mod tests {
         changed.player_count = 5;
         s.put(&changed, 5_000).unwrap();
         assert_eq!(s.get(a.code, 5_000).unwrap().unwrap().player_count, 5);
-        assert!(s.get(a.code, 10_000).unwrap().is_none(), "purged at purge_at_ms");
+        assert!(
+            s.get(a.code, 10_000).unwrap().is_none(),
+            "purged at purge_at_ms"
+        );
         assert!(s.create(&a, 10_000).unwrap(), "a purged code is free again");
 
         let first = s.next_client_id(a.code).unwrap();
@@ -304,13 +307,19 @@ pub(crate) mod tests {
         for i in 0..5u8 {
             s.push_notice(a.code, &[i], 3).unwrap();
         }
-        assert_eq!(s.take_notices(a.code).unwrap(), vec![vec![2], vec![3], vec![4]]);
+        assert_eq!(
+            s.take_notices(a.code).unwrap(),
+            vec![vec![2], vec![3], vec![4]]
+        );
         assert!(s.take_notices(a.code).unwrap().is_empty());
 
         let b = record(base + 1, 10_000);
         assert!(s.create(&b, 0).unwrap());
         let listed: Vec<JoinCode> = s.list(5_000, 100).unwrap().iter().map(|g| g.code).collect();
-        assert!(listed.contains(&a.code) && listed.contains(&b.code), "{listed:?}");
+        assert!(
+            listed.contains(&a.code) && listed.contains(&b.code),
+            "{listed:?}"
+        );
         assert!(s.list(5_000, 1).unwrap().len() <= 1);
         s.remove(a.code).unwrap();
         s.remove(b.code).unwrap();

@@ -146,7 +146,9 @@ impl ErrorCode {
     /// The reason in words, for a player.
     pub fn explain(self) -> &'static str {
         match self {
-            ErrorCode::UnknownCode => "no game has this code (check it, or the game ended long ago)",
+            ErrorCode::UnknownCode => {
+                "no game has this code (check it, or the game ended long ago)"
+            }
             ErrorCode::Expired => "this game has ended: its host stopped answering",
             ErrorCode::GameFull => "this game is full",
             ErrorCode::ProtocolMismatch => "this game runs another game or version",
@@ -893,9 +895,7 @@ impl Reply {
                 epoch: r.u32()?,
                 roster: r.roster()?,
             },
-            kind::WAIT => Reply::Wait {
-                retry_ms: r.u32()?,
-            },
+            kind::WAIT => Reply::Wait { retry_ms: r.u32()? },
             kind::ERROR => Reply::Error {
                 for_kind: r.u8()?,
                 code: ErrorCode::from_u8(r.u8()?).ok_or(WireError::Malformed)?,
@@ -910,7 +910,14 @@ impl Reply {
 impl Punch {
     /// Writes the punch packet into `out` (cleared first).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        header(if self.ack { kind::PUNCH_ACK } else { kind::PUNCH }, out);
+        header(
+            if self.ack {
+                kind::PUNCH_ACK
+            } else {
+                kind::PUNCH
+            },
+            out,
+        );
         out.extend_from_slice(&self.secret);
         out.extend_from_slice(&self.client_id.to_le_bytes());
     }

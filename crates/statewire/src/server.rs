@@ -407,6 +407,24 @@ impl<T: Transport, U> Server<T, U> {
         id
     }
 
+    /// Adds the listen server's own player with the id `id`, e.g. a player who becomes the
+    /// host after a migration and keeps its id (and so its entities). Returns `None`, adding
+    /// nothing, if `id` is 0, is a connected remote client, or another local player exists.
+    pub fn add_local_client_as(&mut self, id: ClientId) -> Option<ClientId> {
+        if self.local.is_some() || id.0 == 0 || self.is_connected(id) {
+            return None;
+        }
+        let mut inbox = VecDeque::new();
+        inbox.push_back(ClientEvent::Connected(id));
+        self.local = Some(LocalPeer {
+            id,
+            inbox,
+            user: None,
+        });
+        self.events.push_back(ServerEvent::Connected(id));
+        Some(id)
+    }
+
     /// The local player sends `message` to the server, with the channel limits a remote
     /// client has.
     pub fn local_send(

@@ -240,7 +240,8 @@ pub use protocol::{
     Delivery, MAX_MESSAGE_CHANNELS, Message, MessageChannel, MessageError, Protocol, ProtocolError,
 };
 pub use server::{
-    EventRefused, GameServer, GameServerConfig, GameServerEvent, GameServerStats, WriteRefusal,
+    EventRefused, GameServer, GameServerConfig, GameServerEvent, GameServerStats, ResumeError,
+    WriteRefusal,
 };
 
 use crate::config::SessionConfig;

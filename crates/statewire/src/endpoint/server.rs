@@ -12,7 +12,8 @@ use statewire_core::events::{EntityRefs, EventData, decode_proposal};
 use statewire_core::{
     Authority, AuthorityConfig, ClientId, ComponentId, EncodeStats, EntityId, EventConfig,
     EventServer, GameEvent, InputBuffer, Owner, Proposal, ReplicationError, ServerConfig,
-    ServerReplicator, StateWrite, Store, StoreConfig, StoreError, Tick, WriteRejection, Writer,
+    ServerReplicator, Snapshot, StateWrite, Store, StoreConfig, StoreError, Tick, WriteRejection,
+    Writer,
 };
 use statewire_transport::{Transport, TransportError};
 
@@ -271,6 +272,21 @@ impl<T: Transport, I> std::fmt::Debug for GameServer<T, I> {
             .field("entities", &self.store.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`GameServer::resume`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// The server already ran a tick; a game is resumed before the first update.
+    #[error("a game can only be resumed before the server's first update")]
+    AlreadyStarted,
+    /// Tick 0 is before any game; resume from the last tick the snapshot is of.
+    #[error("cannot resume at tick 0")]
+    TickZero,
+    /// The snapshot does not fit the store (another protocol, or over its limits).
+    #[error("the snapshot does not fit the store: {0}")]
+    Store(StoreError),
 }
 
 impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
@@ -927,6 +943,35 @@ impl<T: Transport, I: Serialize + DeserializeOwned + Clone> GameServer<T, I> {
     /// store itself, so nothing is replicated to it.
     pub fn add_local_player(&mut self) -> ClientId {
         self.session.add_local_client()
+    }
+
+    /// Adds the host's own player with the id `id` (see [`Server::add_local_client_as`]): a
+    /// player who takes over as host keeps its id, so the entities it owns stay its own.
+    pub fn add_local_player_as(&mut self, id: ClientId) -> Option<ClientId> {
+        self.session.add_local_client_as(id)
+    }
+
+    /// Resumes a game another server ran: the store becomes `snapshot` (entities, owners and
+    /// components, e.g. a client's [`GameClient::snapshot`](super::GameClient::snapshot)) as of
+    /// `tick`, and the next [`update`](Self::update) starts the tick after it. This is how a
+    /// new host continues after a host migration; what the old host changed after `tick` is
+    /// lost. Only before the first update, and for a `tick` after 0.
+    pub fn resume(&mut self, snapshot: &Snapshot, tick: Tick) -> Result<(), ResumeError> {
+        if self.started {
+            return Err(ResumeError::AlreadyStarted);
+        }
+        if tick.0 == 0 {
+            return Err(ResumeError::TickZero);
+        }
+        self.store.begin_tick(tick).map_err(ResumeError::Store)?;
+        self.authority.begin_tick(tick);
+        self.store
+            .apply_snapshot(snapshot)
+            .map_err(ResumeError::Store)?;
+        self.tick = tick;
+        let top = self.store.entity_ids().map(|e| e.0).max().unwrap_or(0);
+        self.next_entity = top.wrapping_add(1).max(1);
+        Ok(())
     }
 
     /// The local player `client`'s input for the next tick.

@@ -466,7 +466,7 @@ impl<S: Storage> Lobby<S> {
         if game.host_secret != secret {
             return Err(Refusal::Code(ErrorCode::BadSecret));
         }
-        if game.expires_at_ms <= now_ms && game.migration.is_none() && game.confirmed {
+        if game.expires_at_ms <= now_ms && game.migration.is_none() {
             // Too late: the game expired (its players may be migrating).
             return Err(Refusal::Code(ErrorCode::Expired));
         }
@@ -482,8 +482,12 @@ impl<S: Storage> Lobby<S> {
         self.storage
             .put(&game, now_ms)
             .map_err(|_| Refusal::Storage)?;
-        if let Some(list) = self.hosts.get_mut(&from.ip())
-            && let Some(entry) = list.iter_mut().find(|(c, _)| *c == code)
+        // The game counts against the address it was registered from, wherever its
+        // heartbeats come from.
+        if let Some(entry) = self
+            .hosts
+            .values_mut()
+            .find_map(|list| list.iter_mut().find(|(c, _)| *c == code))
         {
             entry.1 = game.expires_at_ms;
         }
@@ -717,6 +721,9 @@ impl<S: Storage> Lobby<S> {
         game.purge_at_ms = now_ms + ms(self.config.tombstone);
         if migrate {
             self.start_migration(&mut game, now_ms);
+        } else {
+            // The game is over: no player may start a migration later.
+            game.roster.clear();
         }
         self.storage
             .put(&game, now_ms)
@@ -789,13 +796,13 @@ impl<S: Storage> Lobby<S> {
         // Deterministic rule: candidates in client-id order, each with one turn.
         let turn = ms(self.config.migration_turn).max(1);
         let index = (now_ms.saturating_sub(migration.started_ms) / turn) as usize;
-        let Some(position) = migration.candidates.iter().position(|&c| c == client_id) else {
-            return Err(Refusal::Code(ErrorCode::NotInGame));
-        };
         if index >= migration.candidates.len() {
             return Err(Refusal::Code(ErrorCode::Expired));
         }
-        if position != index {
+        // A player the old host had not reported yet (it joined just before the host left)
+        // is no candidate, but it waits for the new host like the others.
+        let position = migration.candidates.iter().position(|&c| c == client_id);
+        if position != Some(index) {
             // Not (or no longer) this player's turn: wait for the new host.
             let retry_ms = u32::try_from(turn / 6).unwrap_or(500).max(50);
             self.send(from, &Reply::Wait { retry_ms });

@@ -840,8 +840,9 @@ impl Reply {
             kind::ALIVE => {
                 let observed = r.addr()?;
                 let n = usize::from(r.u8()?);
-                // Each entry is at least 40 bytes: refuse counts the datagram cannot hold.
-                if r.0.len() < n * 40 {
+                // Each entry is at least 34 bytes (IPv4, no relay): refuse counts the datagram
+                // cannot hold.
+                if r.0.len() < n * 34 {
                     return Err(WireError::Malformed);
                 }
                 let coming = (0..n).map(|_| r.coming()).collect::<Result<_, _>>()?;

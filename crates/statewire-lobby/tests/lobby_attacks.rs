@@ -671,8 +671,7 @@ fn spoofed_heartbeats_and_leaves_leave_the_game_alone() {
         listed[0].players, 1,
         "a forged heartbeat changed the player count"
     );
-    // The host's heartbeats still work (before the join: the Alive after it would carry
-    // the queued joiner, which does not decode; see lobby_rules.rs).
+    // The host's heartbeats still work.
     heartbeat(&host_socket, lobby, &host);
     let joiner = socket();
     match join(&joiner, lobby, host.code) {
@@ -867,4 +866,117 @@ fn joiners_and_hosts_that_never_follow_up_hold_bounded_state() {
             .is_empty()
     );
     assert!(lobby.storage_mut().is_empty());
+}
+
+// Found by these tests and fixed in the lobby: each failed before its fix.
+
+/// A host registers its most games, lets them lapse unconfirmed, registers as many again,
+/// then confirms all of them: the per-IP limit must still hold.
+#[test]
+fn late_confirmation_does_not_lift_the_per_ip_game_limit() {
+    let config = LobbyConfig::default();
+    let (per_ip, timeout) = (config.max_games_per_ip, config.host_timeout);
+    let mut lobby = Lobby::new(MemoryStorage::new(), config);
+    let attacker = nth_addr(7);
+    let mut now = UNIX_ZERO;
+    let mut games = Vec::new();
+    for _ in 0..per_ip {
+        games.push(register_sans_io(&mut lobby, now, attacker).unwrap());
+    }
+    assert_eq!(
+        register_sans_io(&mut lobby, now, attacker),
+        Err(ErrorCode::TooManyGames)
+    );
+    now += timeout + Duration::from_secs(1);
+    lobby.handle_timeout(now);
+    for _ in 0..per_ip {
+        games.push(register_sans_io(&mut lobby, now, attacker).unwrap());
+    }
+    for &game in &games {
+        heartbeat_sans_io(&mut lobby, now, attacker, game);
+    }
+    let live = live_games_at(&mut lobby, now, attacker.ip());
+    assert!(
+        live <= per_ip,
+        "{live} live games from one IP (the limit is {per_ip}): unconfirmed registrations \
+         past their timeout were confirmed by a late heartbeat without being counted"
+    );
+}
+
+/// A host registers from one IP and heartbeats from another: its games must still count
+/// against a limit, or two addresses host without bound.
+#[test]
+fn heartbeats_from_another_ip_do_not_lift_the_per_ip_game_limit() {
+    let config = LobbyConfig::default();
+    let per_ip = config.max_games_per_ip;
+    let mut lobby = Lobby::new(MemoryStorage::new(), config);
+    let (register_ip, beat_ip) = (nth_addr(7), nth_addr(8));
+    let mut now = UNIX_ZERO;
+    let mut games = Vec::new();
+    for round in 0..3 {
+        for _ in 0..per_ip {
+            match register_sans_io(&mut lobby, now, register_ip) {
+                Ok(g) => games.push(g),
+                Err(code) => {
+                    assert_eq!(code, ErrorCode::TooManyGames, "round {round}");
+                }
+            }
+        }
+        // Seven seconds of heartbeats every second, from the other address.
+        for _ in 0..7 {
+            now += Duration::from_secs(1);
+            lobby.handle_timeout(now);
+            for &g in &games {
+                let r = heartbeat_sans_io(&mut lobby, now, beat_ip, g);
+                assert!(matches!(r, Reply::Alive { .. }), "{r:?}");
+            }
+        }
+    }
+    let live = live_games_at(&mut lobby, now, beat_ip.ip());
+    assert!(
+        live <= per_ip,
+        "{live} live games registered from one IP and hosted at another (limit {per_ip})"
+    );
+}
+
+/// Registers from `from` at `now`; the code and secret, or the refusal.
+fn register_sans_io(
+    lobby: &mut Lobby<MemoryStorage>,
+    now: Duration,
+    from: SocketAddr,
+) -> Result<(JoinCode, [u8; 16]), ErrorCode> {
+    lobby.handle(now, from, &encoded(&register_request("limited")));
+    match drain(lobby).pop() {
+        Some((_, Reply::Registered { code, secret, .. })) => Ok((code, secret)),
+        Some((_, Reply::Error { code, .. })) => Err(code),
+        other => panic!("register answered {other:?}"),
+    }
+}
+
+fn heartbeat_sans_io(
+    lobby: &mut Lobby<MemoryStorage>,
+    now: Duration,
+    from: SocketAddr,
+    game: (JoinCode, [u8; 16]),
+) -> Reply {
+    let beat = Request::Heartbeat {
+        code: game.0,
+        secret: game.1,
+        players: 1,
+        roster: vec![],
+    };
+    lobby.handle(now, from, &encoded(&beat));
+    drain(lobby).pop().expect("an answer").1
+}
+
+/// Live, confirmed games whose host is at `ip`.
+fn live_games_at(lobby: &mut Lobby<MemoryStorage>, now: Duration, ip: IpAddr) -> usize {
+    let now_ms = u64::try_from(now.as_millis()).unwrap();
+    lobby
+        .storage_mut()
+        .list(now_ms, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|g| g.confirmed && g.expires_at_ms > now_ms && g.host_addr.ip() == ip)
+        .count()
 }

@@ -27,15 +27,10 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// A config whose rate limit never interferes: these tests send many requests per instant.
-/// Notices are not queued for heartbeats (pushed only): a heartbeat's answer carrying queued
-/// joiners without relay grants does not decode (see
-/// `a_heartbeat_answer_with_queued_joiners_decodes`), and the other rules are tested apart
-/// from that.
 fn config() -> LobbyConfig {
     LobbyConfig {
         requests_per_sec_per_ip: 1_000_000,
         request_burst_per_ip: 1_000_000,
-        max_notices_per_game: 0,
         ..LobbyConfig::default()
     }
 }
@@ -827,4 +822,75 @@ fn relay_grants_pair_the_two_ends_of_one_allocation() {
         h.advance(Duration::from_millis(300));
         assert!(matches!(h.heartbeat(&game, 1, vec![]), Reply::Alive { .. }));
     }
+}
+
+// Found by these tests and fixed in the lobby: each failed before its fix.
+
+/// A joiner is pushed to the host and queued for its next heartbeat, in case the push was
+/// lost; the heartbeat's answer (`Alive`) must then decode.
+#[test]
+fn a_heartbeat_answer_with_queued_joiners_decodes() {
+    let mut h = Harness::new(LobbyConfig {
+        max_notices_per_game: 32,
+        ..config()
+    });
+    let game = h.live_game(addr("203.0.113.5:40000"), "queued");
+    let (_, coming) = h.admit(addr("198.51.100.9:5000"), &game);
+    // Not through `Harness::heartbeat`, to report a decoding failure as such.
+    let mut bytes = Vec::new();
+    Request::Heartbeat {
+        code: game.code,
+        secret: game.secret,
+        players: 1,
+        roster: vec![],
+    }
+    .encode(&mut bytes);
+    h.lobby.handle(h.now, game.host, &bytes);
+    let (to, alive) = h.lobby.poll_transmit().expect("an answer");
+    assert_eq!(to, game.host);
+    assert_eq!(
+        Reply::decode(&alive),
+        Ok(Reply::Alive {
+            observed: game.host,
+            coming: vec![coming]
+        }),
+        "the lobby's own Alive ({} bytes) does not decode",
+        alive.len()
+    );
+}
+
+/// A host that leaves without asking for a migration ends the game: a player who then asks
+/// to migrate must not revive it as a new host.
+#[test]
+fn leaving_without_migration_is_not_undone_by_a_player() {
+    let mut h = Harness::new(config());
+    let game = h.register_with(addr("203.0.113.5:40000"), "over", 1, true, 8, 1000);
+    let player = addr("198.51.100.9:5000");
+    assert!(matches!(
+        h.heartbeat(&game, 1, vec![1000]),
+        Reply::Alive { .. }
+    ));
+    let (joined, _) = h.admit(player, &game);
+    let roster = vec![1000, joined.client_id];
+    assert!(matches!(h.heartbeat(&game, 2, roster), Reply::Alive { .. }));
+    let out = h.send(
+        game.host,
+        &Request::Leave {
+            code: game.code,
+            secret: game.secret,
+            migrate: false,
+        },
+    );
+    assert!(out.is_empty());
+    let out = h.send(player, &migrate_request(&game, &joined, [3; 32]));
+    let replies: Vec<Reply> = out.into_iter().map(|(_, r, _)| r).collect();
+    assert_eq!(
+        replies,
+        vec![Reply::Error {
+            for_kind: MIGRATE,
+            code: ErrorCode::Expired
+        }],
+        "the host ended the game, yet a player was made its new host"
+    );
+    assert_eq!(h.lobby.stats().new_hosts, 0);
 }

@@ -6,12 +6,16 @@
 //!   whether every client converged to the server's exact quantized state.
 //! - `statewire serve` / `statewire join` run the same game across processes on real sockets.
 //! - `statewire keygen` / `statewire token` make a token backend's key and connect tokens.
+//! - `statewire lobby` / `statewire relay` run a lobby node and a relay; `serve --lobby`
+//!   registers a game and prints its join code, `join --code` / `--link` joins by it, and
+//!   `statewire games` lists a lobby's public games.
 
 mod attack;
 mod bots;
 mod cubes;
 mod game;
 mod keys;
+mod lobby;
 mod realtime;
 mod report;
 mod rules;
@@ -41,9 +45,15 @@ enum Command {
     /// Run the game server on a real socket.
     Serve(realtime::ServeArgs),
     /// Join a running `statewire serve` as a bot client.
-    Join(realtime::JoinArgs),
+    Join(Box<realtime::JoinArgs>),
     /// List games announced on the LAN (`statewire serve --announce`).
     Lan(realtime::LanArgs),
+    /// Run a lobby node: games registered with `serve --lobby`, joined by code.
+    Lobby(lobby::LobbyArgs),
+    /// Run a relay for players whose NATs cannot be punched through (granted by a lobby).
+    Relay(lobby::RelayArgs),
+    /// List the public games of a lobby.
+    Games(lobby::GamesArgs),
     /// The 901-cube snapshot-compression benchmark: generate data, run the codecs.
     Cubes(cubes::CubesArgs),
     /// Write a new random key file for a token backend and its servers.
@@ -167,8 +177,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Serve(args) => realtime::serve(args),
-        Command::Join(args) => realtime::join(args),
+        Command::Join(args) => realtime::join(*args),
         Command::Lan(args) => realtime::lan(args),
+        Command::Lobby(args) => lobby::lobby(args),
+        Command::Relay(args) => lobby::relay(args),
+        Command::Games(args) => lobby::games(args),
         Command::Cubes(args) => cubes::main(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Token(args) => keys::token(args),

@@ -16,8 +16,11 @@ use statewire::packet::RejectReason;
 use statewire::{ClientState, DisconnectReason};
 use statewire_core::{ClientConfig, ClientId, StoreConfig};
 
+use statewire_lobby::{HostInfo, JoinCode, Rendezvous, RendezvousConfig, RendezvousEvent};
+
 use crate::bots::{Behaviour, BotClient as GameClient};
 use crate::game::TICK_HZ;
+use crate::lobby::{Net, NotAdmitted};
 use crate::rules::ServerGame as GameServer;
 use crate::sim::{MAX_TICKS, MIN_PACKET};
 use crate::{count, parse_addr, plural, stop_requested, usage};
@@ -56,9 +59,19 @@ pub(crate) struct ServeArgs {
     /// 255.255.255.255:47800; broadcast is enabled on the beacon socket).
     #[arg(long, value_parser = parse_addr)]
     announce: Option<SocketAddr>,
-    /// Name announced in the beacon (at most 64 bytes of UTF-8).
+    /// Name announced in the beacon and listed by the lobby (at most 64 bytes of UTF-8).
     #[arg(long, default_value = "statewire sim")]
     name: String,
+    /// Register the game with the lobby at this address (`statewire lobby`; UDP only): it
+    /// prints a join code players join with (`statewire join --lobby ADDR --code CODE`),
+    /// punching through NATs or through the lobby's relay. Connect tokens come from the lobby,
+    /// sealed with a random key of this game (so not with --key-file).
+    #[arg(long, value_name = "ADDR")]
+    lobby: Option<String>,
+    /// With --lobby: list the game publicly (`statewire games`); else it is joined by code
+    /// only.
+    #[arg(long, requires = "lobby")]
+    public: bool,
     /// Require connect tokens sealed with this key file (from `statewire keygen`); without it
     /// the server runs in development mode (anyone on the network may join).
     #[arg(long)]
@@ -87,9 +100,23 @@ pub(crate) struct LanArgs {
 /// Flags of `statewire join`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JoinArgs {
-    /// The server's address (e.g. 127.0.0.1:7777 or localhost:7777).
+    /// The server's address (e.g. 127.0.0.1:7777 or localhost:7777); or join through a lobby
+    /// with --lobby ADDR --code CODE, or with --link.
     #[arg(value_parser = parse_addr)]
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    /// Join through the lobby at this address (`statewire lobby`), with --code.
+    #[arg(long, value_name = "ADDR")]
+    lobby: Option<String>,
+    /// With --lobby: the game's join code (six characters, as `serve --lobby` prints it).
+    #[arg(long, value_parser = parse_code)]
+    code: Option<JoinCode>,
+    /// A join link, statewire://HOST:PORT/CODE (the lobby and the code in one).
+    #[arg(long, value_name = "LINK", value_parser = parse_join_link)]
+    link: Option<(String, JoinCode)>,
+    /// With a lobby join: never punch, play through the lobby's relay at once (for tests, and
+    /// for networks known to need it).
+    #[arg(long)]
+    force_relay: bool,
     /// Connect over TCP instead of UDP.
     #[arg(long)]
     tcp: bool,
@@ -105,6 +132,72 @@ pub(crate) struct JoinArgs {
     /// A connect token from `statewire token` (base64), for a server run with --key-file.
     #[arg(long, value_parser = crate::keys::parse_token)]
     token: Option<statewire::ConnectToken>,
+}
+
+fn parse_code(s: &str) -> Result<JoinCode, String> {
+    s.parse()
+        .map_err(|e: statewire_lobby::CodeError| e.to_string())
+}
+
+fn parse_join_link(s: &str) -> Result<(String, JoinCode), String> {
+    statewire_lobby::parse_link(s).map_err(|e| e.to_string())
+}
+
+/// Where `join` goes.
+enum Target {
+    /// Straight to a server.
+    Server(SocketAddr),
+    /// Through a lobby (its address, as given and resolved), to the game with this code.
+    Lobby { lobby: SocketAddr, code: JoinCode },
+}
+
+/// Checks `join`'s flags: exactly one of the address, --lobby with --code, or --link.
+fn join_target(args: &JoinArgs) -> Result<Target, String> {
+    let forms = [
+        args.addr.is_some(),
+        args.code.is_some() || args.lobby.is_some(),
+        args.link.is_some(),
+    ];
+    let how = "give a server address, --lobby ADDR --code CODE, or --link \
+               statewire://HOST:PORT/CODE";
+    match forms.iter().filter(|&&f| f).count() {
+        0 => return Err(format!("join needs to know where to go: {how}")),
+        1 => {}
+        _ => return Err(format!("join goes to one place: {how}, only one of them")),
+    }
+    let target = match (&args.addr, &args.lobby, args.code, &args.link) {
+        (Some(addr), ..) => Target::Server(*addr),
+        (None, Some(lobby), Some(code), _) => Target::Lobby {
+            lobby: parse_addr(lobby).map_err(|e| format!("--lobby: {e}"))?,
+            code,
+        },
+        (None, Some(_), None, _) => {
+            return Err("--lobby needs the game's --code CODE".into());
+        }
+        (None, None, Some(_), _) => {
+            return Err("--code needs the lobby's address: --lobby ADDR".into());
+        }
+        (None, None, None, Some((lobby, code))) => Target::Lobby {
+            lobby: parse_addr(lobby).map_err(|e| format!("--link: the lobby {e}"))?,
+            code: *code,
+        },
+        (None, None, None, None) => return Err(format!("join needs to know where to go: {how}")),
+    };
+    match target {
+        Target::Server(_) if args.force_relay => Err(
+            "--force-relay is for joins through a lobby (--lobby ADDR --code CODE or --link)"
+                .into(),
+        ),
+        Target::Lobby { .. } if args.tcp => Err(
+            "a join through a lobby is over UDP only (it punches through NATs): leave out --tcp"
+                .into(),
+        ),
+        Target::Lobby { .. } if args.token.is_some() => Err(
+            "a join through a lobby gets its connect token from the lobby: leave out --token"
+                .into(),
+        ),
+        t => Ok(t),
+    }
 }
 
 fn tick_len() -> Duration {
@@ -162,6 +255,36 @@ fn validate_serve(args: &ServeArgs) -> Result<(), String> {
             args.name.len()
         ));
     }
+    if args.lobby.is_some() {
+        if args.tcp.is_some() {
+            return Err(
+                "--lobby works over UDP only (players punch through NATs to the game's \
+                        UDP socket): use --udp ADDR instead of --tcp"
+                    .into(),
+            );
+        }
+        if args.key_file.is_some() {
+            return Err(
+                "--lobby hands out connect tokens itself, sealed with a random key of \
+                        this game: leave out --key-file"
+                    .into(),
+            );
+        }
+        if args.name.len() > statewire_lobby::wire::MAX_NAME_LEN {
+            return Err(format!(
+                "--name is {} bytes long; the lobby lists names of at most {}",
+                args.name.len(),
+                statewire_lobby::wire::MAX_NAME_LEN
+            ));
+        }
+        if args.max_clients > usize::from(u16::MAX) {
+            return Err(format!(
+                "--max-clients {} is more than the lobby lists ({})",
+                args.max_clients,
+                u16::MAX
+            ));
+        }
+    }
     if args.public_addrs.len() > statewire::crypto::MAX_TOKEN_ADDRS {
         return Err(format!(
             "--public-addr given {} times; a token names at most {} server addresses",
@@ -176,19 +299,69 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = validate_serve(&args) {
         return usage(&e);
     }
-    let transport: Box<dyn Transport> = match (args.udp, args.tcp) {
-        (Some(a), _) => match UdpTransport::bind(a, UdpConfig::default()) {
-            Ok(t) => Box::new(t),
+    let lobby = match &args.lobby {
+        None => None,
+        Some(text) => match parse_addr(text) {
+            Ok(a) => Some((text.clone(), a)),
+            Err(e) => return usage(&format!("--lobby: {e}")),
+        },
+    };
+    let protocol_id = match crate::rules::protocol_id(args.codec.coding()) {
+        Ok(id) => id,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let unix_time_at_zero = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut hosting = None;
+    let (transport, lobby_tokens) = match (args.udp, args.tcp, &lobby) {
+        (Some(a), _, Some((text, lobby_addr))) => {
+            let udp = match UdpTransport::bind(a, UdpConfig::default()) {
+                Ok(t) => t,
+                Err(e) => return fail(&format!("cannot bind UDP {a}: {e}")),
+            };
+            let token_key = match statewire::Key::try_random() {
+                Ok(k) => k,
+                Err(e) => return fail(&format!("no random source for the token key: {e}")),
+            };
+            let bound = udp.local_addr();
+            let info = HostInfo {
+                name: args.name.clone(),
+                protocol_id,
+                version: u32::from(statewire::SessionConfig::default().version),
+                // At most u16::MAX (validated above).
+                max_players: args.max_clients.min(usize::from(u16::MAX)) as u16,
+                public: args.public,
+                host_client: ClientId(0),
+                token_key: token_key.clone(),
+            };
+            let rv = Rendezvous::host(
+                udp,
+                *lobby_addr,
+                info,
+                RendezvousConfig::default(),
+                Duration::ZERO,
+            );
+            hosting = Some(crate::lobby::Hosting::new(text.clone(), *lobby_addr));
+            let tokens = statewire::TokenConfig {
+                key: token_key,
+                public_addrs: vec![bound],
+                unix_time_at_zero,
+            };
+            (Net::Lobby(Box::new(rv)), Some(tokens))
+        }
+        (Some(a), _, None) => match UdpTransport::bind(a, UdpConfig::default()) {
+            Ok(t) => (Net::Plain(Box::new(t)), None),
             Err(e) => return fail(&format!("cannot bind UDP {a}: {e}")),
         },
-        (None, Some(a)) => match TcpTransport::listen(a, TcpConfig::default()) {
-            Ok(t) => Box::new(t),
+        (None, Some(a), _) => match TcpTransport::listen(a, TcpConfig::default()) {
+            Ok(t) => (Net::Plain(Box::new(t)), None),
             Err(e) => return fail(&format!("cannot listen on TCP {a}: {e}")),
         },
-        (None, None) => return usage("give --udp ADDR or --tcp ADDR"),
+        (None, None, _) => return usage("give --udp ADDR or --tcp ADDR"),
     };
     let tokens = match &args.key_file {
-        None => None,
+        None => lobby_tokens,
         Some(path) => {
             let key = match crate::keys::read_key(path) {
                 Ok(k) => k,
@@ -200,9 +373,6 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             } else {
                 args.public_addrs.clone()
             };
-            let unix_time_at_zero = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
             Some(statewire::TokenConfig {
                 key,
                 public_addrs,
@@ -248,10 +418,6 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             Some((sock, Announcer::new(target, Duration::from_secs(1))))
         }
     };
-    let protocol_id = match crate::rules::protocol_id(args.codec.coding()) {
-        Ok(id) => id,
-        Err(e) => return fail(&e.to_string()),
-    };
     let interruptible = crate::catch_ctrl_c();
     let start = Instant::now();
     let total = args.ticks + args.quiet_ticks;
@@ -265,6 +431,17 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
             break;
         }
         let now = start.elapsed();
+        if let (Some(h), Some(rv)) = (
+            &mut hosting,
+            server
+                .net
+                .session_mut()
+                .transport_mut()
+                .host_rendezvous_mut(),
+        ) && let Err(e) = h.poll(rv, now, &known)
+        {
+            return fail(&e);
+        }
         if let Err(e) = server.step(now, t < args.ticks) {
             return fail(&e.to_string());
         }
@@ -335,6 +512,16 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     let told = server.net.clients().len();
     server.net.shutdown();
     let _ = server.net.flush(start.elapsed());
+    if let Some(rv) = server
+        .net
+        .session_mut()
+        .transport_mut()
+        .host_rendezvous_mut()
+    {
+        // The game ends with this server: players asking for the code are told so.
+        rv.leave(false);
+        println!("told the lobby the game has ended");
+    }
     if interrupted {
         println!(
             "interrupted at tick {}: told {} the server is shutting down",
@@ -423,7 +610,7 @@ fn explain_end(reason: DisconnectReason, args: &JoinArgs, last: ClientState) -> 
                 .connect_timeout
                 .as_secs();
             let mut m = format!("no answer from the server within {secs} s (the connect timeout)");
-            if !args.tcp && matches!(last, ClientState::Requesting) {
+            if !args.tcp && args.addr.is_some() && matches!(last, ClientState::Requesting) {
                 m.push_str("; no reply over UDP: if the server runs with --tcp, add --tcp");
             }
             m
@@ -500,54 +687,67 @@ fn status_line<T: Transport>(client: &GameClient<T>, elapsed: Duration) -> Strin
 }
 
 pub(crate) fn join(args: JoinArgs) -> ExitCode {
-    let any = SocketAddr::new(
-        if args.addr.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
+    // "first snapshot after" counts from here.
+    let start = Instant::now();
+    let target = match join_target(&args) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let interruptible = crate::catch_ctrl_c();
+    let limit = Duration::from_secs(args.timeout_secs);
+    let mut early_path = None;
+    let (transport, server, token, place, via_lobby) = match target {
+        Target::Server(addr) => match connect_plain(addr, args.tcp) {
+            Ok(t) => (t, addr, args.token.clone(), addr.to_string(), false),
+            Err(e) => return fail(&e),
         },
-        0,
-    );
-    let transport: Box<dyn Transport> = if args.tcp {
-        match TcpTransport::connect(args.addr, TcpConfig::default()) {
-            Ok(t) => Box::new(t),
-            Err(e) => {
-                let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    "; nothing accepts TCP connections there: if the server runs with --udp, \
-                     leave out --tcp"
-                } else {
-                    ""
-                };
-                return fail(&format!(
-                    "cannot connect to {} over TCP: {e}{hint}",
-                    args.addr
-                ));
+        Target::Lobby { lobby, code } => {
+            let protocol_id = match crate::rules::protocol_id(args.codec.coding()) {
+                Ok(id) => id,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match crate::lobby::ask_lobby(
+                lobby,
+                code,
+                protocol_id,
+                args.force_relay,
+                start,
+                limit,
+                interruptible,
+            ) {
+                Ok((net, a)) => {
+                    println!("joined game {code} as client {}", a.client_id.0);
+                    let _ = std::io::stdout().flush();
+                    early_path = a.path;
+                    (net, a.host, Some(*a.token), format!("game {code}"), true)
+                }
+                Err(NotAdmitted::Interrupted) => {
+                    println!("interrupted");
+                    return ExitCode::from(130);
+                }
+                Err(NotAdmitted::Failed(why)) => return fail(&why),
             }
-        }
-    } else {
-        match UdpTransport::bind(any, UdpConfig::default()) {
-            Ok(t) => Box::new(t),
-            Err(e) => return fail(&format!("cannot bind UDP: {e}")),
         }
     };
     let mut client = match GameClient::new(
         transport,
-        args.addr,
-        Duration::ZERO,
+        server,
+        start.elapsed(),
         args.seed,
         Behaviour::Honest,
         args.codec.coding(),
-        args.token.as_ref(),
+        token.as_ref(),
     ) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    let interruptible = crate::catch_ctrl_c();
     let status = Status::new();
-    let start = Instant::now();
-    let limit = Duration::from_secs(args.timeout_secs);
+    if let Some(path) = early_path {
+        status.println(&format!("path: {path}"));
+    }
     let mut connected = false;
     let mut interrupted = false;
+    let mut first_snapshot = false;
     let mut last_state = client.net.session().state();
     let mut digest_since: Option<Instant> = None;
     let mut next_status = Duration::from_secs(1);
@@ -557,9 +757,36 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             interrupted = true;
             break;
         }
+        if let Some(mut rv) = client.net.session_mut().transport_mut().rendezvous_mut()
+            && let Err(e) = rv.update(start.elapsed())
+        {
+            status.done();
+            return fail(&format!("the transport failed: {e}"));
+        }
         if let Err(e) = client.step(start.elapsed(), true) {
             status.done();
             return fail(&e.to_string());
+        }
+        if let Some(mut rv) = client.net.session_mut().transport_mut().rendezvous_mut() {
+            while let Some(ev) = rv.poll_event() {
+                if let RendezvousEvent::PathChanged { path, .. } = ev {
+                    status.println(&format!("path: {path}"));
+                }
+            }
+            if !first_snapshot && client.net.tick().is_some() {
+                first_snapshot = true;
+                let path = client
+                    .net
+                    .session_mut()
+                    .transport_mut()
+                    .rendezvous_mut()
+                    .and_then(|rv| rv.path(server));
+                status.println(&format!(
+                    "first snapshot after {} ms ({})",
+                    start.elapsed().as_millis(),
+                    crate::lobby::path_word(path)
+                ));
+            }
         }
         match client.net.session().state() {
             ClientState::Disconnected(_) => {}
@@ -585,11 +812,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             status.show(if connected {
                 status_line(&client, start.elapsed())
             } else {
-                format!(
-                    "{:>4} s  connecting to {}",
-                    start.elapsed().as_secs(),
-                    args.addr
-                )
+                format!("{:>4} s  connecting to {place}", start.elapsed().as_secs())
             });
         }
         t += 1;
@@ -618,13 +841,13 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
                     "gave up after {} (--timeout-secs) without connecting",
                     plural(args.timeout_secs, "second")
                 );
-                if !args.tcp && matches!(last_state, ClientState::Requesting) {
+                if !args.tcp && !via_lobby && matches!(last_state, ClientState::Requesting) {
                     m.push_str("; no reply over UDP: if the server runs with --tcp, add --tcp");
                 }
                 m
             }
         };
-        return fail(&format!("could not join {}: {why}", args.addr));
+        return fail(&format!("could not join {place}: {why}"));
     }
     if let Some(reason) = client.ended {
         println!("disconnected: {}", explain_end(reason, &args, last_state));
@@ -659,6 +882,36 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
                 plural(args.timeout_secs, "second")
             ))
         }
+    }
+}
+
+/// A socket to a server without a lobby: UDP, or a TCP connection to `addr`.
+fn connect_plain(addr: SocketAddr, tcp: bool) -> Result<Net, String> {
+    if tcp {
+        return match TcpTransport::connect(addr, TcpConfig::default()) {
+            Ok(t) => Ok(Net::Plain(Box::new(t))),
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    "; nothing accepts TCP connections there: if the server runs with --udp, \
+                     leave out --tcp"
+                } else {
+                    ""
+                };
+                Err(format!("cannot connect to {addr} over TCP: {e}{hint}"))
+            }
+        };
+    }
+    let any = SocketAddr::new(
+        if addr.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    match UdpTransport::bind(any, UdpConfig::default()) {
+        Ok(t) => Ok(Net::Plain(Box::new(t))),
+        Err(e) => Err(format!("cannot bind UDP: {e}")),
     }
 }
 

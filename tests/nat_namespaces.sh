@@ -29,9 +29,10 @@ BIN=target/release/statewire
 NAMESPACES=()
 PIDS=()
 LOGDIR=""
-FINISHED=0
+REPORTED=0 # 1 once a SKIP/FAIL/OK line has said why we exit
 
 say() { echo "nat_namespaces: $*"; }
+oneline() { tr -s '\n' ' ' <"$1" | sed 's/ *$//'; }
 
 show_logs() {
   [ -n "$LOGDIR" ] || return 0
@@ -44,6 +45,7 @@ show_logs() {
 }
 
 fail() {
+  REPORTED=1
   echo "nat_namespaces: FAIL: $*" >&2
   show_logs
   exit 1
@@ -51,11 +53,12 @@ fail() {
 
 # A capability this machine lacks: not this project's fault, so not a CI failure, unless asked.
 skip() {
+  REPORTED=1
   if [ "${STATEWIRE_REQUIRE_NETNS:-0}" = 1 ]; then
     echo "nat_namespaces: FAIL: $* (STATEWIRE_REQUIRE_NETNS=1: required here, not skipped)" >&2
     exit 1
   fi
-  echo "SKIP: $* (nat_namespaces needs root, iproute2 and kernel NAT support)"
+  echo "SKIP: nat_namespaces: $*"
   exit 0
 }
 
@@ -79,13 +82,13 @@ cleanup() {
     ip netns del "$ns" 2>/dev/null || true
   done
   if [ -n "$LOGDIR" ]; then rm -rf "$LOGDIR"; fi
-  if [ "$rc" != 0 ] && [ "$FINISHED" = 0 ]; then
-    echo "nat_namespaces: exited with status $rc" >&2
+  if [ "$rc" != 0 ] && [ "$REPORTED" = 0 ]; then
+    echo "nat_namespaces: FAIL: a command failed (status $rc); see above" >&2
   fi
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'REPORTED=1; echo "nat_namespaces: interrupted" >&2; exit 130' INT TERM
 
 # ---- prerequisites (skip, never fail, where the machine cannot do this)
 if [ "$(id -u)" != 0 ]; then
@@ -104,7 +107,7 @@ LOGDIR="$(mktemp -d)"
 
 add_ns() {
   if ! ip netns add "$1" 2>"$LOGDIR/netns.err"; then
-    skip "ip netns add refused: $(tr '\n' ' ' <"$LOGDIR/netns.err")"
+    skip "ip netns add refused: $(oneline "$LOGDIR/netns.err")"
   fi
   NAMESPACES+=("$1")
   ip -n "$1" link set lo up
@@ -143,18 +146,18 @@ EOF
 }
 for ns in "$NS_RTR_A" "$NS_RTR_B"; do
   if ! router_rules | ip netns exec "$ns" nft -f - 2>"$LOGDIR/nft.err"; then
-    skip "nft nat/masquerade refused by the kernel: $(tr '\n' ' ' <"$LOGDIR/nft.err")"
+    skip "nft nat/masquerade refused by the kernel: $(oneline "$LOGDIR/nft.err")"
   fi
 done
 
 # ---- topology (every link is made inside the namespaces; the root namespace gets nothing)
 veth() { # veth NS_A IF_A NS_B IF_B
   if ! ip -n "$1" link add "$2" type veth peer name "$4" netns "$3" 2>"$LOGDIR/veth.err"; then
-    skip "cannot create a veth pair: $(tr '\n' ' ' <"$LOGDIR/veth.err")"
+    skip "cannot create a veth pair: $(oneline "$LOGDIR/veth.err")"
   fi
 }
 if ! ip -n "$NS_WAN" link add br0 type bridge 2>"$LOGDIR/bridge.err"; then
-  skip "cannot create a bridge: $(tr '\n' ' ' <"$LOGDIR/bridge.err")"
+  skip "cannot create a bridge: $(oneline "$LOGDIR/bridge.err")"
 fi
 veth "$NS_WAN" a0 "$NS_RTR_A" wan0
 veth "$NS_WAN" b0 "$NS_RTR_B" wan0
@@ -262,7 +265,8 @@ round() {
     --name "netns-$label" --public --ticks 240 --quiet-ticks 30 --entities 200
   serve_pid=$!
   for _ in $(seq 300); do
-    code="$(sed -n 's/.*join code: *\([A-Za-z0-9-]*\).*/\1/p' "$LOGDIR/serve-$label.log" | head -n 1)"
+    code="$(sed -n 's/.*join code: *\([A-Za-z0-9-]*\).*/\1/p' "$LOGDIR/serve-$label.log" |
+      head -n 1)"
     [ -n "$code" ] && break
     kill -0 "$serve_pid" 2>/dev/null || fail "$label: serve exited before printing a join code"
     sleep 0.1
@@ -293,5 +297,5 @@ DIRECT="$FIRST"
 round relayed relayed --force-relay
 RELAYED="$FIRST"
 
-FINISHED=1
+REPORTED=1
 say "OK (direct: $DIRECT, relayed: $RELAYED)"

@@ -98,6 +98,13 @@ pub struct LobbyConfig {
     pub migration_turn: Duration,
     /// Most datagrams waiting in [`Lobby::poll_transmit`]; more are dropped. Default: 4096.
     pub max_queued_transmits: usize,
+    /// A player counts as on its way (toward [`ErrorCode::GameFull`] and the per-address
+    /// limit below) from its join until the host reports it, at most this long. Default:
+    /// 10 s.
+    pub join_pending: Duration,
+    /// Most players on their way to one game from one IP address; more are refused with
+    /// [`ErrorCode::TooManyJoins`]. Default: 4.
+    pub max_pending_joins_per_ip: usize,
 }
 
 impl Default for LobbyConfig {
@@ -119,6 +126,8 @@ impl Default for LobbyConfig {
             max_notices_per_game: 32,
             migration_turn: Duration::from_secs(3),
             max_queued_transmits: 4096,
+            join_pending: Duration::from_secs(10),
+            max_pending_joins_per_ip: 4,
         }
     }
 }
@@ -132,8 +141,9 @@ pub struct LobbyStats {
     pub malformed: u64,
     /// Requests dropped by the per-IP rate limit.
     pub rate_limited: u64,
-    /// Requests refused because the limiter tracks its most IPs.
-    pub untracked_refused: u64,
+    /// Addresses the limiter forgot early because it tracked its most (their next request
+    /// starts a full bucket).
+    pub tracker_evictions: u64,
     /// Games registered.
     pub registered: u64,
     /// Players handed a token.
@@ -148,6 +158,8 @@ pub struct LobbyStats {
     pub storage_errors: u64,
     /// Transmits dropped because the queue was full.
     pub transmits_dropped: u64,
+    /// Writes that met another node's write first and were done again.
+    pub storage_conflicts: u64,
 }
 
 struct Bucket {
@@ -165,6 +177,8 @@ pub struct Lobby<S: Storage> {
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: LobbyStats,
     buf: Vec<u8>,
+    /// The nonce of the request being handled, echoed by its replies.
+    nonce: u64,
 }
 
 impl<S: Storage> std::fmt::Debug for Lobby<S> {
@@ -172,6 +186,13 @@ impl<S: Storage> std::fmt::Debug for Lobby<S> {
         f.debug_struct("Lobby").field("stats", &self.stats).finish()
     }
 }
+
+/// Times a request is handled again after another node's write came between our read and
+/// our write (then the lobby answers [`ErrorCode::Storage`]).
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// A join from the same address within this many milliseconds is a retry, not answered.
+const JOIN_RETRY_MS: u64 = 2_000;
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -196,6 +217,7 @@ impl<S: Storage> Lobby<S> {
             out: VecDeque::new(),
             stats: LobbyStats::default(),
             buf: Vec::with_capacity(crate::wire::MAX_DATAGRAM),
+            nonce: 0,
         }
     }
 
@@ -250,11 +272,21 @@ impl<S: Storage> Lobby<S> {
     fn allow(&mut self, ip: IpAddr, now: Duration) -> bool {
         let rate = f64::from(self.config.requests_per_sec_per_ip.max(1));
         let burst = f64::from(self.config.request_burst_per_ip.max(1));
+        // An IPv6 host usually has a whole /64: it counts as one source.
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        };
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.config.max_tracked_ips {
             self.handle_timeout(now);
-            if self.buckets.len() >= self.config.max_tracked_ips {
-                self.stats.untracked_refused += 1;
-                return false;
+            // Still full (a flood from many sources): forget one rather than refuse the
+            // newcomer, so that spoofed junk cannot lock real players out.
+            while self.buckets.len() >= self.config.max_tracked_ips.max(1) {
+                self.buckets.pop_first();
+                self.stats.tracker_evictions += 1;
             }
         }
         let b = self.buckets.entry(ip).or_insert(Bucket {
@@ -273,13 +305,30 @@ impl<S: Storage> Lobby<S> {
         }
     }
 
+    /// Queues `reply` to the request being handled (its nonce echoed).
     fn send(&mut self, to: SocketAddr, reply: &Reply) {
+        self.send_with(to, reply, self.nonce);
+    }
+
+    fn send_with(&mut self, to: SocketAddr, reply: &Reply, nonce: u64) {
         if self.out.len() >= self.config.max_queued_transmits {
             self.stats.transmits_dropped += 1;
             return;
         }
-        reply.encode(&mut self.buf);
+        reply.encode_with(nonce, &mut self.buf);
         self.out.push_back((to, self.buf.clone()));
+    }
+
+    /// Writes `game` over the revision it was read at.
+    fn store(&mut self, game: &GameRecord, now_ms: u64) -> Result<(), Refusal> {
+        match self.storage.put(game, now_ms) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.stats.storage_conflicts += 1;
+                Err(Refusal::Conflict)
+            }
+            Err(_) => Err(Refusal::Storage),
+        }
     }
 
     fn refuse(&mut self, to: SocketAddr, for_kind: u8, code: ErrorCode) {
@@ -293,15 +342,44 @@ impl<S: Storage> Lobby<S> {
         if !self.allow(from.ip(), now) {
             return;
         }
-        let request = match Request::decode(datagram) {
+        let (request, nonce) = match Request::decode_with_nonce(datagram) {
             Ok(r) => r,
             Err(_) => {
                 self.stats.malformed += 1;
                 return;
             }
         };
+        self.nonce = nonce;
         let kind = request.kind();
-        let result = match request {
+        // Another node may write the same game between our read and our write: then the
+        // request is handled again on the fresh record.
+        let mut result = Err(Refusal::Conflict);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            result = self.dispatch(now, from, nonce, request.clone(), datagram.len());
+            if !matches!(result, Err(Refusal::Conflict)) {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {}
+            Err(Refusal::Code(code)) => self.refuse(from, kind, code),
+            Err(Refusal::Storage | Refusal::Conflict) => {
+                self.stats.storage_errors += 1;
+                self.refuse(from, kind, ErrorCode::Storage);
+            }
+            Err(Refusal::Silent) => {}
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        nonce: u64,
+        request: Request,
+        request_len: usize,
+    ) -> Result<(), Refusal> {
+        match request {
             Request::Register {
                 protocol_id,
                 version,
@@ -330,12 +408,12 @@ impl<S: Storage> Lobby<S> {
                 secret,
                 players,
                 roster,
-            } => self.heartbeat(now, from, code, secret, players, roster),
+            } => self.heartbeat(now, from, nonce, code, secret, players, roster),
             Request::List {
                 version,
                 name_contains,
                 offset,
-            } => self.list(now, from, version, &name_contains, offset, datagram.len()),
+            } => self.list(now, from, version, &name_contains, offset, request_len),
             Request::Join { code, protocol_id } => self.join(now, from, code, protocol_id),
             Request::Leave {
                 code,
@@ -350,15 +428,6 @@ impl<S: Storage> Lobby<S> {
                 token_key,
                 local_addr,
             } => self.migrate(now, from, code, client_id, secret, token_key, local_addr),
-        };
-        match result {
-            Ok(()) => {}
-            Err(Refusal::Code(code)) => self.refuse(from, kind, code),
-            Err(Refusal::Storage) => {
-                self.stats.storage_errors += 1;
-                self.refuse(from, kind, ErrorCode::Storage);
-            }
-            Err(Refusal::Silent) => {}
         }
     }
 
@@ -401,6 +470,8 @@ impl<S: Storage> Lobby<S> {
             host_addr: from,
             host_local_addr: seed.local_addr,
             host_secret: random::<SECRET_LEN>(),
+            host_nonce: 0,
+            revision: 0,
             token_key: seed.token_key,
             host_client: seed.host_client,
             confirmed: false,
@@ -452,10 +523,12 @@ impl<S: Storage> Lobby<S> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn heartbeat(
         &mut self,
         now: Duration,
         from: SocketAddr,
+        nonce: u64,
         code: JoinCode,
         secret: [u8; SECRET_LEN],
         players: u16,
@@ -472,16 +545,14 @@ impl<S: Storage> Lobby<S> {
         }
         game.confirmed = true;
         game.host_addr = from;
+        game.host_nonce = nonce;
         game.player_count = players;
         game.roster = roster;
         game.roster.truncate(MAX_ROSTER);
         game.last_seen_ms = now_ms;
         game.expires_at_ms = now_ms + ms(self.config.host_timeout);
         game.purge_at_ms = game.expires_at_ms + ms(self.config.tombstone);
-        // Players the host no longer reports are forgotten, except those just sent.
-        self.storage
-            .put(&game, now_ms)
-            .map_err(|_| Refusal::Storage)?;
+        self.store(&game, now_ms)?;
         // The game counts against the address it was registered from, wherever its
         // heartbeats come from.
         if let Some(entry) = self
@@ -546,7 +617,7 @@ impl<S: Storage> Lobby<S> {
             .collect();
         // The page never outweighs the request (no amplification).
         let budget = request_len.min(crate::wire::MAX_DATAGRAM);
-        let mut size = 2 + 5;
+        let mut size = crate::wire::HEADER_LEN + 5;
         let mut page = Vec::new();
         for g in matching.iter().skip(usize::from(offset)) {
             let entry = 6 + 4 + 2 + 2 + 1 + g.name.len();
@@ -597,8 +668,32 @@ impl<S: Storage> Lobby<S> {
         if game.protocol_id != protocol_id {
             return Err(Refusal::Code(ErrorCode::ProtocolMismatch));
         }
-        if game.player_count >= game.max_players {
+        // A retry of a join we answered a moment ago (the answer may still be on its way):
+        // answering again would spend another client id and reset the punching.
+        if game
+            .players
+            .iter()
+            .any(|p| p.from == from && p.joined_ms + JOIN_RETRY_MS > now_ms)
+        {
+            return Err(Refusal::Silent);
+        }
+        // Players on their way count toward the game's size, and one address may have only a
+        // few on their way at once (a join costs the host a peer slot and punching).
+        let window = ms(self.config.join_pending);
+        let on_the_way: Vec<&PlayerRecord> = game
+            .players
+            .iter()
+            .filter(|p| !game.roster.contains(&p.client_id) && p.joined_ms + window > now_ms)
+            .collect();
+        if usize::from(game.player_count) + on_the_way.len() >= usize::from(game.max_players) {
             return Err(Refusal::Code(ErrorCode::GameFull));
+        }
+        let from_here = on_the_way
+            .iter()
+            .filter(|p| p.from.ip() == from.ip())
+            .count();
+        if from_here >= self.config.max_pending_joins_per_ip {
+            return Err(Refusal::Code(ErrorCode::TooManyJoins));
         }
         let mut client_id = 0;
         for _ in 0..4 {
@@ -611,16 +706,25 @@ impl<S: Storage> Lobby<S> {
             }
         }
         let secret = random::<SECRET_LEN>();
-        // Players are remembered for migration, newest last, at most twice the game's size.
-        game.players.push(PlayerRecord { client_id, secret });
+        // Players are remembered for migration, at most twice the game's size: those the host
+        // reports and those on their way are kept first, then the newest.
+        game.players.push(PlayerRecord {
+            client_id,
+            secret,
+            joined_ms: now_ms,
+            from,
+        });
         let keep = usize::from(game.max_players).saturating_mul(2).max(4);
-        if game.players.len() > keep {
-            let drop = game.players.len() - keep;
-            game.players.drain(..drop);
+        while game.players.len() > keep {
+            let roster = &game.roster;
+            let idle = game
+                .players
+                .iter()
+                .position(|p| !roster.contains(&p.client_id) && p.joined_ms + window <= now_ms)
+                .unwrap_or(0);
+            game.players.remove(idle);
         }
-        self.storage
-            .put(&game, now_ms)
-            .map_err(|_| Refusal::Storage)?;
+        self.store(&game, now_ms)?;
         self.stats.joins += 1;
         self.hand_over(now, from, &game, client_id, secret)
     }
@@ -667,6 +771,7 @@ impl<S: Storage> Lobby<S> {
                     .ok()
                     .map(|t| RelayGrant {
                         addr: relay.addr,
+                        alloc_id: alloc_id.0,
                         ticket: t.as_bytes().to_vec(),
                     })
                 };
@@ -685,12 +790,13 @@ impl<S: Storage> Lobby<S> {
         });
         // Pushed at once (the host's NAT lets the lobby through: the host heartbeats it) and
         // queued for the next heartbeat, in case this node is not the host's or it is lost.
+        // The push carries the host's latest heartbeat nonce, which only the host knows.
         coming.encode(&mut self.buf);
         let notice = self.buf.clone();
         self.storage
             .push_notice(game.code, &notice, self.config.max_notices_per_game)
             .map_err(|_| Refusal::Storage)?;
-        self.send(game.host_addr, &coming);
+        self.send_with(game.host_addr, &coming, game.host_nonce);
         let joined = Reply::Joined {
             code: game.code,
             client_id,
@@ -719,15 +825,15 @@ impl<S: Storage> Lobby<S> {
         }
         game.expires_at_ms = now_ms;
         game.purge_at_ms = now_ms + ms(self.config.tombstone);
+        // The host is gone: its secret no longer keeps the game alive.
+        game.host_secret = random::<SECRET_LEN>();
         if migrate {
             self.start_migration(&mut game, now_ms);
         } else {
             // The game is over: no player may start a migration later.
             game.roster.clear();
         }
-        self.storage
-            .put(&game, now_ms)
-            .map_err(|_| Refusal::Storage)?;
+        self.store(&game, now_ms)?;
         for list in self.hosts.values_mut() {
             list.retain(|(c, _)| *c != code);
         }
@@ -777,6 +883,30 @@ impl<S: Storage> Lobby<S> {
         if !known {
             return Err(Refusal::Code(ErrorCode::NotInGame));
         }
+        if game.migration.is_none()
+            && game.host_client == client_id
+            && game.host_addr == from
+            && game.expires_at_ms > now_ms
+        {
+            // The new host asks again (our answer was lost or crossed its retry): same answer.
+            let roster = game
+                .roster
+                .iter()
+                .copied()
+                .filter(|&c| c != client_id)
+                .collect();
+            self.send(
+                from,
+                &Reply::NewHost {
+                    code,
+                    secret: game.host_secret,
+                    observed: from,
+                    epoch: game.epoch,
+                    roster,
+                },
+            );
+            return Ok(());
+        }
         if game.migration.is_none() {
             if game.expires_at_ms > now_ms && game.confirmed {
                 // The host is alive (the player lost it, not the game): reconnect to it.
@@ -786,9 +916,7 @@ impl<S: Storage> Lobby<S> {
             if game.migration.is_none() {
                 return Err(Refusal::Code(ErrorCode::Expired));
             }
-            self.storage
-                .put(&game, now_ms)
-                .map_err(|_| Refusal::Storage)?;
+            self.store(&game, now_ms)?;
         }
         let Some(migration) = game.migration.clone() else {
             return Err(Refusal::Code(ErrorCode::Expired));
@@ -829,9 +957,7 @@ impl<S: Storage> Lobby<S> {
             .chain(roster.iter().copied())
             .collect();
         game.player_count = 1;
-        self.storage
-            .put(&game, now_ms)
-            .map_err(|_| Refusal::Storage)?;
+        self.store(&game, now_ms)?;
         let ip = from.ip();
         if self.hosts.contains_key(&ip) || self.hosts.len() < self.config.max_tracked_ips {
             self.hosts
@@ -868,6 +994,8 @@ struct GameRecordSeed {
 enum Refusal {
     Code(ErrorCode),
     Storage,
-    #[allow(dead_code)]
+    /// Another node wrote the game between our read and our write.
+    Conflict,
+    /// Nothing to answer.
     Silent,
 }

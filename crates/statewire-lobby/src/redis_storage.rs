@@ -71,9 +71,23 @@ if held and held > ARGV[1] then
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], 'purge_at', ARGV[2], 'record', ARGV[4])
+redis.call('HSET', KEYS[1], 'purge_at', ARGV[2], 'record', ARGV[4], 'rev', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[5])
+return 1
+";
+
+/// Compare and set of a game record. KEYS: game, clients, notices, index. ARGV: expected
+/// revision, purge_at (padded), ttl, record, code, new revision.
+const PUT_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'purge_at', ARGV[2], 'record', ARGV[4], 'rev', ARGV[6])
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[5])
 return 1
 ";
@@ -271,7 +285,8 @@ impl Storage for RedisStorage {
             .arg(padded(game.purge_at_ms))
             .arg(ttl_ms(game, now_ms))
             .arg(bytes)
-            .arg(game.code.as_str());
+            .arg(game.code.as_str())
+            .arg(game.revision);
         let created: i64 = self.run(|c| cmd.query(c))?;
         Ok(created == 1)
     }
@@ -283,30 +298,25 @@ impl Storage for RedisStorage {
         live(bytes, now_ms)
     }
 
-    fn put(&mut self, game: &GameRecord, now_ms: u64) -> Result<(), StorageError> {
-        let bytes = encode_record(game)?;
-        let ttl = ttl_ms(game, now_ms);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
+    fn put(&mut self, game: &GameRecord, now_ms: u64) -> Result<bool, StorageError> {
+        let mut next = game.clone();
+        next.revision = game.revision.wrapping_add(1);
+        let bytes = encode_record(&next)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_SCRIPT)
+            .arg(4)
             .arg(self.key("game", game.code))
-            .arg("purge_at")
-            .arg(padded(game.purge_at_ms))
-            .arg("record")
-            .arg(bytes)
-            .ignore();
-        for kind in ["game", "clients", "notices"] {
-            pipe.cmd("PEXPIRE")
-                .arg(self.key(kind, game.code))
-                .arg(ttl)
-                .ignore();
-        }
-        pipe.cmd("ZADD")
+            .arg(self.key("clients", game.code))
+            .arg(self.key("notices", game.code))
             .arg(self.index_key())
+            .arg(game.revision.to_string())
             .arg(padded(game.purge_at_ms))
+            .arg(ttl_ms(game, now_ms))
+            .arg(bytes)
             .arg(game.code.as_str())
-            .ignore();
-        self.run(|c| pipe.query::<()>(c))
+            .arg(next.revision.to_string());
+        let stored: i64 = self.run(|c| cmd.query(c))?;
+        Ok(stored == 1)
     }
 
     fn remove(&mut self, code: JoinCode) -> Result<(), StorageError> {

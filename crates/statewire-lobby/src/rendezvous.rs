@@ -16,6 +16,10 @@
 //! - **Relayed**: no `PunchAck` within [`RendezvousConfig::punch_timeout`]; datagrams go
 //!   through the relay allocation the lobby granted.
 //!
+//! Lobby replies are accepted only from the lobby's address, only for the request pending,
+//! and only with that request's random nonce (a notice pushed to a host carries the nonce of
+//! its latest heartbeat), so an off-path attacker spoofing the lobby cannot inject them.
+//!
 //! Datagrams from the peer are accepted on every path and shown as coming from its canonical
 //! address, so a path change never looks like a new client to the session. Call
 //! [`Rendezvous::update`] every frame (through the session's `transport_mut()`) to drive
@@ -30,7 +34,7 @@ use statewire_core::ClientId;
 use statewire_transport::{Received, Transport, TransportError};
 
 use crate::code::JoinCode;
-use crate::relay::{self, DATA_HEADER_LEN, RelayPacket};
+use crate::relay::{self, DATA_HEADER_LEN, RefuseReason, RelayPacket};
 use crate::storage::SECRET_LEN;
 use crate::ticket::{AllocId, RelayTicket};
 use crate::wire::{
@@ -41,10 +45,11 @@ use crate::wire::{
 /// Settings and limits of a [`Rendezvous`].
 #[derive(Debug, Clone)]
 pub struct RendezvousConfig {
-    /// Wait before resending an unanswered lobby request. Default: 250 ms.
+    /// Wait before resending an unanswered lobby request the first time; it doubles with
+    /// each resend up to 4 times this. Default: 250 ms.
     pub request_retry: Duration,
     /// Sends of one lobby request before giving up ([`RendezvousEvent::LobbyUnreachable`]).
-    /// Default: 20 (5 s).
+    /// Default: 12 (about 10 s).
     pub request_tries: u32,
     /// Between punch packets to one peer. Default: 50 ms.
     pub punch_interval: Duration,
@@ -65,13 +70,16 @@ pub struct RendezvousConfig {
     /// Never punch; use the relay at once (tests, and networks known to need it). Default:
     /// false.
     pub relay_only: bool,
+    /// Most events waiting in [`Rendezvous::poll_event`]; older ones are dropped. Default:
+    /// 256.
+    pub max_events: usize,
 }
 
 impl Default for RendezvousConfig {
     fn default() -> Self {
         RendezvousConfig {
             request_retry: Duration::from_millis(250),
-            request_tries: 20,
+            request_tries: 12,
             punch_interval: Duration::from_millis(50),
             punch_timeout: Duration::from_secs(2),
             relay_retry: Duration::from_millis(250),
@@ -80,6 +88,7 @@ impl Default for RendezvousConfig {
             peer_idle_timeout: Duration::from_secs(30),
             max_datagrams_per_recv: 256,
             relay_only: false,
+            max_events: 256,
         }
     }
 }
@@ -224,12 +233,20 @@ pub struct RendezvousStats {
     pub peers_expired: u64,
     /// Peers not added: [`RendezvousConfig::max_peers`] reached.
     pub peers_refused: u64,
+    /// Datagrams from the lobby's address that were not an answer we expect (a forgery, a
+    /// duplicate, or too late), ignored.
+    pub lobby_ignored: u64,
+    /// Events dropped: [`RendezvousConfig::max_events`] reached.
+    pub events_dropped: u64,
 }
 
 struct RelayEnd {
     addr: SocketAddr,
     ticket: RelayTicket,
-    alloc: Option<AllocId>,
+    alloc: AllocId,
+    /// The relay confirmed our binding.
+    bound: bool,
+    /// When to send the next Bind (`Duration::MAX`: never again).
     next_bind: Duration,
 }
 
@@ -249,6 +266,10 @@ struct Peer {
     /// first hears of us on the path we keep (a symmetric NAT gives each path its own port).
     held: VecDeque<Vec<u8>>,
 }
+
+/// Largest game datagram carried: what a relay with the default
+/// [`RelayConfig::max_datagram`](crate::relay::RelayConfig::max_datagram) forwards.
+pub const MAX_RELAYED_PAYLOAD: usize = 1400;
 
 /// Most game datagrams a player holds per peer while punching; older ones are dropped (the
 /// session retries its handshake anyway).
@@ -275,6 +296,21 @@ struct Pending {
     bytes: Vec<u8>,
     next: Duration,
     tries: u32,
+    nonce: u64,
+    kind: u8,
+}
+
+/// Kind bytes of the requests a reply may answer.
+mod req {
+    pub(super) const REGISTER: u8 = 0x50;
+    pub(super) const LIST: u8 = 0x52;
+    pub(super) const JOIN: u8 = 0x53;
+    pub(super) const MIGRATE: u8 = 0x55;
+}
+
+fn fresh_nonce() -> u64 {
+    // A failed OS random source gives a guessable 0; nothing else breaks.
+    getrandom::u64().unwrap_or(0)
 }
 
 /// The peer side of the lobby; see the [module docs](self).
@@ -291,6 +327,8 @@ pub struct Rendezvous<T: Transport> {
     scratch: Vec<u8>,
     /// A Migrate request is out: a NewHost answer is expected.
     migrating: bool,
+    /// Nonces of our two latest heartbeats (host): the lobby's answers and pushes carry one.
+    beats: [u64; 2],
 }
 
 impl<T: Transport> std::fmt::Debug for Rendezvous<T> {
@@ -317,6 +355,7 @@ impl<T: Transport> Rendezvous<T> {
             stats: RendezvousStats::default(),
             scratch: Vec::with_capacity(wire::MAX_DATAGRAM + DATA_HEADER_LEN),
             migrating: false,
+            beats: [fresh_nonce(), fresh_nonce()],
         }
     }
 
@@ -501,14 +540,36 @@ impl<T: Transport> Rendezvous<T> {
     }
 
     fn request(&mut self, request: &Request) {
-        request.encode(&mut self.scratch);
+        let nonce = fresh_nonce();
+        request.encode_with(nonce, &mut self.scratch);
         let _ = self.inner.send(self.lobby, &self.scratch);
         self.stats.lobby_requests += 1;
         self.pending = Some(Pending {
             bytes: self.scratch.clone(),
             next: self.now + self.config.request_retry,
             tries: 1,
+            nonce,
+            kind: request.kind(),
         });
+    }
+
+    fn push_event(&mut self, event: RendezvousEvent) {
+        if self.events.len() >= self.config.max_events.max(1) {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    /// Takes the pending request if `nonce` answers it and it is of one of `kinds`.
+    fn answers(&mut self, nonce: u64, kinds: &[u8]) -> bool {
+        match &self.pending {
+            Some(p) if p.nonce == nonce && kinds.contains(&p.kind) => {
+                self.pending = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drives timers at `now`: request retries, heartbeats, punches, relay binds, expiry.
@@ -521,10 +582,11 @@ impl<T: Transport> Rendezvous<T> {
         {
             if p.tries >= self.config.request_tries {
                 self.pending = None;
-                self.events.push_back(RendezvousEvent::LobbyUnreachable);
+                self.push_event(RendezvousEvent::LobbyUnreachable);
             } else {
                 p.tries += 1;
-                p.next = now + self.config.request_retry;
+                // 250 ms, 500 ms, then 1 s: a slow lobby is not asked ever more often.
+                p.next = now + self.config.request_retry * (1 << (p.tries - 1).min(2));
                 let _ = self.inner.send(self.lobby, &p.bytes);
                 self.stats.lobby_requests += 1;
             }
@@ -547,13 +609,15 @@ impl<T: Transport> Rendezvous<T> {
                 } else {
                     self.config.request_retry
                 };
+            let nonce = fresh_nonce();
+            self.beats = [nonce, self.beats[0]];
             Request::Heartbeat {
                 code: *code,
                 secret: *secret,
                 players: *players,
                 roster: roster.clone(),
             }
-            .encode(&mut self.scratch);
+            .encode_with(nonce, &mut self.scratch);
             let _ = self.inner.send(self.lobby, &self.scratch);
             self.stats.lobby_requests += 1;
         }
@@ -588,10 +652,11 @@ impl<T: Transport> Rendezvous<T> {
             } else {
                 Path::Failed
             };
-            self.events.push_back(RendezvousEvent::PathChanged {
+            let event = RendezvousEvent::PathChanged {
                 peer: p.canonical,
                 path: p.path,
-            });
+            };
+            self.push_event(event);
             self.flush_held(i);
         }
         let p = &mut self.peers[i];
@@ -602,7 +667,7 @@ impl<T: Transport> Rendezvous<T> {
             && now >= end.next_bind
         {
             end.next_bind = now
-                + if end.alloc.is_some() {
+                + if end.bound {
                     self.config.relay_refresh
                 } else {
                     self.config.relay_retry
@@ -636,7 +701,8 @@ impl<T: Transport> Rendezvous<T> {
                 .map(|ticket| RelayEnd {
                     addr: g.addr,
                     ticket,
-                    alloc: None,
+                    alloc: AllocId(g.alloc_id),
+                    bound: false,
                     next_bind: self.now,
                 })
         });
@@ -661,7 +727,7 @@ impl<T: Transport> Rendezvous<T> {
             held: VecDeque::new(),
         });
         if relay_only {
-            self.events.push_back(RendezvousEvent::PathChanged {
+            self.push_event(RendezvousEvent::PathChanged {
                 peer: canonical,
                 path,
             });
@@ -672,17 +738,32 @@ impl<T: Transport> Rendezvous<T> {
     }
 
     fn handle_reply(&mut self, datagram: &[u8]) {
-        let Ok(reply) = Reply::decode(datagram) else {
+        let Ok((reply, nonce)) = Reply::decode_with_nonce(datagram) else {
+            self.stats.lobby_ignored += 1;
             return;
         };
-        self.stats.lobby_replies += 1;
+        if self.accept_reply(reply, nonce) {
+            self.stats.lobby_replies += 1;
+        } else {
+            self.stats.lobby_ignored += 1;
+        }
+    }
+
+    /// Acts on a lobby reply if it answers what we asked; returns whether it did.
+    fn accept_reply(&mut self, reply: Reply, nonce: u64) -> bool {
+        let beat = self.beats.contains(&nonce);
         match reply {
             Reply::Registered {
                 code: c,
                 secret: s,
-                observed,
                 heartbeat_ms,
+                ..
             } => {
+                if !matches!(self.role, Role::Host { code: None, .. })
+                    || !self.answers(nonce, &[req::REGISTER])
+                {
+                    return false;
+                }
                 if let Role::Host {
                     code,
                     secret,
@@ -690,21 +771,22 @@ impl<T: Transport> Rendezvous<T> {
                     next_heartbeat,
                     ..
                 } = &mut self.role
-                    && code.is_none()
                 {
-                    let _ = observed;
                     *code = Some(c);
                     *secret = s;
                     *heartbeat = Duration::from_millis(u64::from(heartbeat_ms.clamp(100, 60_000)));
                     // The first heartbeat, sent at once, confirms the game; the event waits
                     // for its answer, so that the code is joinable when it is shown.
                     *next_heartbeat = self.now;
-                    self.pending = None;
-                    let now = self.now;
-                    let _ = self.update(now);
                 }
+                let now = self.now;
+                let _ = self.update(now);
+                true
             }
             Reply::Alive { coming, observed } => {
+                if !beat {
+                    return false;
+                }
                 if let Role::Host {
                     code: Some(code),
                     confirmed,
@@ -716,20 +798,27 @@ impl<T: Transport> Rendezvous<T> {
                 {
                     *confirmed = true;
                     *next_heartbeat = self.now + *heartbeat;
-                    self.events.push_back(RendezvousEvent::Registered {
-                        code: *code,
-                        observed,
-                    });
+                    let code = *code;
+                    self.push_event(RendezvousEvent::Registered { code, observed });
                 }
                 for c in coming {
                     self.peer_coming(c);
                 }
+                true
             }
-            Reply::PeerComing(c) => self.peer_coming(c),
+            Reply::PeerComing(c) => {
+                if !beat {
+                    return false;
+                }
+                self.peer_coming(c);
+                true
+            }
             Reply::Games { total, games, .. } => {
-                self.pending = None;
-                self.events
-                    .push_back(RendezvousEvent::Games { total, games });
+                if !self.answers(nonce, &[req::LIST]) {
+                    return false;
+                }
+                self.push_event(RendezvousEvent::Games { total, games });
+                true
             }
             Reply::Joined {
                 code,
@@ -741,27 +830,31 @@ impl<T: Transport> Rendezvous<T> {
                 relay,
                 token,
             } => {
-                let Role::Player { membership } = &mut self.role else {
-                    return;
-                };
+                if !matches!(self.role, Role::Player { .. })
+                    || !self.answers(nonce, &[req::JOIN, req::MIGRATE])
+                {
+                    return false;
+                }
                 let Ok(token) = ConnectToken::decode(&token) else {
-                    return;
+                    return false;
                 };
                 let m = Membership {
                     code,
                     client_id: ClientId(client_id),
                     secret,
                 };
-                *membership = Some(m);
-                self.pending = None;
+                self.role = Role::Player {
+                    membership: Some(m),
+                };
                 self.migrating = false;
                 self.peers.clear();
                 self.add_peer(host, client_id, start_ms, punch, relay);
-                self.events.push_back(RendezvousEvent::Joined {
+                self.push_event(RendezvousEvent::Joined {
                     token: Box::new(token),
                     host,
                     membership: m,
                 });
+                true
             }
             Reply::NewHost {
                 code,
@@ -774,13 +867,13 @@ impl<T: Transport> Rendezvous<T> {
                     membership: Some(m),
                 } = &self.role
                 else {
-                    return;
+                    return false;
                 };
-                if !std::mem::take(&mut self.migrating) {
-                    return;
-                }
                 let me = m.client_id;
-                self.pending = None;
+                if code != m.code || !self.migrating || !self.answers(nonce, &[req::MIGRATE]) {
+                    return false;
+                }
+                self.migrating = false;
                 self.role = Role::Host {
                     code: Some(code),
                     confirmed: true,
@@ -790,32 +883,45 @@ impl<T: Transport> Rendezvous<T> {
                     players: 1,
                     roster: vec![me.0],
                 };
-                self.events.push_back(RendezvousEvent::NewHost {
+                self.push_event(RendezvousEvent::NewHost {
                     code,
                     epoch,
                     roster: roster.into_iter().map(ClientId).collect(),
                 });
+                true
             }
-            Reply::Wait { retry_ms } => {
-                if let Some(p) = &mut self.pending {
+            Reply::Wait { retry_ms } => match &mut self.pending {
+                Some(p) if p.nonce == nonce && p.kind == req::MIGRATE => {
                     p.next = self.now + Duration::from_millis(u64::from(retry_ms.clamp(10, 5000)));
                     // Waiting is an answer: it does not use up the tries.
                     p.tries = 1;
+                    true
                 }
-            }
-            Reply::Error { code, .. } => {
-                self.pending = None;
-                self.events.push_back(RendezvousEvent::Refused(code));
+                _ => false,
+            },
+            Reply::Error { code, for_kind } => {
+                let pending = self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.nonce == nonce && p.kind == for_kind);
+                if !pending && !beat {
+                    return false;
+                }
+                if pending {
+                    self.pending = None;
+                }
+                self.push_event(RendezvousEvent::Refused(code));
+                true
             }
         }
     }
 
     fn peer_coming(&mut self, c: PeerComing) {
-        if !matches!(self.role, Role::Host { .. }) {
+        if !matches!(self.role, Role::Host { code: Some(code), .. } if code == c.code) {
             return;
         }
         if self.add_peer(c.joiner, c.client_id, c.start_ms, c.punch, c.relay) {
-            self.events.push_back(RendezvousEvent::PeerComing {
+            self.push_event(RendezvousEvent::PeerComing {
                 client_id: ClientId(c.client_id),
                 addr: c.joiner,
             });
@@ -842,10 +948,11 @@ impl<T: Transport> Rendezvous<T> {
         if punch.ack {
             if p.path != Path::Direct {
                 p.path = Path::Direct;
-                self.events.push_back(RendezvousEvent::PathChanged {
+                let event = RendezvousEvent::PathChanged {
                     peer: p.canonical,
                     path: Path::Direct,
-                });
+                };
+                self.push_event(event);
                 if let Some(i) = self.peers.iter().position(|q| q.punch == punch.secret) {
                     self.flush_held(i);
                 }
@@ -869,65 +976,66 @@ impl<T: Transport> Rendezvous<T> {
             self.stats.relay_ignored += 1;
             return None;
         };
-        match packet {
-            RelayPacket::Data { alloc_id, payload } => {
-                let i = self.peers.iter().position(|p| {
-                    p.relay
-                        .as_ref()
-                        .is_some_and(|r| r.addr == from && r.alloc == Some(alloc_id))
-                });
-                match i {
-                    Some(i) => {
-                        self.stats.relayed_received += 1;
-                        self.peers[i].last_activity = self.now;
-                        Some((i, payload.len()))
-                    }
-                    None => {
-                        self.stats.relay_ignored += 1;
-                        None
-                    }
-                }
-            }
-            RelayPacket::Bound { alloc_id, .. } => {
-                // The Bound answers the Bind of whichever of our ends has no allocation yet
-                // (or already names this one).
-                let ticket_alloc = self.peers.iter_mut().find_map(|p| {
-                    p.relay.as_mut().filter(|r| {
-                        r.addr == from && (r.alloc.is_none() || r.alloc == Some(alloc_id))
-                    })
-                });
-                if let Some(end) = ticket_alloc {
-                    if end.alloc.is_none() {
-                        end.next_bind = self.now + self.config.relay_refresh;
-                    }
-                    end.alloc = Some(alloc_id);
-                } else {
-                    self.stats.relay_ignored += 1;
-                }
-                if let Some(i) = self
-                    .peers
-                    .iter()
-                    .position(|p| p.relay.as_ref().is_some_and(|r| r.alloc == Some(alloc_id)))
-                {
-                    self.flush_held(i);
-                }
-                None
-            }
-            RelayPacket::Refused { alloc_id, .. } => {
+        // Every relay datagram names its allocation: match on (relay address, allocation), so
+        // that several peers sharing one relay never take each other's.
+        let (alloc_id, what) = match packet {
+            RelayPacket::Data { alloc_id, payload } => (alloc_id, Some(payload.len())),
+            RelayPacket::Bound { alloc_id, .. } => (alloc_id, None),
+            RelayPacket::Refused { alloc_id, reason } => {
                 self.stats.relay_refused += 1;
-                for p in &mut self.peers {
-                    if let Some(end) = &mut p.relay
-                        && end.alloc == Some(alloc_id)
-                    {
-                        // Bind again: the allocation may have expired on the relay.
-                        end.alloc = None;
-                        end.next_bind = self.now;
+                let now = self.now;
+                if let Some(end) = self
+                    .peers
+                    .iter_mut()
+                    .filter_map(|p| p.relay.as_mut())
+                    .find(|r| r.addr == from && r.alloc == alloc_id)
+                {
+                    match reason {
+                        // The relay forgot us (an idle allocation expired): bind again.
+                        RefuseReason::NotBound => {
+                            end.bound = false;
+                            end.next_bind = now;
+                        }
+                        // An expired ticket cannot bind again, but the allocation it made
+                        // lives on while data flows: keep using it, stop refreshing.
+                        RefuseReason::ExpiredTicket => end.next_bind = Duration::MAX,
+                        // Forged, over its byte limit, relay full: this allocation is done.
+                        _ => {
+                            end.bound = false;
+                            end.next_bind = Duration::MAX;
+                        }
                     }
                 }
-                None
+                return None;
             }
             _ => {
                 self.stats.relay_ignored += 1;
+                return None;
+            }
+        };
+        let Some(i) = self.peers.iter().position(|p| {
+            p.relay
+                .as_ref()
+                .is_some_and(|r| r.addr == from && r.alloc == alloc_id)
+        }) else {
+            self.stats.relay_ignored += 1;
+            return None;
+        };
+        match what {
+            Some(len) => {
+                self.stats.relayed_received += 1;
+                self.peers[i].last_activity = self.now;
+                Some((i, len))
+            }
+            None => {
+                let refresh = self.now + self.config.relay_refresh;
+                if let Some(end) = self.peers[i].relay.as_mut()
+                    && !end.bound
+                {
+                    end.bound = true;
+                    end.next_bind = refresh;
+                }
+                self.flush_held(i);
                 None
             }
         }
@@ -973,8 +1081,11 @@ impl<T: Transport> Transport for Rendezvous<T> {
     }
 
     fn max_payload(&self) -> usize {
-        // Room for the relay's header, so that any datagram can take either path.
-        self.inner.max_payload().saturating_sub(DATA_HEADER_LEN)
+        // What the relay forwards, so that any datagram can take either path.
+        self.inner
+            .max_payload()
+            .saturating_sub(DATA_HEADER_LEN)
+            .min(MAX_RELAYED_PAYLOAD)
     }
 
     fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
@@ -989,7 +1100,7 @@ impl<T: Transport> Transport for Rendezvous<T> {
         let Some(p) = self.peers.iter_mut().find(|p| p.canonical == to) else {
             return self.inner.send(to, payload);
         };
-        let relay_ready = p.relay.as_ref().is_some_and(|r| r.alloc.is_some());
+        let relay_ready = p.relay.as_ref().is_some_and(|r| r.bound);
         if holds && (p.path == Path::Punching || (p.path == Path::Relayed && !relay_ready)) {
             if p.held.len() >= MAX_HELD {
                 p.held.pop_front();
@@ -1007,9 +1118,9 @@ impl<T: Transport> Transport for Rendezvous<T> {
         }
         if relayed
             && let Some(end) = &p.relay
-            && let Some(alloc) = end.alloc
+            && end.bound
         {
-            relay::encode_data(alloc, payload, &mut self.scratch);
+            relay::encode_data(end.alloc, payload, &mut self.scratch);
             self.inner.send(end.addr, &self.scratch)?;
             self.stats.relayed_sent += 1;
             sent = true;

@@ -24,6 +24,10 @@ pub struct PlayerRecord {
     pub client_id: u64,
     /// The secret the lobby gave the player; it proves who asks to migrate.
     pub secret: [u8; SECRET_LEN],
+    /// When the lobby sent it, in Unix milliseconds.
+    pub joined_ms: u64,
+    /// The address it asked from (joins per address are limited).
+    pub from: SocketAddr,
 }
 
 /// A host migration in progress.
@@ -60,6 +64,12 @@ pub struct GameRecord {
     pub host_local_addr: SocketAddr,
     /// The secret that proves a heartbeat comes from the host.
     pub host_secret: [u8; SECRET_LEN],
+    /// The nonce of the host's latest heartbeat: notices pushed to the host carry it, so the
+    /// host can tell them from forgeries.
+    pub host_nonce: u64,
+    /// Bumped by every write; [`Storage::put`] stores a record only over the revision it was
+    /// read at, so two lobby nodes never lose each other's updates.
+    pub revision: u64,
     /// The key the host's session opens connect tokens with; the lobby seals tokens with it.
     pub token_key: [u8; 32],
     /// The host's own player's client id (0 for a dedicated server with no local player).
@@ -105,9 +115,11 @@ pub trait Storage {
     fn create(&mut self, game: &GameRecord, now_ms: u64) -> Result<bool, StorageError>;
     /// The game with this code, unless there is none or it is past its `purge_at_ms`.
     fn get(&mut self, code: JoinCode, now_ms: u64) -> Result<Option<GameRecord>, StorageError>;
-    /// Overwrites the stored game with the same code (`now_ms` lets a backend with its own
-    /// expiry, like Redis, compute the time to live).
-    fn put(&mut self, game: &GameRecord, now_ms: u64) -> Result<(), StorageError>;
+    /// Stores `game` over the stored game with the same code if that is still at
+    /// `game.revision` (compare and set), as revision `game.revision + 1`; returns `false`,
+    /// storing nothing, if another write came first or the game is gone. `now_ms` lets a
+    /// backend with its own expiry, like Redis, compute the time to live.
+    fn put(&mut self, game: &GameRecord, now_ms: u64) -> Result<bool, StorageError>;
     /// Removes a game and its notices.
     fn remove(&mut self, code: JoinCode) -> Result<(), StorageError>;
     /// Up to `max` stored games (not purged), lowest code first.
@@ -194,9 +206,15 @@ impl Storage for MemoryStorage {
         }
     }
 
-    fn put(&mut self, game: &GameRecord, _now_ms: u64) -> Result<(), StorageError> {
-        self.games.insert(game.code, game.clone());
-        Ok(())
+    fn put(&mut self, game: &GameRecord, _now_ms: u64) -> Result<bool, StorageError> {
+        match self.games.get_mut(&game.code) {
+            Some(stored) if stored.revision == game.revision => {
+                *stored = game.clone();
+                stored.revision += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn remove(&mut self, code: JoinCode) -> Result<(), StorageError> {
@@ -268,6 +286,8 @@ pub(crate) mod tests {
             host_addr: "203.0.113.5:40000".parse().unwrap(),
             host_local_addr: "10.0.0.2:7777".parse().unwrap(),
             host_secret: [n as u8; SECRET_LEN],
+            host_nonce: 0,
+            revision: 0,
             token_key: [3; 32],
             host_client: 1,
             confirmed: true,
@@ -279,6 +299,8 @@ pub(crate) mod tests {
             players: vec![PlayerRecord {
                 client_id: 2,
                 secret: [9; SECRET_LEN],
+                joined_ms: 0,
+                from: "198.51.100.9:5000".parse().unwrap(),
             }],
             migration: None,
         }
@@ -292,8 +314,19 @@ pub(crate) mod tests {
         assert_eq!(s.get(a.code, 5_000).unwrap().as_ref(), Some(&a));
         let mut changed = a.clone();
         changed.player_count = 5;
-        s.put(&changed, 5_000).unwrap();
+        assert!(s.put(&changed, 5_000).unwrap());
+        let stored = s.get(a.code, 5_000).unwrap().unwrap();
+        assert_eq!((stored.player_count, stored.revision), (5, 1));
+        // A write over a revision that is no longer stored (another node wrote first) fails.
+        changed.player_count = 6;
+        assert!(!s.put(&changed, 5_000).unwrap(), "a stale write is refused");
         assert_eq!(s.get(a.code, 5_000).unwrap().unwrap().player_count, 5);
+        let mut missing = record(base + 2, 10_000);
+        missing.revision = 0;
+        assert!(
+            !s.put(&missing, 5_000).unwrap(),
+            "a write to an absent game is refused"
+        );
         assert!(
             s.get(a.code, 10_000).unwrap().is_none(),
             "purged at purge_at_ms"

@@ -1,12 +1,17 @@
 //! The lobby's wire format: requests from hosts and players, the lobby's replies, and the
 //! punch packets peers exchange.
 //!
-//! Every datagram is `kind:u8 version:u8 body`, integers little-endian, addresses
+//! Every datagram is `kind:u8 version:u8 nonce:u64 body`, integers little-endian, addresses
 //! `4:u8 ip:[4] port:u16 | 6:u8 ip:[16] port:u16`, strings `len:u8 utf8`. Requests that a
 //! spoofed source could use to aim replies at a victim (Register, List, Join, Migrate) are
 //! padded with zeros to [`PADDED_REQUEST_LEN`] bytes and the lobby never answers them with
 //! more bytes than it received (no amplification, as QUIC's 1200-byte Initial packets);
 //! Heartbeat and Leave carry the host's secret instead.
+//!
+//! The nonce is random per request and echoed by the reply, and a notice pushed to a host
+//! carries the nonce of its latest heartbeat: an off-path attacker who spoofs the lobby's
+//! address cannot guess it, so peers accept only replies to what they asked (see
+//! [`crate::Rendezvous`]).
 //!
 //! ```text
 //! peer → lobby
@@ -28,7 +33,7 @@
 //! 0x65 NewHost    code:[6] secret:[16] observed:addr epoch:u32 roster_len:u8 roster:u64*
 //! 0x66 Wait       retry_ms:u32
 //! 0x6F Error      for_kind:u8 reason:u8
-//!   relay = 0:u8 | 1:u8 relay_addr:addr ticket_len:u8 ticket
+//!   relay = 0:u8 | 1:u8 relay_addr:addr alloc_id:u64 ticket_len:u8 ticket
 //! peer ↔ peer
 //! 0x70 Punch      punch:[8] client_id:u64
 //! 0x71 PunchAck   punch:[8] client_id:u64
@@ -109,6 +114,8 @@ pub enum ErrorCode {
     HostMigrating,
     /// The asker is not a player of this game.
     NotInGame,
+    /// Too many players from this address are on their way to this game.
+    TooManyJoins,
 }
 
 impl ErrorCode {
@@ -124,6 +131,7 @@ impl ErrorCode {
             ErrorCode::Storage => 8,
             ErrorCode::HostMigrating => 9,
             ErrorCode::NotInGame => 10,
+            ErrorCode::TooManyJoins => 11,
         }
     }
 
@@ -139,6 +147,7 @@ impl ErrorCode {
             8 => ErrorCode::Storage,
             9 => ErrorCode::HostMigrating,
             10 => ErrorCode::NotInGame,
+            11 => ErrorCode::TooManyJoins,
             _ => return None,
         })
     }
@@ -158,6 +167,9 @@ impl ErrorCode {
             ErrorCode::Storage => "the lobby's storage failed; try again",
             ErrorCode::HostMigrating => "the game is changing hosts; try again in a moment",
             ErrorCode::NotInGame => "only a player of this game may ask that",
+            ErrorCode::TooManyJoins => {
+                "too many players from this address are joining this game at once; try again in a few seconds"
+            }
         }
     }
 }
@@ -173,6 +185,9 @@ impl std::fmt::Display for ErrorCode {
 pub struct RelayGrant {
     /// The relay's address.
     pub addr: SocketAddr,
+    /// The allocation (also sealed in the ticket; in clear so that an end with several
+    /// allocations on one relay knows which one a `Bound` confirms).
+    pub alloc_id: u64,
     /// The sealed ticket for this end (opaque here, see [`crate::ticket`]).
     pub ticket: Vec<u8>,
 }
@@ -451,6 +466,7 @@ impl W<'_> {
             Some(g) if g.ticket.len() <= MAX_TICKET_LEN => {
                 self.u8(1);
                 self.addr(g.addr);
+                self.u64(g.alloc_id);
                 self.u8(g.ticket.len() as u8);
                 self.bytes(&g.ticket);
             }
@@ -530,12 +546,14 @@ impl<'a> R<'a> {
             return Ok(None);
         }
         let addr = self.addr()?;
+        let alloc_id = self.u64()?;
         let n = usize::from(self.u8()?);
         if n > MAX_TICKET_LEN {
             return Err(WireError::Malformed);
         }
         Ok(Some(RelayGrant {
             addr,
+            alloc_id,
             ticket: self.take(n)?.to_vec(),
         }))
     }
@@ -559,13 +577,17 @@ impl<'a> R<'a> {
     }
 }
 
-fn header(kind: u8, out: &mut Vec<u8>) {
+/// Bytes before a message's body: kind, version, nonce.
+pub const HEADER_LEN: usize = 10;
+
+fn header(kind: u8, nonce: u64, out: &mut Vec<u8>) {
     out.clear();
     out.push(kind);
     out.push(WIRE_VERSION);
+    out.extend_from_slice(&nonce.to_le_bytes());
 }
 
-fn open(datagram: &[u8]) -> Result<(u8, R<'_>), WireError> {
+fn open(datagram: &[u8]) -> Result<(u8, u64, R<'_>), WireError> {
     if datagram.len() > MAX_DATAGRAM {
         return Err(WireError::TooLarge);
     }
@@ -575,7 +597,8 @@ fn open(datagram: &[u8]) -> Result<(u8, R<'_>), WireError> {
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
     }
-    Ok((kind, r))
+    let nonce = r.u64()?;
+    Ok((kind, nonce, r))
 }
 
 impl Request {
@@ -598,9 +621,15 @@ impl Request {
         )
     }
 
-    /// Writes the request into `out` (cleared first), padded where the format says so.
+    /// Writes the request into `out` (cleared first) with nonce 0, padded where the format
+    /// says so.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        header(self.kind(), out);
+        self.encode_with(0, out);
+    }
+
+    /// Writes the request with `nonce` (echoed by the reply).
+    pub fn encode_with(&self, nonce: u64, out: &mut Vec<u8>) {
+        header(self.kind(), nonce, out);
         let mut w = W(out);
         match self {
             Request::Register {
@@ -678,7 +707,12 @@ impl Request {
 
     /// Reads a request from a bounded datagram.
     pub fn decode(datagram: &[u8]) -> Result<Request, WireError> {
-        let (k, mut r) = open(datagram)?;
+        Self::decode_with_nonce(datagram).map(|(r, _)| r)
+    }
+
+    /// Reads a request and its nonce.
+    pub fn decode_with_nonce(datagram: &[u8]) -> Result<(Request, u64), WireError> {
+        let (k, nonce, mut r) = open(datagram)?;
         let padded = Self::padded(k);
         if padded && datagram.len() < PADDED_REQUEST_LEN {
             return Err(WireError::NotPadded);
@@ -725,7 +759,7 @@ impl Request {
             other => return Err(WireError::Kind(other)),
         };
         r.end(padded)?;
-        Ok(req)
+        Ok((req, nonce))
     }
 }
 
@@ -743,9 +777,14 @@ impl Reply {
         }
     }
 
-    /// Writes the reply into `out` (cleared first).
+    /// Writes the reply into `out` (cleared first) with nonce 0.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        header(self.kind(), out);
+        self.encode_with(0, out);
+    }
+
+    /// Writes the reply with `nonce` (the request's, or the host's latest heartbeat's).
+    pub fn encode_with(&self, nonce: u64, out: &mut Vec<u8>) {
+        header(self.kind(), nonce, out);
         let mut w = W(out);
         match self {
             Reply::Registered {
@@ -829,7 +868,12 @@ impl Reply {
 
     /// Reads a reply from a bounded datagram.
     pub fn decode(datagram: &[u8]) -> Result<Reply, WireError> {
-        let (k, mut r) = open(datagram)?;
+        Self::decode_with_nonce(datagram).map(|(r, _)| r)
+    }
+
+    /// Reads a reply and its nonce.
+    pub fn decode_with_nonce(datagram: &[u8]) -> Result<(Reply, u64), WireError> {
+        let (k, nonce, mut r) = open(datagram)?;
         let reply = match k {
             kind::REGISTERED => Reply::Registered {
                 code: r.code()?,
@@ -904,7 +948,7 @@ impl Reply {
             other => return Err(WireError::Kind(other)),
         };
         r.end(false)?;
-        Ok(reply)
+        Ok((reply, nonce))
     }
 }
 
@@ -917,6 +961,7 @@ impl Punch {
             } else {
                 kind::PUNCH
             },
+            0,
             out,
         );
         out.extend_from_slice(&self.secret);
@@ -925,7 +970,7 @@ impl Punch {
 
     /// Reads a punch packet.
     pub fn decode(datagram: &[u8]) -> Result<Punch, WireError> {
-        let (k, mut r) = open(datagram)?;
+        let (k, _, mut r) = open(datagram)?;
         let ack = match k {
             kind::PUNCH => false,
             kind::PUNCH_ACK => true,
@@ -954,6 +999,7 @@ mod tests {
         let code = JoinCode::from_u64(12345);
         let relay = Some(RelayGrant {
             addr: addr("[2001:db8::1]:3478"),
+            alloc_id: 77,
             ticket: vec![7; 70],
         });
         let coming = PeerComing {
@@ -1092,7 +1138,10 @@ mod tests {
         buf.pop();
         buf[1] = 2;
         assert_eq!(Reply::decode(&buf), Err(WireError::Version(2)));
-        assert_eq!(Request::decode(&[0x5E, 1]), Err(WireError::Kind(0x5E)));
+        assert_eq!(
+            Request::decode(&[0x5E, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(WireError::Kind(0x5E))
+        );
         assert_eq!(Request::decode(&[0x50]), Err(WireError::Malformed));
         let mut padded = Vec::new();
         Request::Join {

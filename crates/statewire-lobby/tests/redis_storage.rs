@@ -47,6 +47,8 @@ fn game(n: u64, purge_at_ms: u64) -> GameRecord {
         host_addr: "203.0.113.5:40000".parse().unwrap(),
         host_local_addr: "10.0.0.2:7777".parse().unwrap(),
         host_secret: [n as u8; SECRET_LEN],
+        host_nonce: 0,
+        revision: 0,
         token_key: [3; 32],
         host_client: 1,
         confirmed: true,
@@ -76,8 +78,13 @@ fn a_game_created_on_one_node_is_seen_on_the_other() {
 
     let mut changed = g.clone();
     changed.player_count = 4;
-    b.put(&changed, 1_000).unwrap();
+    assert!(b.put(&changed, 1_000).unwrap());
+    changed.revision += 1;
     assert_eq!(a.get(g.code, 2_000).unwrap().unwrap().player_count, 4);
+    // A node writing over the revision it read loses to the node that wrote first.
+    let mut stale = g.clone();
+    stale.player_count = 9;
+    assert!(!a.put(&stale, 1_000).unwrap(), "a stale write is refused");
     b.push_notice(g.code, b"from b", 8).unwrap();
     assert_eq!(a.take_notices(g.code).unwrap(), vec![b"from b".to_vec()]);
     assert_eq!(a.list(2_000, 10).unwrap(), vec![changed]);
@@ -151,4 +158,112 @@ fn client_ids_from_two_nodes_never_repeat() {
     assert_eq!(all.len(), 2 * CALLS, "an id was handed out twice");
     assert!(!all.contains(&0));
     node(&ns).remove(g.code).unwrap();
+}
+
+/// Two lobby nodes on one Redis, one handling a host's heartbeats while the other admits 40
+/// players, at the same time: every write is a compare and set, so no node overwrites what
+/// the other wrote in between (without it, heartbeats dropped players from the record).
+#[test]
+fn two_lobby_nodes_never_lose_each_others_updates() {
+    use statewire_lobby::wire::{Reply, Request};
+    use statewire_lobby::{Lobby, LobbyConfig};
+    use std::time::Duration;
+
+    let Some(ns) = namespace_or_skip() else {
+        return;
+    };
+    let config = LobbyConfig {
+        requests_per_sec_per_ip: 1_000_000,
+        request_burst_per_ip: 1_000_000,
+        max_pending_joins_per_ip: 1_000,
+        ..LobbyConfig::default()
+    };
+    let unix = Duration::from_secs(1_800_000_000);
+    let host: std::net::SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let mut a = Lobby::new(node(&ns), config.clone());
+    let mut b = Lobby::new(node(&ns), config);
+    let mut out = Vec::new();
+    Request::Register {
+        protocol_id: 7,
+        version: 1,
+        max_players: 200,
+        public: true,
+        host_client: 0,
+        local_addr: "10.0.0.2:7777".parse().unwrap(),
+        token_key: [1; 32],
+        name: "shared".into(),
+    }
+    .encode(&mut out);
+    a.handle(unix, host, &out);
+    let Some((_, bytes)) = a.poll_transmit() else {
+        panic!("no answer to the registration")
+    };
+    let Ok(Reply::Registered { code, secret, .. }) = Reply::decode(&bytes) else {
+        panic!("not registered")
+    };
+    let beat = |out: &mut Vec<u8>| {
+        Request::Heartbeat {
+            code,
+            secret,
+            players: 1,
+            roster: vec![],
+        }
+        .encode(out);
+    };
+    beat(&mut out);
+    a.handle(unix, host, &out);
+    while a.poll_transmit().is_some() {}
+
+    let barrier = Barrier::new(2);
+    let (joined, conflicts) = thread::scope(|s| {
+        let heartbeats = s.spawn(|| {
+            let mut out = Vec::new();
+            beat(&mut out);
+            barrier.wait();
+            // A heartbeat every millisecond (a real host sends one a second).
+            for i in 0..400u64 {
+                a.handle(unix + Duration::from_millis(i), host, &out);
+                while a.poll_transmit().is_some() {}
+                thread::sleep(Duration::from_millis(1));
+            }
+            a.stats().storage_conflicts
+        });
+        let joins = s.spawn(|| {
+            let mut out = Vec::new();
+            Request::Join {
+                code,
+                protocol_id: 7,
+            }
+            .encode(&mut out);
+            barrier.wait();
+            let mut ids = Vec::new();
+            for i in 0..40u16 {
+                let from = std::net::SocketAddr::from(([198, 51, 100, 9], 5000 + i));
+                b.handle(unix + Duration::from_millis(u64::from(i) * 10), from, &out);
+                while let Some((to, bytes)) = b.poll_transmit() {
+                    match (to == from, Reply::decode(&bytes)) {
+                        (true, Ok(Reply::Joined { client_id, .. })) => ids.push(client_id),
+                        (true, other) => panic!("join {i} answered {other:?}"),
+                        _ => {}
+                    }
+                }
+            }
+            (ids, b.stats().storage_conflicts)
+        });
+        let a_conflicts = heartbeats.join().unwrap();
+        let (ids, b_conflicts) = joins.join().unwrap();
+        (ids, a_conflicts + b_conflicts)
+    });
+    assert_eq!(joined.len(), 40, "every join was answered");
+    let mut check = node(&ns);
+    let record = check.get(code, 1_800_000_001_000).unwrap().unwrap();
+    let kept: HashSet<u64> = record.players.iter().map(|p| p.client_id).collect();
+    for id in &joined {
+        assert!(
+            kept.contains(id),
+            "player {id} lost ({conflicts} conflicts redone)"
+        );
+    }
+    eprintln!("{conflicts} write conflicts between the two nodes, each redone");
+    check.remove(code).unwrap();
 }

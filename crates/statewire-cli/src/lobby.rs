@@ -183,7 +183,7 @@ fn lobby_line(s: &LobbyStats) -> String {
         plural(s.joins, "join"),
         s.refused,
         s.malformed,
-        s.rate_limited + s.untracked_refused,
+        s.rate_limited,
     );
     if s.storage_errors > 0 {
         line.push_str(&format!(", {}", plural(s.storage_errors, "storage error")));

@@ -236,6 +236,8 @@ fn a_lobby_game_is_joined_by_code_direct_and_through_the_relay() {
         "--relay-key",
         key,
     ]);
+    // Quiet ticks give acknowledgements time to settle even when the machine is busy (the
+    // tests of this file run at once, with a dozen processes).
     let (mut serve, code) = serve_at(
         &lobby_addr,
         &[
@@ -245,7 +247,7 @@ fn a_lobby_game_is_joined_by_code_direct_and_through_the_relay() {
             "--ticks",
             "240",
             "--quiet-ticks",
-            "60",
+            "90",
             "--entities",
             "50",
         ],
@@ -408,7 +410,7 @@ fn two_lobby_nodes_on_one_redis_share_their_games() {
             "--ticks",
             "150",
             "--quiet-ticks",
-            "60",
+            "90",
             "--entities",
             "30",
         ],

@@ -752,6 +752,14 @@ pub(crate) fn ask_lobby(
         };
         let rv = Rendezvous::join(socket, lobby, code, protocol_id, config, now);
         let (rv, a) = pump_join(rv, code, start, limit, interruptible)?;
+        // With a relay granted, the rendezvous picks it at once; without one it would punch,
+        // which the relay-only socket does not let through.
+        if a.path != Some(Path::Relayed) {
+            return Err(NotAdmitted::Failed(format!(
+                "the lobby at {lobby} offers no relay (it runs without --relay), so \
+                 --force-relay cannot reach the game: leave it out"
+            )));
+        }
         Ok((Net::Relayed(Box::new(rv)), a))
     } else {
         let rv = Rendezvous::join(socket, lobby, code, protocol_id, config, now);

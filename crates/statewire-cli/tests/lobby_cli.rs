@@ -355,6 +355,24 @@ fn games_lists_public_games_only_with_names_and_players() {
         Duration::from_secs(10),
     );
     assert!(text(&filtered).contains(&code), "{}", text(&filtered));
+    // This lobby has no relay: a forced relay cannot work, and says why.
+    let forced = run(
+        &[
+            "join",
+            "--lobby",
+            &lobby_addr,
+            "--code",
+            &code,
+            "--force-relay",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(forced.status.code(), Some(1), "{}", text(&forced));
+    assert!(
+        text(&forced).contains("offers no relay"),
+        "{}",
+        text(&forced)
+    );
 }
 
 /// Whether a Redis server answers PING on 127.0.0.1:6379.

@@ -342,13 +342,12 @@ pub(crate) fn bind_towards(lobby: SocketAddr) -> Result<UdpTransport, String> {
         .map_err(|e| format!("cannot bind UDP: {}", crate::io_reason(&e)))
 }
 
-/// What a lobby that never answered means, in words.
-fn unreachable(lobby: SocketAddr) -> String {
-    let cfg = RendezvousConfig::default();
-    let secs = (cfg.request_retry * cfg.request_tries).as_secs();
+/// What a lobby that never answered in `waited` (every retry) means, in words.
+fn unreachable(lobby: SocketAddr, waited: Duration) -> String {
     format!(
-        "the lobby at {lobby} does not answer (no reply within {secs} s): check the address \
-         and that `statewire lobby` runs there"
+        "the lobby at {lobby} does not answer (no reply in {} s): check the address and that \
+         `statewire lobby` runs there",
+        waited.as_secs_f64().round()
     )
 }
 
@@ -414,7 +413,9 @@ pub(crate) fn games(args: GamesArgs) -> ExitCode {
                 RendezvousEvent::Refused(why) => {
                     return fail(&format!("the lobby refused the list: {why}"));
                 }
-                RendezvousEvent::LobbyUnreachable => return fail(&unreachable(args.lobby)),
+                RendezvousEvent::LobbyUnreachable => {
+                    return fail(&unreachable(args.lobby, start.elapsed()));
+                }
                 _ => {}
             }
         }
@@ -700,7 +701,7 @@ impl Hosting {
                 RendezvousEvent::LobbyUnreachable if self.code.is_none() => {
                     return Err(format!(
                         "{}; the game is not registered",
-                        unreachable(self.lobby)
+                        unreachable(self.lobby, now)
                     ));
                 }
                 _ => {}
@@ -809,7 +810,7 @@ fn pump_join<T: Transport>(
                     )));
                 }
                 RendezvousEvent::LobbyUnreachable => {
-                    return Err(NotAdmitted::Failed(unreachable(lobby)));
+                    return Err(NotAdmitted::Failed(unreachable(lobby, start.elapsed())));
                 }
                 RendezvousEvent::PathChanged { path: p, .. } => path = Some(p),
                 _ => {}

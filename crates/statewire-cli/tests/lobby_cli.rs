@@ -566,16 +566,16 @@ fn bad_codes_links_and_flags_are_refused_in_words() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a silent socket");
     let silent_addr = silent.local_addr().expect("address").to_string();
     std::thread::scope(|s| {
-        let games = s.spawn(|| run(&["games", "--lobby", &silent_addr], Duration::from_secs(15)));
+        let games = s.spawn(|| run(&["games", "--lobby", &silent_addr], Duration::from_secs(30)));
         let serve = s.spawn(|| {
             run(
                 &["serve", "--udp", "127.0.0.1:0", "--lobby", &silent_addr],
-                Duration::from_secs(15),
+                Duration::from_secs(30),
             )
         });
         let join = run(
             &["join", "--lobby", &silent_addr, "--code", "K7M2QX"],
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         );
         let serve = serve.join().expect("serve thread");
         assert!(

@@ -67,8 +67,8 @@ pub struct RendezvousConfig {
     /// Most datagrams one [`Transport::recv`] call looks at before returning (lobby, punch and
     /// relay control datagrams are consumed inside it). Default: 256.
     pub max_datagrams_per_recv: usize,
-    /// Never punch; use the relay at once (tests, and networks known to need it). Default:
-    /// false.
+    /// Never punch, nor answer the other end's punches; use the relay at once (tests, and
+    /// networks known to need it). Default: false.
     pub relay_only: bool,
     /// Most events waiting in [`Rendezvous::poll_event`]; older ones are dropped. Default:
     /// 256.
@@ -215,7 +215,7 @@ pub struct RendezvousStats {
     pub punches_sent: u64,
     /// Punch packets (and acks) received with a known secret.
     pub punches_received: u64,
-    /// Punch packets with an unknown secret, ignored.
+    /// Punch packets with an unknown secret (or any, with `relay_only`), ignored.
     pub punches_unknown: u64,
     /// Game datagrams sent through the relay.
     pub relayed_sent: u64,
@@ -932,6 +932,11 @@ impl<T: Transport> Rendezvous<T> {
         let Ok(punch) = Punch::decode(datagram) else {
             return;
         };
+        if self.config.relay_only {
+            // Answering would let the other end go direct while we stay relayed.
+            self.stats.punches_unknown += 1;
+            return;
+        }
         let Some(p) = self
             .peers
             .iter_mut()

@@ -225,7 +225,9 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 /// A host and `n` players by code until every player has the host's state; returns each
 /// player's time from asking the lobby to its first snapshot.
 pub fn players_join<N: Net>(net: &mut N, n: usize, relay_only: bool) -> Vec<Duration> {
-    let mut server = host(net, relay_only);
+    // The host punches as usual: a relay-only player must not answer, so that the host too
+    // falls back on the relay.
+    let mut server = host(net, false);
     let boss = server.spawn(Owner::Server).unwrap();
     server.store_mut().set(boss, &Hp(100)).unwrap();
     let mut code = None;
@@ -263,9 +265,15 @@ pub fn players_join<N: Net>(net: &mut N, n: usize, relay_only: bool) -> Vec<Dura
             && now > q + Duration::from_millis(500)
         {
             let truth = server.store().snapshot();
-            if players
-                .iter()
-                .all(|p| p.client().is_some_and(|c| c.snapshot() == truth))
+            let settled = server
+                .session()
+                .transport()
+                .paths()
+                .all(|(_, p)| p != Path::Punching);
+            if settled
+                && players
+                    .iter()
+                    .all(|p| p.client().is_some_and(|c| c.snapshot() == truth))
             {
                 break;
             }

@@ -151,15 +151,9 @@ pub(crate) fn lobby(args: LobbyArgs) -> ExitCode {
         max_games_per_ip: args.max_games_per_ip,
         ..LobbyConfig::default()
     };
-    let socket = match UdpSocket::bind(args.bind) {
+    let socket = match bind_udp(args.bind) {
         Ok(s) => s,
-        Err(e) => {
-            return fail(&format!(
-                "cannot bind UDP {}: {}",
-                args.bind,
-                crate::io_reason(&e)
-            ));
-        }
+        Err(code) => return code,
     };
     match &args.redis {
         None => run_lobby(Lobby::new(MemoryStorage::new(), config), &socket, "memory"),
@@ -263,15 +257,9 @@ pub(crate) fn relay(args: RelayArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return usage(&format!("--key-file: {e}")),
     };
-    let socket = match UdpSocket::bind(args.bind) {
+    let socket = match bind_udp(args.bind) {
         Ok(s) => s,
-        Err(e) => {
-            return fail(&format!(
-                "cannot bind UDP {}: {}",
-                args.bind,
-                crate::io_reason(&e)
-            ));
-        }
+        Err(code) => return code,
     };
     let addr = socket
         .local_addr()
@@ -827,6 +815,12 @@ fn pump_join<T: Transport>(
 /// How a lobby join reaches its host, in words (`direct`, `relayed`, ...).
 pub(crate) fn path_word(path: Option<Path>) -> String {
     path.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+}
+
+/// Binds the UDP socket a lobby or relay serves on; a failure is reported in words.
+fn bind_udp(addr: std::net::SocketAddr) -> Result<UdpSocket, ExitCode> {
+    UdpSocket::bind(addr)
+        .map_err(|e| fail(&format!("cannot bind UDP {addr}: {}", crate::io_reason(&e))))
 }
 
 #[cfg(test)]

@@ -380,29 +380,7 @@ impl<S: Storage> Lobby<S> {
         request_len: usize,
     ) -> Result<(), Refusal> {
         match request {
-            Request::Register {
-                protocol_id,
-                version,
-                max_players,
-                public,
-                host_client,
-                local_addr,
-                token_key,
-                name,
-            } => self.register(
-                now,
-                from,
-                GameRecordSeed {
-                    protocol_id,
-                    version,
-                    max_players,
-                    public,
-                    host_client,
-                    local_addr,
-                    token_key,
-                    name,
-                },
-            ),
+            register @ Request::Register { .. } => self.register(now, from, register),
             Request::Heartbeat {
                 code,
                 secret,
@@ -435,8 +413,21 @@ impl<S: Storage> Lobby<S> {
         &mut self,
         now: Duration,
         from: SocketAddr,
-        seed: GameRecordSeed,
+        request: Request,
     ) -> Result<(), Refusal> {
+        let Request::Register {
+            protocol_id,
+            version,
+            max_players,
+            public,
+            host_client,
+            local_addr,
+            token_key,
+            name,
+        } = request
+        else {
+            return Err(Refusal::Silent);
+        };
         let now_ms = ms(now);
         let ip = from.ip();
         if self.local_game_count(now) >= self.config.max_games {
@@ -456,31 +447,31 @@ impl<S: Storage> Lobby<S> {
         if !self.hosts.contains_key(&ip) && self.hosts.len() >= self.config.max_tracked_ips {
             return Err(Refusal::Code(ErrorCode::LobbyFull));
         }
-        let mut name = seed.name;
+        let mut name = name;
         name.truncate(MAX_NAME_LEN);
         let expires = now_ms + ms(self.config.host_timeout);
         let mut game = GameRecord {
             code: JoinCode::from_u64(0),
             name,
-            protocol_id: seed.protocol_id,
-            version: seed.version,
-            player_count: u16::from(seed.host_client != 0),
-            max_players: seed.max_players.max(1),
-            public: seed.public,
+            protocol_id,
+            version,
+            player_count: u16::from(host_client != 0),
+            max_players: max_players.max(1),
+            public,
             host_addr: from,
-            host_local_addr: seed.local_addr,
+            host_local_addr: local_addr,
             host_secret: random::<SECRET_LEN>(),
             host_nonce: 0,
             revision: 0,
-            token_key: seed.token_key,
-            host_client: seed.host_client,
+            token_key,
+            host_client,
             confirmed: false,
             epoch: 0,
             last_seen_ms: now_ms,
             expires_at_ms: expires,
             purge_at_ms: expires + ms(self.config.tombstone),
-            roster: if seed.host_client != 0 {
-                vec![seed.host_client]
+            roster: if host_client != 0 {
+                vec![host_client]
             } else {
                 Vec::new()
             },
@@ -978,17 +969,6 @@ impl<S: Storage> Lobby<S> {
         );
         Ok(())
     }
-}
-
-struct GameRecordSeed {
-    protocol_id: u64,
-    version: u32,
-    max_players: u16,
-    public: bool,
-    host_client: u64,
-    local_addr: SocketAddr,
-    token_key: [u8; 32],
-    name: String,
 }
 
 enum Refusal {

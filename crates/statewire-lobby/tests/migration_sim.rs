@@ -8,26 +8,16 @@ mod common;
 use std::time::Duration;
 
 use common::SimNet;
-use common::play::{FRAME, median, migration, players_join};
+use common::play::{FRAME, median, migration, migration_config, players_join};
 use statewire_lobby::LobbyConfig;
 use statewire_transport::netsim::LinkConfig;
-
-fn config() -> LobbyConfig {
-    LobbyConfig {
-        migration_turn: Duration::from_secs(2),
-        session_timeout_secs: 2,
-        host_timeout: Duration::from_secs(1),
-        heartbeat_interval: Duration::from_millis(200),
-        ..LobbyConfig::default()
-    }
-}
 
 #[test]
 fn migration_over_a_poor_link_loses_only_the_ticks_in_flight() {
     for (seed, clean) in [(1u64, true), (1, false), (2, false), (3, false)] {
         let link = LinkConfig::profile("poor").unwrap();
         let result = std::panic::catch_unwind(|| {
-            let mut net = SimNet::new(config(), link, seed);
+            let mut net = SimNet::new(migration_config(), link, seed);
             migration(&mut net, clean)
         });
         let m = result.unwrap_or_else(|_| panic!("migration failed (seed {seed})"));

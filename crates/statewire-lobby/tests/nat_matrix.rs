@@ -4,15 +4,15 @@
 //! joiner's world converges to the host's either way. Everything runs on the loopback network
 //! on one virtual clock, so each case is deterministic.
 
+mod common;
+
 use std::time::Duration;
 
 use statewire::endpoint::{GameClient, GameClientConfig, GameServer, GameServerConfig, Protocol};
 use statewire::{Key, TokenConfig};
 use statewire_core::{ClientId, Owner};
-use statewire_lobby::relay::{Relay, RelayConfig};
 use statewire_lobby::{
-    HostInfo, JoinCode, Lobby, LobbyConfig, MemoryStorage, Path, RelayAccess, Rendezvous,
-    RendezvousConfig, RendezvousEvent,
+    HostInfo, JoinCode, LobbyConfig, Path, Rendezvous, RendezvousConfig, RendezvousEvent,
 };
 use statewire_testkit::Hp;
 use statewire_transport::Transport;
@@ -30,58 +30,14 @@ const KINDS: [NatKind; 4] = [
 ];
 
 /// The public side: a lobby and a relay on their own addresses.
-struct Backend {
-    lobby: Lobby<MemoryStorage>,
-    lobby_ep: LoopbackEndpoint,
-    relay: Relay,
-    relay_ep: LoopbackEndpoint,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-}
+type Backend = common::Backend<LoopbackEndpoint>;
 
-impl Backend {
-    fn new(net: &LoopbackNet) -> Backend {
-        let relay_key = Key::random();
-        let relay_ep = net.bind("198.51.100.2:3478".parse().unwrap()).unwrap();
-        let config = LobbyConfig {
-            relay: Some(RelayAccess {
-                addr: relay_ep.local_addr(),
-                key: relay_key.clone(),
-            }),
-            ..LobbyConfig::default()
-        };
-        Backend {
-            lobby: Lobby::new(MemoryStorage::new(), config),
-            lobby_ep: net.bind("198.51.100.1:7800".parse().unwrap()).unwrap(),
-            relay: Relay::new(relay_key, RelayConfig::default()),
-            relay_ep,
-            buf: vec![0; 2048],
-            out: Vec::new(),
-        }
-    }
-
-    fn step(&mut self, now: Duration) {
-        let unix = UNIX_ZERO + now;
-        while let Some(got) = self.lobby_ep.recv(&mut self.buf).unwrap() {
-            self.lobby.handle(unix, got.from, &self.buf[..got.len]);
-        }
-        while let Some((to, bytes)) = self.lobby.poll_transmit() {
-            self.lobby_ep.send(to, &bytes).unwrap();
-        }
-        while let Some(got) = self.relay_ep.recv(&mut self.buf).unwrap() {
-            let to = self.relay.handle(
-                now,
-                unix.as_secs(),
-                got.from,
-                &self.buf[..got.len],
-                &mut self.out,
-            );
-            if let Some(to) = to {
-                self.relay_ep.send(to, &self.out).unwrap();
-            }
-        }
-        self.relay.handle_timeout(now);
-    }
+fn backend(net: &LoopbackNet) -> Backend {
+    common::Backend::new(
+        net.bind("198.51.100.1:7800".parse().unwrap()).unwrap(),
+        net.bind("198.51.100.2:3478".parse().unwrap()).unwrap(),
+        LobbyConfig::default(),
+    )
 }
 
 fn protocol() -> Protocol {
@@ -107,8 +63,8 @@ struct Case {
 
 fn run_case(host_kind: NatKind, joiner_kind: NatKind) -> Case {
     let net = LoopbackNet::new(LoopbackConfig::default());
-    let mut backend = Backend::new(&net);
-    let lobby_addr = backend.lobby_ep.local_addr();
+    let mut backend = backend(&net);
+    let lobby_addr = backend.lobby_addr();
     let protocol = protocol();
     let token_key = Key::random();
     let host_ep = nat(&net, "10.0.0.2:7777", host_kind, "203.0.113.1");
@@ -154,7 +110,7 @@ fn run_case(host_kind: NatKind, joiner_kind: NatKind) -> Case {
     let mut now = Duration::ZERO;
     for frame in 0..1200u32 {
         now = STEP * frame;
-        backend.step(now);
+        backend.step(now, UNIX_ZERO + now);
         // Host: rendezvous timers, then the session (which reads through the rendezvous).
         let t = server.session_mut().transport_mut();
         t.inner_mut().advance_to(now);

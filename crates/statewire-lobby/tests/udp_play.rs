@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::UdpNet;
-use common::play::{median, migration, players_join};
+use common::play::{median, migration, migration_config, players_join};
 use statewire_lobby::LobbyConfig;
 
 fn report(label: &str, times: &[Duration]) {
@@ -37,18 +37,6 @@ fn eight_players_join_by_code_directly() {
 fn eight_players_join_by_code_through_the_relay() {
     let times = players_join(&mut UdpNet::new(one_address()), 8, true);
     report("relayed", &times);
-}
-
-/// Short timeouts, so that a vanished host is noticed (by the players' sessions and the
-/// lobby) in about two seconds.
-pub fn migration_config() -> LobbyConfig {
-    LobbyConfig {
-        migration_turn: Duration::from_secs(2),
-        session_timeout_secs: 2,
-        host_timeout: Duration::from_secs(1),
-        heartbeat_interval: Duration::from_millis(200),
-        ..LobbyConfig::default()
-    }
 }
 
 #[test]

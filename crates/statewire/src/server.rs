@@ -396,6 +396,11 @@ impl<T: Transport, U> Server<T, U> {
             return l.id;
         }
         let id = self.fresh_id();
+        self.install_local(id);
+        id
+    }
+
+    fn install_local(&mut self, id: ClientId) {
         let mut inbox = VecDeque::new();
         inbox.push_back(ClientEvent::Connected(id));
         self.local = Some(LocalPeer {
@@ -404,7 +409,6 @@ impl<T: Transport, U> Server<T, U> {
             user: None,
         });
         self.events.push_back(ServerEvent::Connected(id));
-        id
     }
 
     /// Adds the listen server's own player with the id `id`, e.g. a player who becomes the
@@ -414,14 +418,7 @@ impl<T: Transport, U> Server<T, U> {
         if self.local.is_some() || id.0 == 0 || self.is_connected(id) {
             return None;
         }
-        let mut inbox = VecDeque::new();
-        inbox.push_back(ClientEvent::Connected(id));
-        self.local = Some(LocalPeer {
-            id,
-            inbox,
-            user: None,
-        });
-        self.events.push_back(ServerEvent::Connected(id));
+        self.install_local(id);
         Some(id)
     }
 

@@ -315,6 +315,18 @@ pub fn players_join<N: Net>(net: &mut N, n: usize, relay_only: bool) -> Vec<Dura
     times
 }
 
+/// Short timeouts, so that a vanished host is noticed (by the players' sessions and the
+/// lobby) in about two seconds.
+pub fn migration_config() -> statewire_lobby::LobbyConfig {
+    statewire_lobby::LobbyConfig {
+        migration_turn: Duration::from_secs(2),
+        session_timeout_secs: 2,
+        host_timeout: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_millis(200),
+        ..statewire_lobby::LobbyConfig::default()
+    }
+}
+
 /// What a migration cost.
 #[derive(Debug)]
 pub struct Migration {

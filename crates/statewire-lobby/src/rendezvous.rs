@@ -12,7 +12,9 @@
 //!   [`RendezvousConfig::punch_interval`]; an end that gets one answers `PunchAck` and learns
 //!   the address it came from (a symmetric NAT may use a new port toward the peer). Game
 //!   datagrams go both direct and, once bound, through the relay.
-//! - **Direct**: a `PunchAck` arrived, so both directions work; datagrams go direct only.
+//! - **Direct**: a `PunchAck` arrived, so both directions work; datagrams go direct only, and
+//!   a punch every [`RendezvousConfig::direct_keepalive`] lets the other end follow us if our
+//!   NAT moves us to a new port.
 //! - **Relayed**: no `PunchAck` within [`RendezvousConfig::punch_timeout`]; datagrams go
 //!   through the relay allocation the lobby granted.
 //!
@@ -64,6 +66,9 @@ pub struct RendezvousConfig {
     pub max_peers: usize,
     /// A peer with no datagram either way for this long is forgotten. Default: 30 s.
     pub peer_idle_timeout: Duration,
+    /// Between punches on a direct path, so that the other end learns our new address if our
+    /// NAT rebinds us (zero: none). Default: 1 s.
+    pub direct_keepalive: Duration,
     /// Most datagrams one [`Transport::recv`] call looks at before returning (lobby, punch and
     /// relay control datagrams are consumed inside it). Default: 256.
     pub max_datagrams_per_recv: usize,
@@ -86,6 +91,7 @@ impl Default for RendezvousConfig {
             relay_refresh: Duration::from_secs(10),
             max_peers: 64,
             peer_idle_timeout: Duration::from_secs(30),
+            direct_keepalive: Duration::from_secs(1),
             max_datagrams_per_recv: 256,
             relay_only: false,
             max_events: 256,
@@ -635,8 +641,16 @@ impl<T: Transport> Rendezvous<T> {
     fn drive_peer(&mut self, i: usize, now: Duration) {
         let interval = self.config.punch_interval;
         let p = &mut self.peers[i];
-        if p.path == Path::Punching && now >= p.start && now >= p.next_punch {
-            p.next_punch = now + interval;
+        // Punching, and on a direct path a punch now and then: if our NAT gave us a new port
+        // (a rebinding), the other end learns it from the punch and maps it to us again.
+        let keepalive = p.path == Path::Direct && !self.config.direct_keepalive.is_zero();
+        if (p.path == Path::Punching && now >= p.start || keepalive) && now >= p.next_punch {
+            p.next_punch = now
+                + if keepalive {
+                    self.config.direct_keepalive
+                } else {
+                    interval
+                };
             Punch {
                 ack: false,
                 secret: p.punch,

@@ -188,6 +188,13 @@ impl SimNet {
     }
 }
 
+impl SimNet {
+    /// A bare endpoint on the network (to stand in for a socket whose NAT rebound it).
+    pub fn endpoint(&self) -> LoopbackEndpoint {
+        self.net.endpoint()
+    }
+}
+
 impl Net for SimNet {
     type Socket = NetSim<LoopbackEndpoint>;
     fn socket(&mut self) -> Self::Socket {

@@ -378,7 +378,13 @@ pub fn migration<N: Net>(net: &mut N, clean: bool) -> Migration {
             let stored = net.backend().lobby.storage_mut().get(c, ms(unix)).unwrap();
             stored.is_some_and(|g| g.roster.len() == 3)
         });
-        if joined == 3 && reported && server.store().len() == 4 && frame > 400 {
+        // Every player must have every entity: a new host resumes only what it has.
+        let ids: Vec<EntityId> = server.store().entity_ids().collect();
+        let complete = players.iter().all(|p| {
+            p.client()
+                .is_some_and(|c| c.snapshot().entity_ids().eq(ids.iter().copied()))
+        });
+        if joined == 3 && reported && complete && ids.len() == 4 && frame > 400 {
             break server.tick();
         }
         net.wait(FRAME);

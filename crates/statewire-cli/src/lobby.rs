@@ -692,6 +692,11 @@ impl Hosting {
                         unreachable(self.lobby, now)
                     ));
                 }
+                RendezvousEvent::LobbyUnreachable => {
+                    println!(
+                        "lobby: not answering heartbeats; new players cannot join until it does"
+                    );
+                }
                 _ => {}
             }
         }

@@ -206,7 +206,8 @@ pub enum RendezvousEvent {
     },
     /// The lobby refused a request.
     Refused(ErrorCode),
-    /// The lobby did not answer a request after every retry.
+    /// The lobby did not answer a request after every retry, or (host) stopped answering
+    /// heartbeats; heartbeats go on, in case it comes back.
     LobbyUnreachable,
 }
 
@@ -335,6 +336,8 @@ pub struct Rendezvous<T: Transport> {
     migrating: bool,
     /// Nonces of our two latest heartbeats (host): the lobby's answers and pushes carry one.
     beats: [u64; 2],
+    /// Heartbeats sent since the lobby last answered one.
+    silent_beats: u32,
 }
 
 impl<T: Transport> std::fmt::Debug for Rendezvous<T> {
@@ -362,6 +365,7 @@ impl<T: Transport> Rendezvous<T> {
             scratch: Vec::with_capacity(wire::MAX_DATAGRAM + DATA_HEADER_LEN),
             migrating: false,
             beats: [fresh_nonce(), fresh_nonce()],
+            silent_beats: 0,
         }
     }
 
@@ -453,13 +457,19 @@ impl<T: Transport> Rendezvous<T> {
         r
     }
 
-    /// Asks the lobby for a page of public games ([`RendezvousEvent::Games`]).
-    pub fn list(&mut self, version: u32, name_contains: &str, offset: u16) {
+    /// Asks the lobby for a page of public games ([`RendezvousEvent::Games`]). Returns
+    /// `false`, asking nothing, while another request (a registration, a join) is pending: one
+    /// request at a time, so that none loses its retries.
+    pub fn list(&mut self, version: u32, name_contains: &str, offset: u16) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
         self.request(&Request::List {
             version,
             name_contains: name_contains.to_string(),
             offset,
         });
+        true
     }
 
     /// Host: reports the players in the game (sent with the next heartbeat; the lobby picks a
@@ -617,6 +627,11 @@ impl<T: Transport> Rendezvous<T> {
                 };
             let nonce = fresh_nonce();
             self.beats = [nonce, self.beats[0]];
+            self.silent_beats += 1;
+            if self.silent_beats == self.config.request_tries.max(1) + 1 {
+                // Heartbeats go unanswered: say so once (they go on, the lobby may return).
+                self.events.push_back(RendezvousEvent::LobbyUnreachable);
+            }
             Request::Heartbeat {
                 code: *code,
                 secret: *secret,
@@ -801,6 +816,7 @@ impl<T: Transport> Rendezvous<T> {
                 if !beat {
                     return false;
                 }
+                self.silent_beats = 0;
                 if let Role::Host {
                     code: Some(code),
                     confirmed,

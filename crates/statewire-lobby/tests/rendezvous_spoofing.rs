@@ -162,3 +162,51 @@ fn forged_lobby_replies_are_ignored_by_hosts_and_players() {
     assert_eq!(host.stats().lobby_ignored - host_ignored, 6);
     assert_eq!(player.stats().lobby_ignored - player_ignored, 6);
 }
+
+#[test]
+fn a_host_hears_once_when_the_lobby_stops_answering_heartbeats() {
+    let mut w = World::new();
+    let lobby = w.lobby_ep.local_addr();
+    let info = HostInfo {
+        name: "alone".into(),
+        protocol_id: 7,
+        version: 1,
+        max_players: 8,
+        public: true,
+        host_client: ClientId(0),
+        token_key: Key::random(),
+    };
+    let mut host = Rendezvous::host(
+        w.net.endpoint(),
+        lobby,
+        info,
+        RendezvousConfig::default(),
+        Duration::ZERO,
+    );
+    let mut seen = Vec::new();
+    for frame in 0..50u32 {
+        w.step(Duration::from_millis(10) * frame, &mut [&mut host]);
+        seen.extend(events(&mut host));
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, RendezvousEvent::Registered { .. }))
+    );
+    // The lobby goes away: its socket still takes datagrams, nobody answers.
+    let mut buf = [0u8; 2048];
+    let mut unreachable = 0;
+    for frame in 50..3050u32 {
+        let now = Duration::from_millis(10) * frame;
+        while w.lobby_ep.recv(&mut buf).unwrap().is_some() {}
+        host.update(now).unwrap();
+        while host.recv(&mut buf).unwrap().is_some() {}
+        unreachable += events(&mut host)
+            .iter()
+            .filter(|e| matches!(e, RendezvousEvent::LobbyUnreachable))
+            .count();
+    }
+    assert_eq!(
+        unreachable, 1,
+        "said once, after about 13 silent heartbeats"
+    );
+}

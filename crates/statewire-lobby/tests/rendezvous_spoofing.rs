@@ -58,6 +58,18 @@ impl World {
     }
 }
 
+fn host_info(name: &str) -> HostInfo {
+    HostInfo {
+        name: name.into(),
+        protocol_id: 7,
+        version: 1,
+        max_players: 8,
+        public: true,
+        host_client: ClientId(0),
+        token_key: Key::random(),
+    }
+}
+
 fn events(rv: &mut Rendezvous<LoopbackEndpoint>) -> Vec<RendezvousEvent> {
     std::iter::from_fn(|| rv.poll_event()).collect()
 }
@@ -66,15 +78,7 @@ fn events(rv: &mut Rendezvous<LoopbackEndpoint>) -> Vec<RendezvousEvent> {
 fn forged_lobby_replies_are_ignored_by_hosts_and_players() {
     let mut w = World::new();
     let lobby = w.lobby_ep.local_addr();
-    let info = HostInfo {
-        name: "target".into(),
-        protocol_id: 7,
-        version: 1,
-        max_players: 8,
-        public: true,
-        host_client: ClientId(0),
-        token_key: Key::random(),
-    };
+    let info = host_info("target");
     let config = RendezvousConfig::default();
     let mut host = Rendezvous::host(
         w.net.endpoint(),
@@ -167,15 +171,7 @@ fn forged_lobby_replies_are_ignored_by_hosts_and_players() {
 fn a_host_hears_once_when_the_lobby_stops_answering_heartbeats() {
     let mut w = World::new();
     let lobby = w.lobby_ep.local_addr();
-    let info = HostInfo {
-        name: "alone".into(),
-        protocol_id: 7,
-        version: 1,
-        max_players: 8,
-        public: true,
-        host_client: ClientId(0),
-        token_key: Key::random(),
-    };
+    let info = host_info("alone");
     let mut host = Rendezvous::host(
         w.net.endpoint(),
         lobby,

@@ -77,7 +77,10 @@ pub struct LobbyConfig {
     /// Burst of the per-IP bucket. Default: 40.
     pub request_burst_per_ip: u32,
     /// Most IP addresses tracked by the rate limiter and the per-IP game count; when full,
-    /// idle ones are forgotten and, failing that, new addresses are refused. Default: 65,536.
+    /// idle ones are forgotten and, failing that, the limiter forgets the first in address
+    /// order while new games are refused ([`ErrorCode::LobbyFull`]). Default: 65,536.
+    ///
+    /// Here and in the other per-IP limits, an IPv6 address counts by its /64.
     pub max_tracked_ips: usize,
     /// Delay the lobby tells both ends to wait before punching, so that the host has heard of
     /// the joiner. Default: 150 ms.
@@ -194,6 +197,15 @@ const MAX_CONFLICT_RETRIES: usize = 8;
 /// A join from the same address within this many milliseconds is a retry, not answered.
 const JOIN_RETRY_MS: u64 = 2_000;
 
+/// The source an address counts as for the per-address limits: an IPv4 address, or an IPv6
+/// /64 (a host usually has a whole one, so a finer key would let it multiply its limits).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -272,14 +284,7 @@ impl<S: Storage> Lobby<S> {
     fn allow(&mut self, ip: IpAddr, now: Duration) -> bool {
         let rate = f64::from(self.config.requests_per_sec_per_ip.max(1));
         let burst = f64::from(self.config.request_burst_per_ip.max(1));
-        // An IPv6 host usually has a whole /64: it counts as one source.
-        let ip = match ip {
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-            v4 => v4,
-        };
+        let ip = source(ip);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.config.max_tracked_ips {
             self.handle_timeout(now);
             // Still full (a flood from many sources): forget one rather than refuse the
@@ -429,7 +434,7 @@ impl<S: Storage> Lobby<S> {
             return Err(Refusal::Silent);
         };
         let now_ms = ms(now);
-        let ip = from.ip();
+        let ip = source(from.ip());
         if self.local_game_count(now) >= self.config.max_games {
             return Err(Refusal::Code(ErrorCode::LobbyFull));
         }
@@ -681,7 +686,7 @@ impl<S: Storage> Lobby<S> {
         }
         let from_here = on_the_way
             .iter()
-            .filter(|p| p.from.ip() == from.ip())
+            .filter(|p| source(p.from.ip()) == source(from.ip()))
             .count();
         if from_here >= self.config.max_pending_joins_per_ip {
             return Err(Refusal::Code(ErrorCode::TooManyJoins));
@@ -949,7 +954,7 @@ impl<S: Storage> Lobby<S> {
             .collect();
         game.player_count = 1;
         self.store(&game, now_ms)?;
-        let ip = from.ip();
+        let ip = source(from.ip());
         if self.hosts.contains_key(&ip) || self.hosts.len() < self.config.max_tracked_ips {
             self.hosts
                 .entry(ip)

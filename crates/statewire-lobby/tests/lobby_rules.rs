@@ -555,6 +555,7 @@ fn error_codes_explain_themselves_in_words() {
         ErrorCode::Storage,
         ErrorCode::HostMigrating,
         ErrorCode::NotInGame,
+        ErrorCode::TooManyJoins,
     ];
     let mut seen = BTreeSet::new();
     for code in all {
@@ -900,4 +901,34 @@ fn leaving_without_migration_is_not_undone_by_a_player() {
         "the host ended the game, yet a player was made its new host"
     );
     assert_eq!(h.lobby.stats().new_hosts, 0);
+}
+
+/// An IPv6 host has a whole /64: every address in it counts as one source, so the per-address
+/// game limit holds across them, while another /64 registers freely.
+#[test]
+fn an_ipv6_64_counts_as_one_address() {
+    let config = config();
+    let max = config.max_games_per_ip;
+    let mut h = Harness::new(config);
+    for i in 0..max {
+        h.register(addr(&format!("[2001:db8:0:1::{:x}]:40000", i + 1)), "v6");
+    }
+    let one_too_many = Request::Register {
+        protocol_id: PROTOCOL,
+        version: 1,
+        max_players: 8,
+        public: true,
+        host_client: 0,
+        local_addr: addr("10.0.0.2:7777"),
+        token_key: [1; 32],
+        name: "one too many".into(),
+    };
+    assert_eq!(
+        h.ask(addr("[2001:db8:0:1::ffff]:40000"), &one_too_many),
+        Reply::Error {
+            for_kind: 0x50,
+            code: ErrorCode::TooManyGames
+        }
+    );
+    h.register(addr("[2001:db8:0:2::1]:40000"), "another /64");
 }

@@ -1173,19 +1173,17 @@ impl<T: Transport> Transport for Rendezvous<T> {
             };
             let len = got.len.min(buf.len());
             let datagram = &buf[..len];
+            // `datagram` borrows the caller's buffer, not `self`: handled in place, no copy.
             if got.from == self.lobby && wire::is_lobby_message(datagram) {
-                let copy = datagram.to_vec();
-                self.handle_reply(&copy);
+                self.handle_reply(datagram);
                 continue;
             }
             if wire::is_punch(datagram) {
-                let copy = datagram.to_vec();
-                self.handle_punch(got.from, &copy);
+                self.handle_punch(got.from, datagram);
                 continue;
             }
             if relay::is_relay_packet(datagram) && self.is_relay(got.from) {
-                let copy = datagram.to_vec();
-                if let Some((i, n)) = self.handle_relay(got.from, &copy) {
+                if let Some((i, n)) = self.handle_relay(got.from, datagram) {
                     buf.copy_within(DATA_HEADER_LEN..DATA_HEADER_LEN + n, 0);
                     return Ok(Some(Received {
                         len: n,

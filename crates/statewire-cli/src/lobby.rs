@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statewire::ConnectToken;
 use statewire_core::ClientId;
-use statewire_lobby::redis_storage::{MAX_NAMESPACE_LEN, RedisStorage};
+use statewire_lobby::redis_storage::RedisStorage;
 use statewire_lobby::relay::{Relay, RelayConfig, UdpRunStats};
 use statewire_lobby::wire::GameEntry;
 use statewire_lobby::{
@@ -25,7 +25,7 @@ use statewire_lobby::{
 use statewire_transport::udp::{UdpConfig, UdpTransport};
 use statewire_transport::{Received, Transport, TransportError};
 
-use crate::{count, parse_addr, plural, stop_requested, usage};
+use crate::{count, fail, parse_addr, plural, stop_requested, usage};
 
 /// Flags of `statewire lobby`.
 #[derive(Debug, clap::Args)]
@@ -89,28 +89,12 @@ fn unix_now() -> Duration {
         .unwrap_or_default()
 }
 
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("statewire: {msg}");
-    ExitCode::FAILURE
-}
-
-/// Why `namespace` cannot be a Redis namespace, in words (as `RedisStorage` checks it).
+/// Why `namespace` cannot be a Redis namespace, in words (`RedisStorage`'s own rule).
 fn check_namespace(namespace: &str) -> Result<(), String> {
-    if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
-        return Err(format!(
-            "--namespace must be 1 to {MAX_NAMESPACE_LEN} characters long, not {}",
-            namespace.len()
-        ));
+    match statewire_lobby::redis_storage::namespace_problem(namespace) {
+        None => Ok(()),
+        Some(problem) => Err(format!("--namespace {problem}")),
     }
-    if let Some(c) = namespace
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "--namespace cannot hold {c:?}: use ASCII letters, digits, '-', '_' and '.'"
-        ));
-    }
-    Ok(())
 }
 
 /// Whether `url` names a Redis server the way the client library reads URLs.

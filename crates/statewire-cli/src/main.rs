@@ -166,6 +166,12 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Prints a failure of the run itself (a socket, the network, a file) and returns exit code 1.
+pub(crate) fn fail(msg: &str) -> ExitCode {
+    eprintln!("statewire: {msg}");
+    ExitCode::FAILURE
+}
+
 /// Prints a usage error (a bad flag or argument) and returns exit code 2.
 pub(crate) fn usage(msg: &str) -> ExitCode {
     eprintln!("statewire: {msg}");

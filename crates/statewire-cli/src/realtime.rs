@@ -23,7 +23,7 @@ use crate::game::TICK_HZ;
 use crate::lobby::{Net, NotAdmitted};
 use crate::rules::ServerGame as GameServer;
 use crate::sim::{MAX_TICKS, MIN_PACKET};
-use crate::{count, parse_addr, plural, stop_requested, usage};
+use crate::{count, fail, parse_addr, plural, stop_requested, usage};
 
 /// Flags of `statewire serve`.
 #[derive(Debug, clap::Args)]
@@ -976,9 +976,4 @@ pub(crate) fn lan(args: LanArgs) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("statewire: {msg}");
-    ExitCode::FAILURE
 }

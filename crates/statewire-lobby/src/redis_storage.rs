@@ -217,19 +217,29 @@ impl RedisStorage {
     }
 }
 
+/// What is wrong with `namespace` as a namespace, in words ("must be 1 to 64 characters
+/// long, not 0", "cannot hold ' ': ..."), or `None` if it is fine: 1 to
+/// [`MAX_NAMESPACE_LEN`] ASCII letters, digits, `-`, `_` and `.`, so that one namespace cannot
+/// reach into another's keys.
+pub fn namespace_problem(namespace: &str) -> Option<String> {
+    if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
+        return Some(format!(
+            "must be 1 to {MAX_NAMESPACE_LEN} characters long, not {}",
+            namespace.len()
+        ));
+    }
+    namespace
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .map(|c| format!("cannot hold {c:?}: use ASCII letters, digits, '-', '_' and '.'"))
+}
+
 fn check_namespace(namespace: &str) -> Result<(), StorageError> {
-    let ok = !namespace.is_empty()
-        && namespace.len() <= MAX_NAMESPACE_LEN
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(StorageError::Backend(format!(
-            "the namespace {namespace:?} is not 1 to {MAX_NAMESPACE_LEN} ASCII letters, digits, \
-             '-', '_' or '.'"
-        )))
+    match namespace_problem(namespace) {
+        None => Ok(()),
+        Some(problem) => Err(StorageError::Backend(format!(
+            "the namespace {namespace:?} {problem}"
+        ))),
     }
 }
 

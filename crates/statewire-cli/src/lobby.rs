@@ -435,54 +435,6 @@ fn games_table(games: &[GameEntry]) -> String {
     out
 }
 
-/// A player's socket under `join --force-relay`: passes on only the lobby's datagrams and
-/// relay packets. The rendezvous' `relay_only` stops our punches, but the host still punches
-/// and would find a direct path (and send to us on it) if we answered; with this, the host's
-/// punching times out and both directions use the relay.
-pub(crate) struct RelayOnly {
-    inner: UdpTransport,
-    lobby: SocketAddr,
-}
-
-impl Transport for RelayOnly {
-    fn local_addr(&self) -> SocketAddr {
-        self.inner.local_addr()
-    }
-
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), TransportError> {
-        self.inner.send(to, payload)
-    }
-
-    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, TransportError> {
-        // Bounded: each turn consumes a datagram.
-        loop {
-            let Some(got) = self.inner.recv(buf)? else {
-                return Ok(None);
-            };
-            let datagram = &buf[..got.len.min(buf.len())];
-            if got.from == self.lobby || statewire_lobby::relay::is_relay_packet(datagram) {
-                return Ok(Some(got));
-            }
-        }
-    }
-
-    fn poll_closed_peer(&mut self) -> Option<SocketAddr> {
-        self.inner.poll_closed_peer()
-    }
-
-    fn close_peer(&mut self, peer: SocketAddr) {
-        self.inner.close_peer(peer);
-    }
-
-    fn mark_validated(&mut self, peer: SocketAddr) {
-        self.inner.mark_validated(peer);
-    }
-}
-
 /// The transport under `serve` and `join`: a plain socket, or a game socket wrapped in a
 /// [`Rendezvous`] with a lobby (so the loop can drive it and read its events).
 pub(crate) enum Net {
@@ -490,56 +442,14 @@ pub(crate) enum Net {
     Plain(Box<dyn Transport>),
     /// UDP through a lobby.
     Lobby(Box<Rendezvous<UdpTransport>>),
-    /// UDP through a lobby and its relay only (`join --force-relay`).
-    Relayed(Box<Rendezvous<RelayOnly>>),
-}
-
-/// The rendezvous under a [`Net`], whichever socket it wraps.
-pub(crate) enum RendezvousMut<'a> {
-    /// Over a plain socket.
-    Udp(&'a mut Rendezvous<UdpTransport>),
-    /// Over a relay-only socket.
-    Relayed(&'a mut Rendezvous<RelayOnly>),
-}
-
-impl RendezvousMut<'_> {
-    pub(crate) fn update(&mut self, now: Duration) -> Result<(), TransportError> {
-        match self {
-            RendezvousMut::Udp(rv) => rv.update(now),
-            RendezvousMut::Relayed(rv) => rv.update(now),
-        }
-    }
-
-    pub(crate) fn poll_event(&mut self) -> Option<RendezvousEvent> {
-        match self {
-            RendezvousMut::Udp(rv) => rv.poll_event(),
-            RendezvousMut::Relayed(rv) => rv.poll_event(),
-        }
-    }
-
-    pub(crate) fn path(&self, peer: SocketAddr) -> Option<Path> {
-        match self {
-            RendezvousMut::Udp(rv) => rv.path(peer),
-            RendezvousMut::Relayed(rv) => rv.path(peer),
-        }
-    }
 }
 
 impl Net {
-    /// The rendezvous of a host (`serve --lobby`).
-    pub(crate) fn host_rendezvous_mut(&mut self) -> Option<&mut Rendezvous<UdpTransport>> {
+    /// The rendezvous, when there is a lobby.
+    pub(crate) fn rendezvous_mut(&mut self) -> Option<&mut Rendezvous<UdpTransport>> {
         match self {
             Net::Lobby(rv) => Some(rv),
-            Net::Plain(_) | Net::Relayed(_) => None,
-        }
-    }
-
-    /// The rendezvous, when there is a lobby.
-    pub(crate) fn rendezvous_mut(&mut self) -> Option<RendezvousMut<'_>> {
-        match self {
             Net::Plain(_) => None,
-            Net::Lobby(rv) => Some(RendezvousMut::Udp(rv)),
-            Net::Relayed(rv) => Some(RendezvousMut::Relayed(rv)),
         }
     }
 }
@@ -549,7 +459,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.local_addr(),
             Net::Lobby(t) => t.local_addr(),
-            Net::Relayed(t) => t.local_addr(),
         }
     }
 
@@ -557,7 +466,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.max_payload(),
             Net::Lobby(t) => t.max_payload(),
-            Net::Relayed(t) => t.max_payload(),
         }
     }
 
@@ -565,7 +473,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.send(to, payload),
             Net::Lobby(t) => t.send(to, payload),
-            Net::Relayed(t) => t.send(to, payload),
         }
     }
 
@@ -573,7 +480,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.recv(buf),
             Net::Lobby(t) => t.recv(buf),
-            Net::Relayed(t) => t.recv(buf),
         }
     }
 
@@ -581,7 +487,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.poll_closed_peer(),
             Net::Lobby(t) => t.poll_closed_peer(),
-            Net::Relayed(t) => t.poll_closed_peer(),
         }
     }
 
@@ -589,7 +494,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.close_peer(peer),
             Net::Lobby(t) => t.close_peer(peer),
-            Net::Relayed(t) => t.close_peer(peer),
         }
     }
 
@@ -597,7 +501,6 @@ impl Transport for Net {
         match self {
             Net::Plain(t) => t.mark_validated(peer),
             Net::Lobby(t) => t.mark_validated(peer),
-            Net::Relayed(t) => t.mark_validated(peer),
         }
     }
 }
@@ -723,27 +626,17 @@ pub(crate) fn ask_lobby(
         ..RendezvousConfig::default()
     };
     let now = start.elapsed();
-    if force_relay {
-        let socket = RelayOnly {
-            inner: socket,
-            lobby,
-        };
-        let rv = Rendezvous::join(socket, lobby, code, protocol_id, config, now);
-        let (rv, a) = pump_join(rv, code, start, limit, interruptible)?;
-        // With a relay granted, the rendezvous picks it at once; without one it would punch,
-        // which the relay-only socket does not let through.
-        if a.path != Some(Path::Relayed) {
-            return Err(NotAdmitted::Failed(format!(
-                "the lobby at {lobby} offers no relay (it runs without --relay), so \
-                 --force-relay cannot reach the game: leave it out"
-            )));
-        }
-        Ok((Net::Relayed(Box::new(rv)), a))
-    } else {
-        let rv = Rendezvous::join(socket, lobby, code, protocol_id, config, now);
-        let (rv, a) = pump_join(rv, code, start, limit, interruptible)?;
-        Ok((Net::Lobby(Box::new(rv)), a))
+    let rv = Rendezvous::join(socket, lobby, code, protocol_id, config, now);
+    let (rv, a) = pump_join(rv, code, start, limit, interruptible)?;
+    // With a relay granted, a relay-only rendezvous picks it at once (and answers none of
+    // the host's punches, so the host ends relayed too); without one it could only punch.
+    if force_relay && a.path != Some(Path::Relayed) {
+        return Err(NotAdmitted::Failed(format!(
+            "the lobby at {lobby} offers no relay (it runs without --relay), so \
+             --force-relay cannot reach the game: leave it out"
+        )));
     }
+    Ok((Net::Lobby(Box::new(rv)), a))
 }
 
 /// Reads the lobby's replies through `rv` until it admits us.

@@ -433,11 +433,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         let now = start.elapsed();
         if let (Some(h), Some(rv)) = (
             &mut hosting,
-            server
-                .net
-                .session_mut()
-                .transport_mut()
-                .host_rendezvous_mut(),
+            server.net.session_mut().transport_mut().rendezvous_mut(),
         ) && let Err(e) = h.poll(rv, now, &known)
         {
             return fail(&e);
@@ -512,12 +508,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     let told = server.net.clients().len();
     server.net.shutdown();
     let _ = server.net.flush(start.elapsed());
-    if let Some(rv) = server
-        .net
-        .session_mut()
-        .transport_mut()
-        .host_rendezvous_mut()
-    {
+    if let Some(rv) = server.net.session_mut().transport_mut().rendezvous_mut() {
         // The game ends with this server: players asking for the code are told so.
         rv.leave(false);
         println!("told the lobby the game has ended");
@@ -757,7 +748,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             interrupted = true;
             break;
         }
-        if let Some(mut rv) = client.net.session_mut().transport_mut().rendezvous_mut()
+        if let Some(rv) = client.net.session_mut().transport_mut().rendezvous_mut()
             && let Err(e) = rv.update(start.elapsed())
         {
             status.done();
@@ -767,7 +758,7 @@ pub(crate) fn join(args: JoinArgs) -> ExitCode {
             status.done();
             return fail(&e.to_string());
         }
-        if let Some(mut rv) = client.net.session_mut().transport_mut().rendezvous_mut() {
+        if let Some(rv) = client.net.session_mut().transport_mut().rendezvous_mut() {
             while let Some(ev) = rv.poll_event() {
                 if let RendezvousEvent::PathChanged { path, .. } = ev {
                     status.println(&format!("path: {path}"));

@@ -82,8 +82,8 @@ pub(crate) struct GamesArgs {
 /// Most `--max-games-per-ip`.
 const MAX_GAMES_PER_IP: usize = 1_000_000;
 
-/// The wall clock as the lobby wants it: time since the Unix epoch.
-fn unix_now() -> Duration {
+/// The wall clock as the lobby and connect tokens want it: time since the Unix epoch.
+pub(crate) fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -310,9 +310,7 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         Ok(id) => id,
         Err(e) => return fail(&e.to_string()),
     };
-    let unix_time_at_zero = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let unix_time_at_zero = crate::lobby::unix_now();
     let mut hosting = None;
     let (transport, lobby_tokens) = match (args.udp, args.tcp, &lobby) {
         (Some(a), _, Some((text, lobby_addr))) => {

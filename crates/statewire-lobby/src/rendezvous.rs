@@ -332,8 +332,6 @@ pub struct Rendezvous<T: Transport> {
     events: VecDeque<RendezvousEvent>,
     stats: RendezvousStats,
     scratch: Vec<u8>,
-    /// A Migrate request is out: a NewHost answer is expected.
-    migrating: bool,
     /// Nonces of our two latest heartbeats (host): the lobby's answers and pushes carry one.
     beats: [u64; 2],
     /// Heartbeats sent since the lobby last answered one.
@@ -363,7 +361,6 @@ impl<T: Transport> Rendezvous<T> {
             events: VecDeque::new(),
             stats: RendezvousStats::default(),
             scratch: Vec::with_capacity(wire::MAX_DATAGRAM + DATA_HEADER_LEN),
-            migrating: false,
             beats: [fresh_nonce(), fresh_nonce()],
             silent_beats: 0,
         }
@@ -452,7 +449,6 @@ impl<T: Transport> Rendezvous<T> {
         r.role = Role::Player {
             membership: Some(membership),
         };
-        r.migrating = true;
         r.request(&request);
         r
     }
@@ -876,7 +872,6 @@ impl<T: Transport> Rendezvous<T> {
                 self.role = Role::Player {
                     membership: Some(m),
                 };
-                self.migrating = false;
                 self.peers.clear();
                 self.add_peer(host, client_id, start_ms, punch, relay);
                 self.push_event(RendezvousEvent::Joined {
@@ -900,10 +895,10 @@ impl<T: Transport> Rendezvous<T> {
                     return false;
                 };
                 let me = m.client_id;
-                if code != m.code || !self.migrating || !self.answers(nonce, &[req::MIGRATE]) {
+                // Only an answer to our Migrate request (its kind and nonce) makes us the host.
+                if code != m.code || !self.answers(nonce, &[req::MIGRATE]) {
                     return false;
                 }
-                self.migrating = false;
                 self.role = Role::Host {
                     code: Some(code),
                     confirmed: true,
